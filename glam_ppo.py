@@ -15,11 +15,13 @@ import random
 import re
 import shutil
 import signal
+import socket
 import sys
 import time
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
+from urllib.parse import urlparse
 
 import gymnasium as gym
 import numpy as np
@@ -529,7 +531,8 @@ def build_tiny_model(kind: str):
     tokenizer = PreTrainedTokenizerFast(
         tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
     )
-    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1)
+    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
+    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
     if kind == "tiny-t5":
         config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
         return T5ForConditionalGeneration(config), tokenizer
@@ -540,41 +543,70 @@ def build_tiny_model(kind: str):
     return LlamaForCausalLM(config), tokenizer
 
 
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    config = AutoConfig.from_pretrained(**location)
+    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if pretrained:
+        return model_cls.from_pretrained(**location), tokenizer
+    model = model_cls.from_config(config)
+    if load_embedding:
+        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
+    return model, tokenizer
+
+
 def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False):
     """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
     if name in TINY_MODELS:
         return build_tiny_model(name)
-    source = MODEL_ALIASES.get(name, name)
+    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
+    is_path = source.startswith((".", "/")) or os.path.exists(source)
+    if is_path and not os.path.exists(source):
+        raise UsageError(f"cannot load model {name!r}: no such file or folder")
     location = {"pretrained_model_name_or_path": source}
     if source.endswith(".gguf"):
         location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
     try:
-        tokenizer = AutoTokenizer.from_pretrained(**location)
-        config = AutoConfig.from_pretrained(**location)
-        model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-        if pretrained:
-            model = model_cls.from_pretrained(**location)
-        else:
-            model = model_cls.from_config(config)
-            if load_embedding:
-                pretrained_state = model_cls.from_pretrained(**location).state_dict()
-                embeddings = {k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}
-                model.load_state_dict(embeddings, strict=False)
+        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding)
     except (OSError, ValueError) as error:
-        first_line = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise UsageError(
-            f"cannot load model {name!r} ({first_line}). Offline, use --model tiny-t5 or tiny-causal, a folder written "
-            "by save_pretrained, or a .gguf file; online, check the hub id (aliases: "
-            f"{', '.join(MODEL_ALIASES)})"
-        ) from None
+        if is_path or not _hub_reachable():
+            raise _load_error(name, error, offline=not is_path) from None
+        try:
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding)
+        except (OSError, ValueError) as hub_error:
+            raise _load_error(name, hub_error, offline=False) from None
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return model, tokenizer
+
+
+def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
+    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UsageError(
+        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+    )
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -629,7 +661,9 @@ class GlamAgent(nn.Module):
 
     def _context(self, prompts):
         """One pass over the prompts: (hidden state for the heads, log-probs of the next token, cache, mask)."""
-        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True).to(self.device)
+        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
+        padding_side = "right" if self.is_encoder_decoder else "left"
+        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
         if self.is_encoder_decoder:
             encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)

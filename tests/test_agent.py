@@ -1,0 +1,143 @@
+"""Action scoring, value head placement, scoring rules, action heads and GAE (reference sections 5-6)."""
+
+import pytest
+import torch
+
+import glam_ppo as g
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    envs = g.TextVecEnv("BabyAI-MixedTrainLocal-v0", 5, "canonical")
+    prompts = envs.reset(seed=4)
+    for actions in ([2, 0, 1, 2, 2], [2, 2, 2, 1, 0], [1, 2, 0, 2, 2]):
+        step_prompts, *_ = envs.step(actions)
+        prompts += step_prompts
+    return prompts  # prompts of 1 to 3 observations, so lengths differ and padding matters
+
+
+@pytest.fixture(scope="module", params=g.TINY_MODELS)
+def agent(request):
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm(request.param)
+    return g.GlamAgent(llm, tokenizer, g.action_names("augmented"), score_batch_size=16).eval()
+
+
+def naive_scores(agent, prompts):
+    """One full forward pass per (prompt, action) pair, no padding, no cache."""
+    llm, tokenizer = agent.llm, agent.tokenizer
+    scores = torch.zeros(len(prompts), len(agent.actions))
+    for b, prompt in enumerate(prompts):
+        for a, action in enumerate(agent.actions):
+            if agent.is_encoder_decoder:
+                labels = torch.tensor([tokenizer(action).input_ids])
+                logits = llm(input_ids=torch.tensor([tokenizer(prompt).input_ids]), labels=labels).logits
+                scores[b, a] = logits.log_softmax(-1).gather(2, labels[..., None]).sum()
+            else:
+                prompt_ids = tokenizer(prompt).input_ids
+                action_ids = tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+                logprobs = llm(input_ids=torch.tensor([prompt_ids + action_ids])).logits.log_softmax(-1)[0]
+                scores[b, a] = sum(logprobs[len(prompt_ids) - 1 + k, token] for k, token in enumerate(action_ids))
+    return scores
+
+
+@torch.no_grad()
+def test_score_equals_naive_per_pair_computation(agent, prompts):
+    scores = agent.score(prompts)  # 20 prompts x 9 actions in chunks of 16 pairs: 1 prompt per chunk
+    assert scores.shape == (len(prompts), 9)
+    torch.testing.assert_close(scores, naive_scores(agent, prompts), atol=1e-5, rtol=0)
+    agent.score_batch_size = 1000  # all pairs at once: same result
+    torch.testing.assert_close(agent.score(prompts), scores, atol=1e-5, rtol=0)
+    agent.score_batch_size = 16
+
+
+@torch.no_grad()
+def test_value_head_reads_decoder_start_or_last_prompt_token(agent, prompts):
+    _, values = agent(prompts)
+    tokenizer = agent.tokenizer
+    for prompt, value in zip(prompts[:4], values):
+        input_ids = torch.tensor([tokenizer(prompt).input_ids])
+        if agent.is_encoder_decoder:
+            start = agent.llm.config.decoder_start_token_id
+            decoder_input_ids = torch.tensor([[start, 5, 6]])  # later decoder tokens must not matter
+            out = agent.llm(input_ids=input_ids, decoder_input_ids=decoder_input_ids, output_hidden_states=True)
+            hidden = out.decoder_hidden_states[-1][0, 0]
+        else:
+            hidden = agent.llm(input_ids=input_ids, output_hidden_states=True).hidden_states[-1][0, -1]
+        assert value.item() == pytest.approx(agent.value_head(hidden).item(), abs=1e-5)
+
+
+def test_value_head_shape_matches_the_paper(agent):
+    sizes = [layer.out_features for layer in agent.value_head if isinstance(layer, torch.nn.Linear)]
+    assert sizes == [1024, 1024, 1]
+    assert sum(isinstance(layer, torch.nn.Sigmoid) for layer in agent.value_head) == 2
+
+
+@torch.no_grad()
+def test_scoring_rules(agent, prompts):
+    scores = agent.score(prompts[:6])
+    token_counts = agent.action_mask.sum(-1)
+    word_counts = torch.tensor([len(a.split()) for a in agent.actions], dtype=torch.float)
+    for rule, expected in [("sum", scores), ("token-mean", scores / token_counts), ("word-mean", scores / word_counts)]:
+        agent.scoring = rule
+        torch.testing.assert_close(agent(prompts[:6])[0], expected)
+    agent.scoring = "legacy-paper"
+    legacy_probs = agent(prompts[:6])[0].softmax(-1)
+    # softmax(P / max P) keeps every action between e^0 and e^1: the best one can never pass e / (e + n - 1)
+    assert (legacy_probs.max(-1).values <= torch.e / (torch.e + len(agent.actions) - 1) + 1e-6).all()
+    agent.scoring = "sum"
+
+
+def test_get_action_and_value_samples_and_evaluates(agent, prompts):
+    torch.manual_seed(0)
+    with torch.no_grad():
+        action, logprob, entropy, value = agent.get_action_and_value(prompts[:4])
+        logits, _ = agent(prompts[:4])
+    assert action.shape == logprob.shape == entropy.shape == value.shape == (4,)
+    torch.testing.assert_close(logprob, logits.log_softmax(-1).gather(1, action[:, None]).squeeze(1))
+    given = torch.tensor([0, 1, 2, 3])
+    _, logprob_given, _, _ = agent.get_action_and_value(prompts[:4], given)
+    assert logprob_given.requires_grad  # the update differentiates through the same path
+    logprob_given.sum().backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.llm.parameters())
+    agent.zero_grad()
+
+
+def test_action_heads_replace_scoring(prompts):
+    llm, tokenizer = g.load_llm("tiny-t5")
+    agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical"), action_heads=True).eval()
+    with torch.no_grad():
+        logits, values = agent(prompts[:3])
+        hidden = torch.stack([agent._context([p])[0][0] for p in prompts[:3]])
+    assert logits.shape == (3, 6)
+    torch.testing.assert_close(logits, agent.action_head(hidden), atol=1e-5, rtol=0)
+
+
+def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):
+    """Straight from the definition: A_t = sum_k (gamma lam)^k delta_{t+k}, stopping at the episode's end."""
+    steps, envs = rewards.shape
+    all_values = torch.cat([values, next_value[None]])
+    all_dones = torch.cat([dones, next_done[None]])
+    advantages = torch.zeros_like(rewards)
+    for env in range(envs):
+        for t in range(steps):
+            total, discount = 0.0, 1.0
+            for k in range(t, steps):
+                alive = 1.0 - all_dones[k + 1, env]
+                delta = rewards[k, env] + gamma * all_values[k + 1, env] * alive - all_values[k, env]
+                total += discount * delta
+                if alive == 0:
+                    break
+                discount *= gamma * lam
+            advantages[t, env] = total
+    return advantages
+
+
+def test_gae_matches_the_definition():
+    torch.manual_seed(0)
+    rewards, values = torch.rand(7, 3), torch.rand(7, 3)
+    dones = (torch.rand(7, 3) < 0.3).float()
+    next_value, next_done = torch.rand(3), torch.tensor([0.0, 1.0, 0.0])
+    advantages, returns = g.compute_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95)
+    torch.testing.assert_close(advantages, reference_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95))
+    torch.testing.assert_close(returns, advantages + values)
