@@ -556,22 +556,22 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool):
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
     from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(**location)
     config = AutoConfig.from_pretrained(**location)
     model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
     if pretrained:
-        return model_cls.from_pretrained(**location), tokenizer
-    model = model_cls.from_config(config)
+        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
+    model = model_cls.from_config(config, **model_kwargs)
     if load_embedding:
         pretrained_state = model_cls.from_pretrained(**location).state_dict()
         model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     return model, tokenizer
 
 
-def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False):
+def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
     """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
     from transformers.utils import logging as transformers_logging
 
@@ -583,17 +583,18 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False):
     is_path = source.startswith((".", "/")) or os.path.exists(source)
     if is_path and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
     location = {"pretrained_model_name_or_path": source}
     if source.endswith(".gguf"):
         location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
     try:
         # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
-        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding)
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
     except (OSError, ValueError) as error:
         if is_path or not _hub_reachable():
             raise _load_error(name, error, offline=not is_path) from None
         try:
-            model, tokenizer = _from_pretrained(location, pretrained, load_embedding)
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
         except (OSError, ValueError) as hub_error:
             raise _load_error(name, hub_error, offline=False) from None
     if tokenizer.pad_token is None:
@@ -870,7 +871,8 @@ def load_policy_model(args: Args, checkpoint: str | None):
 
         base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
         return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
-    return load_llm(model_dir)
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
 
 
 class StopRequest:
@@ -888,6 +890,7 @@ class StopRequest:
 
 
 def main(args: Args):
+    stop = StopRequest()
     checkpoint = find_checkpoint(args.resume) if args.resume else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
@@ -958,7 +961,6 @@ def main(args: Args):
         counters = {"global_step": global_step, "iteration": iteration, "next_done": next_done.cpu(), "probe_prompts": probe_prompts}
         save_checkpoint(run_dir, args, agent, optimizer, envs, counters)
 
-    stop = StopRequest()
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True)
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
     start_time, start_step = time.time(), global_step
@@ -1107,5 +1109,5 @@ def main(args: Args):
 if __name__ == "__main__":
     try:
         main(parse_args())
-    except UsageError as error:
+    except (UsageError, FloatingPointError) as error:
         sys.exit(f"glam_ppo.py: error: {error}")

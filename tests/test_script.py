@@ -1,0 +1,189 @@
+"""glam_ppo.py as users run it: a short training run, checkpoints, exact resume, Ctrl-C, and bad input."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import glam_ppo as g
+
+SMALL = [
+    "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
+    "--num-minibatches", "2", "--learning-rate", "3e-4", "--save-interval", "1",
+]
+
+
+def run(repo, cwd, *flags, check=True):
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "glam_ppo.py"), *flags], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(cwd):
+    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
+    return run_dir
+
+
+def model_state(run_dir):
+    state = load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
+    state.update({f"heads.{k}": v for k, v in torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))["value_head"].items()})
+    return state
+
+
+def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
+    result = run(repo, tmp_path, *SMALL, "--total-timesteps", "128")  # 4 updates of 32 frames, ~5 episodes
+    run_dir = only_run_dir(tmp_path)
+    assert "done: 128 frames" in result.stdout
+    assert "Sampling rejected" not in result.stdout + result.stderr
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    for tag in [
+        "charts/episodic_return", "charts/episodic_length", "charts/success_rate", "charts/SPS", "charts/learning_rate",
+        "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/old_approx_kl",
+        "losses/clipfrac", "losses/explained_variance", "probes/prompt_0/go forward",
+    ]:
+        assert tag in tags, tag
+    assert len(events.Scalars("losses/approx_kl")) == 4
+    probe = [events.Scalars(f"probes/prompt_0/{a}")[-1].value for a in g.action_names("canonical")]
+    assert sum(probe) == pytest.approx(1.0, abs=1e-4)
+    assert "hyperparameters/text_summary" in events.Tags()["tensors"]
+    checkpoint = os.path.join(run_dir, "checkpoint")
+    assert sorted(os.listdir(checkpoint)) == ["args.json", "envs.pkl", "heads.pt", "model", "trainer.pt"]
+    assert json.load(open(os.path.join(checkpoint, "args.json")))["model"] == "tiny-t5"
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), weights_only=False)
+    assert trainer["global_step"] == 128 and trainer["iteration"] == 4
+    # the saved model is an ordinary save_pretrained folder
+    llm, _ = g.load_llm(os.path.join(checkpoint, "model"))
+    assert llm.config.is_encoder_decoder
+
+
+def test_resume_continues_exactly(repo, tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    run(repo, straight, *SMALL, "--total-timesteps", "64")
+    run(repo, split, *SMALL, "--total-timesteps", "32")
+    split_dir = only_run_dir(split)
+    first_half = model_state(split_dir)
+    result = run(repo, split, "--resume", split_dir, "--total-timesteps", "64")
+    assert "done: 64 frames" in result.stdout
+    resumed, reference = model_state(split_dir), model_state(only_run_dir(straight))
+    assert any(not torch.equal(first_half[k], resumed[k]) for k in resumed)  # the second update did train
+    for name, weight in reference.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
+
+
+def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path):
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(repo, "glam_ppo.py"), *SMALL, "--total-timesteps", "32000"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint")) and time.time() < deadline:
+        time.sleep(0.5)  # wait until the first update has been saved, then interrupt mid-run
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    assert "saved" in stdout and "--resume" in stdout
+    run_dir = only_run_dir(tmp_path)
+    trainer = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)
+    assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * trainer["iteration"]
+    result = run(repo, tmp_path, "--resume", run_dir, "--total-timesteps", str(32 * (trainer["iteration"] + 1)))
+    assert f"done: {32 * (trainer['iteration'] + 1)} frames" in result.stdout
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    calls, compute_gae = [], g.compute_gae
+
+    def gae_turning_nan(*args, **kwargs):
+        advantages, returns = compute_gae(*args, **kwargs)
+        calls.append(1)
+        return (advantages * float("nan"), returns) if len(calls) == 2 else (advantages, returns)
+
+    monkeypatch.setattr(g, "compute_gae", gae_turning_nan)
+    previous_handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite loss at update 2.*last good checkpoint"):
+            g.main(g.parse_args([*SMALL, "--total-timesteps", "96"]))
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+    trainer = torch.load(glob.glob("runs/*/checkpoint/trainer.pt")[0], weights_only=False)
+    assert trainer["iteration"] == 1
+
+
+def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
+    args = g.parse_args([*SMALL, "--total-timesteps", "32"])
+    llm, tokenizer = g.load_llm("tiny-t5")
+    envs = g.TextVecEnv(args.env_id, 2, "canonical")
+    agent = g.GlamAgent(llm, tokenizer, envs.actions)
+    optimizer = torch.optim.Adam(agent.parameters())
+    g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 32, "iteration": 1})
+
+    def killed(*_args, **_kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(g.pickle, "dump", killed)
+    with pytest.raises(KeyboardInterrupt):
+        g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 64, "iteration": 2})
+    found = g.find_checkpoint(str(tmp_path))
+    assert found.endswith("checkpoint") and torch.load(os.path.join(found, "trainer.pt"), weights_only=False)["iteration"] == 1
+    # killed between the two renames: only the previous checkpoint, renamed .old, is complete
+    os.rename(found, found + ".old")
+    assert g.find_checkpoint(str(tmp_path)).endswith("checkpoint.old")
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--env-id", "BabyAI-GoToLocl-v0"], "valid ids: .*BabyAI-GoToLocal-v0"),
+        (["--num-minibatches", "7"], "must divide the batch"),
+        (["--total-timesteps", "10"], "less than one batch"),
+        (["--grad-accum-minibatch", "-1"], "grad-accum-minibatch"),
+        (["--load-embedding"], "add --no-pretrained"),
+        (["--resume", "no/such/run"], "no checkpoint written by glam_ppo.py"),
+    ],
+)
+def test_bad_input_names_the_fix(flags, message):
+    with pytest.raises(g.UsageError, match=message):
+        g.parse_args(flags)
+
+
+def test_resume_with_different_settings_is_refused(repo, tmp_path):
+    run(repo, tmp_path, *SMALL, "--total-timesteps", "32")
+    run_dir = only_run_dir(tmp_path)
+    with pytest.raises(g.UsageError, match=r"--num-envs 8 \(run has 4\).*drop these flags"):
+        g.parse_args(["--resume", run_dir, "--num-envs", "8"])
+    assert g.parse_args(["--resume", run_dir, "--total-timesteps", "64"]).num_iterations == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--model", "google/flan-t5-typo"], "cannot load model 'google/flan-t5-typo'.*tiny-t5"),
+        (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
+    ],
+)
+def test_command_line_errors_are_one_line_without_traceback(repo, tmp_path, flags, message):
+    result = run(repo, tmp_path, "--total-timesteps", "1280", *flags, check=False)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    last_line = result.stderr.strip().splitlines()[-1]
+    assert last_line.startswith("glam_ppo.py: error:")
+    assert __import__("re").search(message, last_line)
+
+
+def test_unknown_action_space_lists_the_choices(repo, tmp_path):
+    result = run(repo, tmp_path, "--action-space", "everything", check=False)
+    assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
