@@ -187,3 +187,28 @@ def test_command_line_errors_are_one_line_without_traceback(repo, tmp_path, flag
 def test_unknown_action_space_lists_the_choices(repo, tmp_path):
     result = run(repo, tmp_path, "--action-space", "everything", check=False)
     assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
+
+
+def test_gradient_accumulation_gives_the_same_update(repo, tmp_path):
+    whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
+    whole.mkdir(), accumulated.mkdir()
+    run(repo, whole, *SMALL, "--total-timesteps", "32")
+    run(repo, accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5")  # 16 = 5 + 5 + 5 + 1
+    reference = model_state(only_run_dir(whole))
+    for name, weight in model_state(only_run_dir(accumulated)).items():
+        torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
+
+
+def test_lora_run_saves_an_adapter_and_resumes(repo, tmp_path):
+    run(repo, tmp_path, *SMALL, "--total-timesteps", "32", "--lora-r", "4")
+    run_dir = only_run_dir(tmp_path)
+    assert os.path.exists(os.path.join(run_dir, "checkpoint", "model", "adapter_model.safetensors"))
+    result = run(repo, tmp_path, "--resume", run_dir, "--total-timesteps", "64")
+    assert "done: 64 frames" in result.stdout
+
+
+def test_decoder_only_model_with_action_heads_trains(repo, tmp_path):
+    result = run(repo, tmp_path, *SMALL, "--total-timesteps", "32", "--model", "tiny-causal", "--action-heads")
+    assert "done: 32 frames" in result.stdout
+    heads = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "heads.pt"))
+    assert heads["action_head"]["4.weight"].shape == (6, 1024)
