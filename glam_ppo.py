@@ -233,7 +233,6 @@ class LocalTaskLevel(RoomGridLevel):
         sequence_forms=("then", "after"),
         second_task: str = "goto",
         num_dists: int = 8,
-        colour_always_named: bool = False,
         room_size: int = 8,
         **kwargs,
     ):
@@ -244,7 +243,6 @@ class LocalTaskLevel(RoomGridLevel):
         self.sequence_forms = sequence_forms
         self.second_task = second_task
         self.num_dists = num_dists
-        self.colour_always_named = colour_always_named
         self.task_kind = self.task_kinds[0]
         super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
 
@@ -307,7 +305,7 @@ class LocalTaskLevel(RoomGridLevel):
         self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
         self.place_agent(agent_room, 0)
         self.check_objs_reachable()
-        named = self.colour_always_named or self.pairs == "test" or self._rand_bool()
+        named = self.pairs == "test" or self._rand_bool()
         self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
 
 
@@ -615,7 +613,7 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def layer_init_mlp(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
+def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
     """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
     return nn.Sequential(
         nn.Linear(in_features, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, out_features)
@@ -637,8 +635,8 @@ class GlamAgent(nn.Module):
         self.scoring, self.score_batch_size = scoring, score_batch_size
         self.is_encoder_decoder = llm.config.is_encoder_decoder
         hidden_size = llm.config.get_text_config().hidden_size
-        self.value_head = layer_init_mlp(hidden_size, 1)
-        self.action_head = layer_init_mlp(hidden_size, len(self.actions)) if action_heads else None
+        self.value_head = glam_head(hidden_size, 1)
+        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
 
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
         # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
@@ -661,7 +659,7 @@ class GlamAgent(nn.Module):
         return self.value_head[0].weight.device
 
     def _context(self, prompts):
-        """One pass over the prompts: (hidden state for the heads, log-probs of the next token, cache, mask)."""
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
         # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
         padding_side = "right" if self.is_encoder_decoder else "left"
         tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
@@ -712,24 +710,24 @@ class GlamAgent(nn.Module):
         scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
         return hidden, scores
 
+    def _hidden_and_scores(self, prompts):
+        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size`."""
+        pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
+        prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
+        chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
+        return hidden, scores
+
     def forward(self, prompts):
-        """(policy logits [B, A], values [B]) for a list of prompts, chunked so memory stays bounded."""
-        prompts_per_chunk = max(1, self.score_batch_size // (1 if self.action_head is not None else len(self.actions)))
-        hiddens, scores = [], []
-        for start in range(0, len(prompts), prompts_per_chunk):
-            hidden, chunk_scores = self._score_chunk(prompts[start : start + prompts_per_chunk])
-            hiddens.append(hidden)
-            scores.append(chunk_scores)
-        hidden = torch.cat(hiddens).float()
-        values = self.value_head(hidden).squeeze(-1)
-        if self.action_head is not None:
-            return self.action_head(hidden), values
-        return self.policy_logits(torch.cat(scores)), values
+        """(policy logits [B, A], values [B]) for a list of prompts."""
+        hidden, scores = self._hidden_and_scores(prompts)
+        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+        return logits, self.value_head(hidden).squeeze(-1)
 
     def score(self, prompts) -> torch.Tensor:
-        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)]."""
-        prompts_per_chunk = max(1, self.score_batch_size // len(self.actions))
-        return torch.cat([self._score_chunk(prompts[i : i + prompts_per_chunk])[1] for i in range(0, len(prompts), prompts_per_chunk)])
+        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
+        return self._hidden_and_scores(prompts)[1]
 
     def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
         if self.scoring == "token-mean":
