@@ -315,27 +315,21 @@ class GoToFrench(GoToLocal):
     language = "french"
 
 
-def _level(**fixed):
-    def make(**kwargs):
-        return LocalTaskLevel(**{**fixed, **kwargs})
-
-    return make
-
-
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
 BABYAI_TEXT_LEVELS = {
-    "BabyAI-MixedTrainLocal-v0": _level(pairs="train"),
-    "BabyAI-MixedTestLocal-v0": _level(pairs="test"),
-    "BabyAI-PickupLocal-v0": _level(task_kinds=("pickup",), pairs="any"),
-    "BabyAI-PickUpSeqGoToLocal-v0": _level(task_kinds=("pick_up_seq_go_to",)),
-    "BabyAI-PickUpThenGoToLocal-v0": _level(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",)),
-    "BabyAI-GoToAfterPickUpLocal-v0": _level(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",)),
-    "BabyAI-PickUpSeqPickUpLocal-v0": _level(task_kinds=("pick_up_seq_go_to",), second_task="pickup"),
-    "BabyAI-GoToLocalS8N16-v0": lambda **kwargs: GoToLocal(room_size=8, num_dists=16, **kwargs),
-    "BabyAI-GoToFrench-v0": GoToFrench,
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
 }
-for _env_id, _entry_point in BABYAI_TEXT_LEVELS.items():
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
     if _env_id not in gym.registry:
-        gym.register(id=_env_id, entry_point=_entry_point)
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
 
 
 def babyai_env_ids() -> list[str]:

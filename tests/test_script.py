@@ -126,7 +126,9 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     args = g.parse_args([*SMALL, "--total-timesteps", "32"])
     llm, tokenizer = g.load_llm("tiny-t5")
-    envs = g.TextVecEnv(args.env_id, 2, "canonical")
+    envs = g.TextVecEnv("BabyAI-MixedTrainLocal-v0", 2, "canonical")
+    envs.reset(seed=0)
+    envs.step([2, 1])
     agent = g.GlamAgent(llm, tokenizer, envs.actions)
     optimizer = torch.optim.Adam(agent.parameters())
     g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 32, "iteration": 1})
@@ -139,6 +141,10 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
         g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 64, "iteration": 2})
     found = g.find_checkpoint(str(tmp_path))
     assert found.endswith("checkpoint") and torch.load(os.path.join(found, "trainer.pt"), weights_only=False)["iteration"] == 1
+    with open(os.path.join(found, "envs.pkl"), "rb") as f:
+        restored = g.pickle.load(f)
+    assert restored.prompts() == envs.prompts()
+    assert restored.step([2, 2])[0] == envs.step([2, 2])[0]
     # killed between the two renames: only the previous checkpoint, renamed .old, is complete
     os.rename(found, found + ".old")
     assert g.find_checkpoint(str(tmp_path)).endswith("checkpoint.old")
