@@ -406,10 +406,11 @@ class TextVecEnv:
     episode start (reference section 4).
     """
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, **env_kwargs):
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
         self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
         self.language = self.envs[0].language
-        self.actions = action_names(action_space, self.language)
+        # The action strings the prompt offers; by default the action space's names in the env's language.
+        self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
         self.missions = [""] * num_envs
         self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
         self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
@@ -419,7 +420,7 @@ class TextVecEnv:
     def __len__(self):
         return len(self.envs)
 
-    def _start_episode(self, index: int, seed: int | None = None):
+    def start_episode(self, index: int, seed: int | None = None):
         obs, _ = self.envs[index].reset(seed=seed)
         self.missions[index] = obs["mission"]
         self.obs_histories[index].clear()
@@ -430,7 +431,7 @@ class TextVecEnv:
 
     def reset(self, seed: int | None = None) -> list[str]:
         for index in range(len(self)):
-            self._start_episode(index, None if seed is None else seed + index)
+            self.start_episode(index, None if seed is None else seed + index)
         return self.prompts()
 
     def prompts(self) -> list[str]:
@@ -454,7 +455,7 @@ class TextVecEnv:
                 finished.append(
                     {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
                 )
-                self._start_episode(index)
+                self.start_episode(index)
             else:
                 self.obs_histories[index].append(obs["sentences"])
                 self.action_histories[index].append(self.actions[int(action)])
