@@ -1,0 +1,120 @@
+"""zero_shot_eval.py: probes, reference policies, checkpoints, outputs and errors."""
+
+import csv
+import glob
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+import glam_ppo
+import zero_shot_eval as z
+
+
+def evaluate(tmp_path, *flags):
+    args = z.parse_args([*flags, "--output-dir", str(tmp_path / "out")])
+    rows = z.main(args)
+    return {row["probe"]: row for row in rows}
+
+
+def test_probe_substitutions_are_exact():
+    prompt = glam_ppo.build_prompt(
+        "put the red key next to the grey box", glam_ppo.action_names("canonical"),
+        [["You carry a blue ball", "You see a locked purple door 1 step left"]], [],
+    )
+    assert z.substitute(prompt, z.PROBES["real-nouns"].substitutions) == glam_ppo.build_prompt(
+        "put the red chair next to the grey car", glam_ppo.action_names("canonical"),
+        [["You carry a blue table", "You see a locked purple door 1 step left"]], [],
+    )
+    both = z.substitute(prompt, z.PROBES["invented-both"].substitutions)
+    assert "Goal of the agent: put the faze dax next to the sil afze" in both
+    assert "You carry a croh xolo, You see a locked vurst door" in both
+    assert "Observation 0" in both and "pick up, drop, toggle" in both
+    assert z.substitute(prompt, z.PROBES["colour-synonyms"].substitutions).count("vermilion") == 1
+    rephrased = z.substitute(prompt, z.PROBES["goal-you-have-to"].substitutions)
+    assert rephrased.startswith("Possible action of the agent: turn left") and "\n You have to: put the red key" in rephrased
+    assert z.substitute("the reddish keys", {"red": "faze", "key": "dax"}) == "the reddish keys"  # whole words only
+    assert z.PROBES["synonym-actions"].actions == ("rotate left", "rotate right", "move ahead", "take", "release", "switch")
+    assert set(z.SUITES["generalisation"]) == set(z.PROBES)
+
+
+def test_bot_solves_and_random_succeeds_as_often_as_expected(tmp_path):
+    bot = evaluate(tmp_path, "--policy", "bot", "--env-id", "BabyAI-GoToLocal-v0", "--episodes", "30", "--probes", "no-change", "new-objects", "new-task")
+    assert all(row["success_rate"] == 1.0 and row["episodes"] == 30 for row in bot.values())
+    random_row = evaluate(tmp_path, "--policy", "random", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "300")["no-change"]
+    assert 0.25 < random_row["success_rate"] < 0.45  # about 35% for a uniform policy on this level
+    assert random_row["ci99_low"] < random_row["success_rate"] < random_row["ci99_high"]
+
+
+def test_same_command_same_episodes(tmp_path):
+    flags = ["--policy", "random", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "20", "--save-trajectories"]
+    evaluate(tmp_path, *flags)
+    first = open(tmp_path / "out" / "trajectories.jsonl").read()
+    evaluate(tmp_path, *flags)
+    assert open(tmp_path / "out" / "trajectories.jsonl").read() == first
+    evaluate(tmp_path, *flags, "--num-envs", "3")  # other parallelism: the same levels, in the same seed order
+    again = [json.loads(line) for line in open(tmp_path / "out" / "trajectories.jsonl")]
+    assert [e["seed"] for e in again] == list(range(1, 21))
+    assert [e["prompts"][0] for e in again] == [json.loads(line)["prompts"][0] for line in first.splitlines()]
+
+
+def test_tiny_model_end_to_end_writes_the_table_files(tmp_path, capsys):
+    rows = evaluate(
+        tmp_path, "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "3", "--num-envs", "3",
+        "--probes", "no-change", "synonym-actions", "french", "--save-trajectories",
+    )
+    assert list(rows) == ["no-change", "synonym-actions", "french"]
+    table = capsys.readouterr().out
+    assert "success (99% interval)" in table and "BabyAI-GoToFrench-v0" in table
+    record = json.load(open(tmp_path / "out" / "results.json"))
+    assert record["model"] == "tiny-t5" and "zero_shot_eval.py" in record["command"] and len(record["rows"]) == 3
+    with open(tmp_path / "out" / "results.csv") as f:
+        assert [row["probe"] for row in csv.DictReader(f)] == list(rows)
+    episodes = [json.loads(line) for line in open(tmp_path / "out" / "trajectories.jsonl")]
+    synonyms = [e for e in episodes if e["probe"] == "synonym-actions"]
+    assert synonyms[0]["prompts"][0].startswith("Possible action of the agent: rotate left, rotate right, move ahead")
+    assert set(synonyms[0]["actions"]) <= set(z.PROBES["synonym-actions"].actions)
+    french = [e for e in episodes if e["probe"] == "french"]
+    assert french[0]["prompts"][0].startswith("Actions possibles pour l'agent: tourner à gauche")
+    assert all(len(e["prompts"]) == len(e["actions"]) == e["length"] for e in episodes)
+
+
+@pytest.mark.parametrize("extra", [[], ["--no-pretrained", "--action-heads"]], ids=["scoring", "npae-action-head"])
+def test_glam_ppo_checkpoint_loads_and_evaluates(repo, tmp_path, extra):
+    subprocess.run(
+        [sys.executable, os.path.join(repo, "glam_ppo.py"), "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0",
+         "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--total-timesteps", "32", *extra],
+        cwd=tmp_path, check=True, capture_output=True,
+    )
+    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+    args = z.parse_args(["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2", "--output-dir", str(tmp_path / "out")])
+    agent = z.load_agent(args, glam_ppo.action_names("canonical"), torch.device("cpu"))
+    heads = torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))
+    torch.testing.assert_close(agent.value_head.state_dict(), heads["value_head"])
+    assert (agent.action_head is not None) == bool(extra)
+    assert z.main(args)[0]["episodes"] == 2
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--probes", "no-change", "made-up"], "unknown probe made-up; probes: no-change"),
+        (["--env-id", "BabyAI-Nope-v0"], "unknown env id"),
+        (["--model", "./no/such/checkpoint", "--episodes", "1"], "no such file or folder"),
+    ],
+)
+def test_bad_input_names_the_fix(tmp_path, flags, message):
+    with pytest.raises(z.UsageError, match=message):
+        z.main(z.parse_args([*flags, "--output-dir", str(tmp_path)]))
+
+
+def test_command_line_error_is_one_line(repo, tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "zero_shot_eval.py"), "--model", "google/flan-t5-typo", "--episodes", "1"],
+        cwd=tmp_path, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"},
+    )
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1].startswith("zero_shot_eval.py: error: cannot load model")
