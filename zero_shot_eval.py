@@ -610,9 +610,10 @@ class GlamAgent(nn.Module):
             hidden = out.decoder_hidden_states[-1][:, 0]
             return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
         out = self.llm(
             input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions,
-            use_cache=True, output_hidden_states=True,
+            use_cache=True, output_hidden_states=True, logits_to_keep=1,
         )
         hidden = out.hidden_states[-1][:, -1]
         return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
