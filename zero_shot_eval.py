@@ -72,6 +72,8 @@ class Args:
     """where results.json, results.csv (and trajectories.jsonl) go; default eval_runs/<model>__<policy>__<time>"""
     save_trajectories: bool = False
     """also write every episode's prompts and chosen actions to trajectories.jsonl (for behavioural cloning)"""
+    command: tyro.conf.Suppress[str] = ""
+    """the command line, filled in by parse_args and recorded in results.json"""
 
 
 class UsageError(Exception):
@@ -891,7 +893,9 @@ def format_table(rows) -> str:
 
 
 def parse_args(argv=None) -> Args:
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = tyro.cli(Args, args=argv)
+    args.command = shlex.join(["python", "zero_shot_eval.py", *argv])
     probe_names = SUITES[args.suite] if args.suite != "none" else args.probes
     unknown = [name for name in probe_names if name not in PROBES]
     if unknown:
@@ -930,7 +934,7 @@ def main(args: Args) -> list[dict]:
     progress.close()
 
     print(format_table(rows))
-    record = {"command": shlex.join([os.path.basename(sys.argv[0]), *sys.argv[1:]]), "model": args.model, "policy": args.policy,
+    record = {"command": args.command, "model": args.model, "policy": args.policy,
               "greedy": args.greedy, "seed": args.seed, "rows": rows}
     with open(os.path.join(output_dir, "results.json"), "w") as f:
         json.dump(record, f, indent=2)
