@@ -831,8 +831,8 @@ def evaluate(args: Args, probe: Probe, policy_for, progress) -> tuple[dict, list
     """Runs episodes with level seeds args.seed .. args.seed + episodes - 1; returns (table row, trajectories)."""
     env_id = probe.env_id or args.env_id
     envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions)
-    if args.policy == "bot" and envs.actions != action_names("canonical", envs.language):
-        raise UsageError("--policy bot acts with the canonical actions; use --action-space canonical")
+    if args.policy == "bot" and len(envs.actions) < len(ACTIONS["english"]):
+        raise UsageError("--policy bot needs all six actions; use --action-space canonical or augmented")
     policy = policy_for(envs.actions)
     torch.manual_seed(args.seed)  # each row is the same whether its probe runs alone or in a suite
     seeds = iter(range(args.seed, args.seed + args.episodes))

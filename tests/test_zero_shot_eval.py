@@ -42,8 +42,13 @@ def test_probe_substitutions_are_exact():
 
 
 def test_bot_solves_and_random_succeeds_as_often_as_expected(tmp_path):
-    bot = evaluate(tmp_path, "--policy", "bot", "--env-id", "BabyAI-GoToLocal-v0", "--episodes", "30", "--probes", "no-change", "new-objects", "new-task")
+    bot = evaluate(
+        tmp_path, "--policy", "bot", "--env-id", "BabyAI-GoToLocal-v0", "--episodes", "30",
+        "--probes", "no-change", "new-objects", "new-task", "synonym-actions", "french",
+    )
     assert all(row["success_rate"] == 1.0 and row["episodes"] == 30 for row in bot.values())
+    with pytest.raises(z.UsageError, match="needs all six actions"):
+        evaluate(tmp_path, "--policy", "bot", "--action-space", "restricted", "--episodes", "1")
     random_row = evaluate(tmp_path, "--policy", "random", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "300")["no-change"]
     assert 0.25 < random_row["success_rate"] < 0.45  # about 35% for a uniform policy on this level
     assert random_row["ci99_low"] < random_row["success_rate"] < random_row["ci99_high"]
