@@ -7,6 +7,7 @@ file knowingly differs from the original says so in a comment marked "Differs fr
 """
 
 import contextlib
+import importlib.util
 import io
 import json
 import os
@@ -793,6 +794,8 @@ def finish_args(args: Args) -> Args:
         raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
     if args.score_batch_size < 1 or args.save_interval < 1:
         raise UsageError("--score-batch-size and --save-interval must be at least 1")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
     make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
     return args
 

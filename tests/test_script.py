@@ -166,6 +166,12 @@ def test_bad_input_names_the_fix(flags, message):
         g.parse_args(flags)
 
 
+@pytest.mark.skipif(__import__("importlib").util.find_spec("wandb") is not None, reason="wandb is installed")
+def test_track_without_wandb_says_how_to_install_it():
+    with pytest.raises(g.UsageError, match="pip install wandb"):
+        g.parse_args(["--track"])
+
+
 def test_resume_with_different_settings_is_refused(repo, tmp_path):
     run(repo, tmp_path, *SMALL, "--total-timesteps", "32")
     run_dir = only_run_dir(tmp_path)
