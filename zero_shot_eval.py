@@ -635,9 +635,11 @@ class GlamAgent(nn.Module):
         if continuation.shape[1] > 0:
             pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
             if self.is_encoder_decoder:
-                hidden_states = encoder_outputs.last_hidden_state.repeat_interleave(num_actions, 0)
+                # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
+                # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
+                shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
                 out = self.llm(
-                    encoder_outputs=(hidden_states,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
+                    encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
                     past_key_values=cache, use_cache=True,
                 )
             else:

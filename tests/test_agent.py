@@ -100,6 +100,9 @@ def test_get_action_and_value_samples_and_evaluates(agent, prompts):
     assert logprob_given.requires_grad  # the update differentiates through the same path
     logprob_given.sum().backward()
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in agent.llm.parameters())
+    if agent.is_encoder_decoder:  # the action tokens reach the encoder through the cached cross-attention
+        encoder = [p for name, p in agent.llm.named_parameters() if name.startswith("encoder.block")]
+        assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in encoder)
     agent.zero_grad()
 
 
