@@ -42,9 +42,9 @@ def model_state(run_dir):
 
 
 def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
-    result = run(repo, tmp_path, *SMALL, "--total-timesteps", "128")  # 4 updates of 32 frames, ~5 episodes
+    result = run(repo, tmp_path, *SMALL, "--num-steps", "16", "--total-timesteps", "256")  # 4 updates of 64 frames
     run_dir = only_run_dir(tmp_path)
-    assert "done: 128 frames" in result.stdout
+    assert "done: 256 frames" in result.stdout
     assert "Sampling rejected" not in result.stdout + result.stderr
     events = EventAccumulator(run_dir)
     events.Reload()
@@ -63,7 +63,7 @@ def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
     assert sorted(os.listdir(checkpoint)) == ["args.json", "envs.pkl", "heads.pt", "model", "trainer.pt"]
     assert json.load(open(os.path.join(checkpoint, "args.json")))["model"] == "tiny-t5"
     trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), weights_only=False)
-    assert trainer["global_step"] == 128 and trainer["iteration"] == 4
+    assert trainer["global_step"] == 256 and trainer["iteration"] == 4
     # the saved model is an ordinary save_pretrained folder
     llm, _ = g.load_llm(os.path.join(checkpoint, "model"))
     assert llm.config.is_encoder_decoder
