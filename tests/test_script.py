@@ -42,7 +42,7 @@ def model_state(run_dir):
 
 
 def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
-    result = run(repo, tmp_path, *SMALL, "--num-steps", "16", "--total-timesteps", "256")  # 4 updates of 64 frames
+    result = run(repo, tmp_path, *SMALL, "--num-steps", "16", "--update-epochs", "1", "--total-timesteps", "256")  # 4 updates
     run_dir = only_run_dir(tmp_path)
     assert "done: 256 frames" in result.stdout
     assert "Sampling rejected" not in result.stdout + result.stderr
