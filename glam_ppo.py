@@ -67,6 +67,8 @@ class Args:
     """how token log-probabilities make an action score: sum (correct), means, or the paper-era softmax(P/max P)"""
     score_batch_size: int = 1024
     """most (prompt, action) pairs in one forward pass while scoring; lower it if memory runs out"""
+    init_from: str | None = None
+    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
     bf16: bool = False
@@ -798,6 +800,13 @@ def finish_args(args: Args) -> Args:
         raise UsageError("--score-batch-size and --save-interval must be at least 1")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise UsageError("--track needs Weights and Biases: pip install wandb")
+    if args.init_from is not None:
+        if not args.pretrained:
+            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
+        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
+        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
+        args.model = model_dir
     make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
     return args
 
@@ -825,6 +834,14 @@ def find_checkpoint(run_dir: str) -> str:
         if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
             return path
     raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+
+
+def find_init_checkpoint(path: str) -> str:
+    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
+    for folder in (path, os.path.join(path, "checkpoint")):
+        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
+            return folder
+    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
 
 
 def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, envs: TextVecEnv, counters: dict):
@@ -926,6 +943,11 @@ def main(args: Args):
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     next_done = torch.zeros(args.num_envs, device=device)
     global_step, start_iteration = 0, 1
+    if checkpoint is None and args.init_from is not None:
+        heads = torch.load(os.path.join(find_init_checkpoint(args.init_from), "heads.pt"), map_location=device)
+        agent.value_head.load_state_dict(heads["value_head"])
+        if agent.action_head is not None and "action_head" in heads:
+            agent.action_head.load_state_dict(heads["action_head"])
     if checkpoint is not None:
         heads = torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)
         agent.value_head.load_state_dict(heads["value_head"])

@@ -6,9 +6,10 @@ import pytest
 import torch
 
 import glam_ppo
+import bc_finetune
 import zero_shot_eval
 
-COPIES = [zero_shot_eval]
+COPIES = [zero_shot_eval, bc_finetune]
 SHARED_START, SHARED_END = "class UsageError", "def compute_gae"
 
 

@@ -1,0 +1,1151 @@
+"""GLAM's behavioural-cloning baseline (BC-Bot, BC-GFlan-T5 of Carta et al., ICML 2023), in one file.
+
+The LLM learns, by cross-entropy, to write the demonstrated action after the same prompt that glam_ppo.py's policy
+reads. Demonstrations come from minigrid's BabyAIBot, played in parallel envs, or from trajectories saved by
+`zero_shot_eval.py --save-trajectories` (a trained agent's). The env, prompt, model loading and scoring parts are
+copies of glam_ppo.py's (tests keep them identical), so the checkpoint this writes is evaluated by zero_shot_eval.py
+and continued with PPO by `glam_ppo.py --init-from` exactly as it was trained.
+
+Held-out action accuracy is the argmax of the very action scores the RL policy samples from, and the periodic env
+evaluation samples from them, so BC and RL agents are measured the same way.
+
+Seeds: demonstration episode k is the level `reset(seed=args.seed + k)`; evaluation episode k is the level
+`reset(seed=args.seed + EVAL_SEED_OFFSET + k)`, the same levels at every evaluation and never a demonstration's.
+"""
+
+import contextlib
+import importlib.util
+import io
+import json
+import math
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal
+from urllib.parse import urlparse
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import tyro
+from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
+from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
+from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
+from minigrid.envs.babyai.goto import GoToLocal
+from minigrid.utils.baby_ai_bot import BabyAIBot
+from torch.distributions.categorical import Categorical
+from tqdm import tqdm
+from transformers import get_cosine_schedule_with_warmup
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment (demonstration levels, data order, initialisation)"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "glam"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+
+    # Model
+    model: str = "flan-t5-large"
+    """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
+    pretrained: bool = True
+    """start from the pretrained weights (False: random init from the config)"""
+    load_embedding: bool = False
+    """with --no-pretrained, copy the pretrained embedding weights"""
+    scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
+    """how token log-probabilities make an action score, for held-out accuracy and env evaluation (kept in the checkpoint)"""
+    score_batch_size: int = 1024
+    """most (prompt, action) pairs in one forward pass while scoring"""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
+    bf16: bool = False
+    """run forward passes under bfloat16 autocast"""
+
+    # Demonstrations
+    env_id: str = "BabyAI-MixedTrainLocal-v0"
+    """the level of the bot's demonstrations and of the env evaluation"""
+    action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
+    """the action strings offered in the prompt (the bot needs canonical or augmented)"""
+    demos: str | None = None
+    """a trajectories.jsonl (zero_shot_eval.py --save-trajectories, or a run's demos.jsonl) instead of the bot's demos"""
+    num_transitions: int = 400_000
+    """transitions of bot demonstrations to generate (the paper's 400k); ignored with --demos"""
+    num_envs: int = 32
+    """parallel environments for generating demonstrations and for evaluation"""
+    holdout_fraction: float = 0.05
+    """share of the episodes kept out of training to measure action accuracy"""
+
+    # Optimisation (the paper's settings: AdamW, lr 5e-4, cosine schedule, 1 epoch)
+    learning_rate: float = 5e-4
+    """the peak learning rate of AdamW"""
+    weight_decay: float = 0.01
+    """AdamW's weight decay (not stated in the paper; PyTorch's default)"""
+    warmup_fraction: float = 0.03
+    """share of the optimizer steps spent warming the learning rate up from 0 (not stated in the paper)"""
+    num_epochs: int = 1
+    """passes over the training demonstrations"""
+    batch_size: int = 64
+    """transitions per optimizer step (not stated in the paper)"""
+    grad_accum_batch: int = 0
+    """transitions per forward/backward pass; a batch is split into these and gradients accumulated (0: all)"""
+    max_grad_norm: float = 1.0
+    """the maximum norm for the gradient clipping"""
+
+    # Evaluation, logging and checkpoints
+    eval_every: int = 50_000
+    """training transitions between evaluations and checkpoints (also before the first step and after the last)"""
+    eval_episodes: int = 100
+    """episodes per env evaluation, sampled from the scored policy"""
+    resume: str | None = None
+    """continue the run saved in this folder (runs/<run>); only logging flags may change"""
+
+
+EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demonstration's level seed
+
+
+class UsageError(Exception):
+    """Bad input from the user; main() prints the message alone, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: observation sentences
+# ---------------------------------------------------------------------------------------------------------------
+
+AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
+FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
+FRENCH_COLOURS = {"red": "rouge", "green": "verte", "blue": "bleue", "purple": "violette", "yellow": "jaune", "grey": "grise"}
+DOOR_STATES = {"english": ("open", "closed", "locked"), "french": ("ouverte", "fermée", "fermée à clef")}
+
+
+def _steps(count: int, direction: str, language: str) -> str:
+    if language == "french":
+        return f"{count} pas {direction}"
+    return f"{count} step{'s' if count > 1 else ''} {direction}"
+
+
+def _relative_position(dx: int, dy: int, language: str) -> str:
+    left, right, forward = ("à gauche", "à droite", "devant") if language == "french" else ("left", "right", "forward")
+    sideways = _steps(abs(dx), right if dx > 0 else left, language)
+    if dx == 0:
+        return _steps(dy, forward, language)
+    if dy == 0:
+        return sideways
+    return sideways + (" et " if language == "french" else " and ") + _steps(dy, forward, language)
+
+
+def _object_phrase(type_idx: int, colour_idx: int, state: int, language: str) -> str:
+    kind, colour = IDX_TO_OBJECT[type_idx], IDX_TO_COLOR[colour_idx]
+    if language == "french":
+        noun = f"{FRENCH_TYPES.get(kind, kind)} {FRENCH_COLOURS[colour]}"
+        return f"{noun} {DOOR_STATES['french'][state]}" if kind == "door" else noun
+    return f"{DOOR_STATES['english'][state]} {colour} door" if kind == "door" else f"{colour} {kind}"
+
+
+def describe(image: np.ndarray, language: str = "english") -> list[str]:
+    """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
+    french = language == "french"
+    sentences = []
+    carried = image[AGENT_CELL]
+    if carried[0] > 2:
+        verb = "Tu portes une" if french else "You carry a"
+        sentences.append(f"{verb} {_object_phrase(*carried, language)}")
+
+    agent_i, agent_j = AGENT_CELL
+    rays = {
+        "forward": [(agent_i, j) for j in range(agent_j - 1, -1, -1)],
+        "left": [(i, agent_j) for i in range(agent_i - 1, -1, -1)],
+        "right": [(i, agent_j) for i in range(agent_i + 1, 7)],
+    }
+    french_sides = {"forward": "devant", "left": "à gauche", "right": "à droite"}
+    for side, cells in rays.items():
+        for distance, cell in enumerate(cells, start=1):
+            if image[cell][0] in (0, 1):
+                continue
+            if IDX_TO_OBJECT[image[cell][0]] == "wall":
+                if french:
+                    sentences.append(f"Tu vois un mur à {_steps(distance, french_sides[side], language)}")
+                else:
+                    sentences.append(f"You see a wall {_steps(distance, side, language)}")
+            break
+
+    for i in range(7):
+        for j in range(7):
+            type_idx, colour_idx, state = image[i, j]
+            if type_idx <= 2 or (i, j) == AGENT_CELL:
+                continue
+            phrase = _object_phrase(type_idx, colour_idx, state, language)
+            position = _relative_position(i - agent_i, agent_j - j, language)
+            # The original writes "a" before every object, "a open red door" included; trained models saw it.
+            sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: the levels minigrid lacks
+# ---------------------------------------------------------------------------------------------------------------
+
+TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
+OBJECT_TYPES = ("key", "ball", "box")
+
+
+class LocalTaskLevel(RoomGridLevel):
+    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
+
+    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
+    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
+    """
+
+    def __init__(
+        self,
+        task_kinds=TASK_KINDS,
+        task_kind: str | None = None,
+        pairs: Literal["train", "test", "any"] = "train",
+        sequence_forms=("then", "after"),
+        second_task: str = "goto",
+        num_dists: int = 8,
+        room_size: int = 8,
+        **kwargs,
+    ):
+        if task_kind is not None and task_kind not in task_kinds:
+            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
+        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
+        self.pairs = pairs
+        self.sequence_forms = sequence_forms
+        self.second_task = second_task
+        self.num_dists = num_dists
+        self.task_kind = self.task_kinds[0]
+        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
+
+    def _gen_grid(self, width, height):
+        # The kind decides the grid's width, so draw it first, from this reset's seed.
+        self.task_kind = self._rand_elem(self.task_kinds)
+        self.num_cols = 2 if self.task_kind == "open" else 1
+        self.width = (self.room_size - 1) * self.num_cols + 1
+        super()._gen_grid(self.width, height)
+
+    def _allowed(self, pair: str) -> bool:
+        if self.pairs == "any":
+            return True
+        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+
+    def _pick_targets(self, objs, count):
+        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
+        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
+        self.np_random.shuffle(candidates)
+        chosen, seen = [], set()
+        for obj in candidates:
+            if (obj.color, obj.type) not in seen:
+                chosen.append(obj)
+                seen.add((obj.color, obj.type))
+        if len(chosen) < count:
+            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
+        return chosen[:count]
+
+    def gen_mission(self):
+        if self.task_kind == "open":
+            self._gen_open_mission()
+            return
+        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        self.check_objs_reachable()
+        if self.task_kind in ("goto", "pickup"):
+            (target,) = self._pick_targets(objs, 1)
+            desc = ObjDesc(target.type, target.color)
+            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+        elif self.task_kind == "putnext":
+            moved, fixed = self._pick_targets(objs, 2)
+            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+        else:
+            first, second = self._pick_targets(objs, 2)
+            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
+            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
+            then_second = instr_cls(ObjDesc(second.type, second.color))
+            if self._rand_elem(self.sequence_forms) == "then":
+                self.instrs = BeforeInstr(pick_up_first, then_second)
+            else:
+                self.instrs = AfterInstr(then_second, pick_up_first)
+
+    def _gen_open_mission(self):
+        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
+        colour = self._rand_elem(door_colours)
+        agent_room = self._rand_int(0, 2)
+        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_object(agent_room, 0, "key", colour)
+        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
+        self.place_agent(agent_room, 0)
+        self.check_objs_reachable()
+        named = self.pairs == "test" or self._rand_bool()
+        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
+
+
+class GoToFrench(GoToLocal):
+    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
+
+    language = "french"
+
+
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
+BABYAI_TEXT_LEVELS = {
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
+}
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
+    if _env_id not in gym.registry:
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
+
+
+def babyai_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: actions, the text wrapper and a vector of text envs
+# ---------------------------------------------------------------------------------------------------------------
+
+ACTIONS = {
+    "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
+    "french": ("tourner à gauche", "tourner à droite", "aller tout droit", "attraper", "lâcher", "basculer"),
+}
+USELESS_ACTIONS = ("sleep", "do nothing", "think")
+NO_OP = 6  # minigrid's `done`, which does nothing in BabyAI levels
+
+
+def action_names(action_space: str, language: str = "english") -> list[str]:
+    """Action strings; index i is minigrid action i, and indices past 5 map to the no-op."""
+    actions = list(ACTIONS[language])
+    if action_space == "restricted":
+        return actions[:3]
+    if action_space == "augmented":
+        return actions + list(USELESS_ACTIONS)
+    if action_space != "canonical":
+        raise UsageError(f"unknown action space {action_space!r}; choose canonical, restricted or augmented")
+    return actions
+
+
+def french_goal(mission: str) -> str:
+    """`go to the red ball` -> `aller à la balle rouge` (GoToFrench's goal)."""
+    match = re.fullmatch(r"go to (the|a) (\w+) (\w+)", mission)
+    if match is None:
+        raise ValueError(f"GoToFrench translates 'go to the <colour> <noun>' missions only, got {mission!r}")
+    article, colour, noun = match.groups()
+    return f"aller à {'la' if article == 'the' else 'une'} {FRENCH_TYPES[noun]} {FRENCH_COLOURS[colour]}"
+
+
+class BabyAIText(gym.Wrapper):
+    """Observations become {"mission", "sentences"}; reward is `reward_scale` x the env reward; info has success."""
+
+    def __init__(self, env: gym.Env, reward_scale: float = 20.0):
+        super().__init__(env)
+        self.language = getattr(env.unwrapped, "language", "english")
+        self.reward_scale = reward_scale
+
+    def _text(self, obs):
+        mission = french_goal(obs["mission"]) if self.language == "french" else obs["mission"]
+        return {"mission": mission, "sentences": describe(obs["image"], self.language)}
+
+    def reset(self, **kwargs):
+        # minigrid prints every rejected level sample ("Sampling rejected: unreachable object"); keep it quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            obs, info = self.env.reset(**kwargs)
+        return self._text(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(min(int(action), NO_OP))
+        info["success"] = reward > 0
+        return self._text(obs), self.reward_scale * reward, terminated, truncated, info
+
+
+def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAIText:
+    if env_id not in gym.registry or not env_id.startswith("BabyAI-"):
+        raise UsageError(f"unknown env id {env_id!r}; valid ids: {', '.join(babyai_env_ids())}")
+    return BabyAIText(gym.make(env_id, **env_kwargs).unwrapped, reward_scale)
+
+
+class TextVecEnv:
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history.
+
+    A prompt holds the last 3 observations and the 2 actions between them; the history is cleared at each
+    episode start (reference section 4).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
+        self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
+        self.language = self.envs[0].language
+        # The action strings the prompt offers; by default the action space's names in the env's language.
+        self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
+        self.missions = [""] * num_envs
+        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.episode_returns = np.zeros(num_envs)
+        self.episode_lengths = np.zeros(num_envs, dtype=int)
+
+    def __len__(self):
+        return len(self.envs)
+
+    def start_episode(self, index: int, seed: int | None = None):
+        obs, _ = self.envs[index].reset(seed=seed)
+        self.missions[index] = obs["mission"]
+        self.obs_histories[index].clear()
+        self.action_histories[index].clear()
+        self.obs_histories[index].append(obs["sentences"])
+        self.episode_returns[index] = 0.0
+        self.episode_lengths[index] = 0
+
+    def reset(self, seed: int | None = None) -> list[str]:
+        for index in range(len(self)):
+            self.start_episode(index, None if seed is None else seed + index)
+        return self.prompts()
+
+    def prompts(self) -> list[str]:
+        return [
+            build_prompt(mission, self.actions, obs_history, action_history, self.language)
+            for mission, obs_history, action_history in zip(self.missions, self.obs_histories, self.action_histories)
+        ]
+
+    def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+        """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
+        rewards = np.zeros(len(self), dtype=np.float32)
+        dones = np.zeros(len(self), dtype=bool)
+        finished = []
+        for index, (env, action) in enumerate(zip(self.envs, actions)):
+            obs, reward, terminated, truncated, info = env.step(int(action))
+            rewards[index] = reward
+            self.episode_returns[index] += reward
+            self.episode_lengths[index] += 1
+            if terminated or truncated:
+                dones[index] = True
+                finished.append(
+                    {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
+                )
+                self.start_episode(index)
+            else:
+                self.obs_histories[index].append(obs["sentences"])
+                self.action_histories[index].append(self.actions[int(action)])
+        return self.prompts(), rewards, dones, finished
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt
+# ---------------------------------------------------------------------------------------------------------------
+
+PROMPT_WORDS = {
+    "english": ("Possible action of the agent:", "Goal of the agent"),
+    "french": ("Actions possibles pour l'agent:", "But de l'agent"),
+}
+
+
+def build_prompt(goal: str, actions, obs_history, action_history, language: str = "english") -> str:
+    """The GLAM prompt, byte-exact (reference section 4); it ends with `Action k: ` for the next action."""
+    header, goal_label = PROMPT_WORDS[language]
+    prompt = header + "".join(f" {action}," for action in actions)[:-1] + f" \n {goal_label}: {goal}"
+    for i, sentences in enumerate(obs_history):
+        prompt += f" \n Observation {i}: " + "".join(f"{sentence}, " for sentence in sentences) + f"\n Action {i}: "
+        if i < len(action_history):
+            prompt += action_history[i]
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model loading
+# ---------------------------------------------------------------------------------------------------------------
+
+MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
+TINY_MODELS = ("tiny-t5", "tiny-causal")
+
+
+def babyai_text_vocabulary() -> list[str]:
+    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
+    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
+    texts = [
+        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
+        "rotate left, rotate right, move ahead, take, release, switch",
+        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
+        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
+        "go to the a pick up put next open then after you object in front of behind on your",
+        "I would like the agent to You have to",
+        "0 1 2 3 4 5 6 7 8 9",
+    ]
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]+", text))
+    return sorted(words)
+
+
+def build_tiny_model(kind: str):
+    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    else:  # like Llama's: a <s> in front
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
+    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    if kind == "tiny-t5":
+        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
+        return T5ForConditionalGeneration(config), tokenizer
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=2048, bos_token_id=3, **size,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    config = AutoConfig.from_pretrained(**location)
+    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if pretrained:
+        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
+    model = model_cls.from_config(config, **model_kwargs)
+    if load_embedding:
+        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
+    return model, tokenizer
+
+
+def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    if name in TINY_MODELS:
+        return build_tiny_model(name)
+    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
+    is_path = source.startswith((".", "/")) or os.path.exists(source)
+    if is_path and not os.path.exists(source):
+        raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    location = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    try:
+        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+    except (OSError, ValueError) as error:
+        if is_path or not _hub_reachable():
+            raise _load_error(name, error, offline=not is_path) from None
+        try:
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
+        except (OSError, ValueError) as hub_error:
+            raise _load_error(name, hub_error, offline=False) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
+    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UsageError(
+        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Agent
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
+    """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, out_features)
+    )
+
+
+class GlamAgent(nn.Module):
+    """An LLM policy over action strings and a value head, both reading the same decoder state.
+
+    Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
+    value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
+    which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
+    Decoder-only models: the same, with the prompt in place of encoder and start position.
+    """
+
+    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
+        super().__init__()
+        self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
+        self.scoring, self.score_batch_size = scoring, score_batch_size
+        self.is_encoder_decoder = llm.config.is_encoder_decoder
+        hidden_size = llm.config.get_text_config().hidden_size
+        self.value_head = glam_head(hidden_size, 1)
+        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+
+        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
+        # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
+        if self.is_encoder_decoder:
+            token_lists = [tokenizer(action).input_ids for action in self.actions]
+        else:
+            token_lists = [tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for action in self.actions]
+        width = max(map(len, token_lists))
+        action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
+        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            action_ids[index, : len(ids)] = torch.tensor(ids)
+            action_mask[index, : len(ids)] = 1
+        self.register_buffer("action_ids", action_ids, persistent=False)
+        self.register_buffer("action_mask", action_mask, persistent=False)
+        self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
+
+    @property
+    def device(self):
+        return self.value_head[0].weight.device
+
+    def _context(self, prompts):
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
+        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
+        padding_side = "right" if self.is_encoder_decoder else "left"
+        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
+        if self.is_encoder_decoder:
+            encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+            start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)
+            out = self.llm(
+                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=start,
+                use_cache=True, output_hidden_states=True,
+            )
+            hidden = out.decoder_hidden_states[-1][:, 0]
+            return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
+        out = self.llm(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions,
+            use_cache=True, output_hidden_states=True, logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1][:, -1]
+        return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
+
+    def _score_chunk(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
+        hidden, first_logprobs, cache, prompt_mask, encoder_outputs = self._context(prompts)
+        if self.action_head is not None:
+            return hidden, None
+        num_prompts, num_actions = len(prompts), len(self.actions)
+        action_ids = self.action_ids.repeat(num_prompts, 1)
+        action_mask = self.action_mask.repeat(num_prompts, 1)
+        cache.batch_repeat_interleave(num_actions)
+        # The context pass already predicted each action's first token; the continuation feeds all but the last.
+        continuation = action_ids[:, :-1]
+        token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
+        if continuation.shape[1] > 0:
+            pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
+            if self.is_encoder_decoder:
+                # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
+                # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
+                shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
+                out = self.llm(
+                    encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
+                    past_key_values=cache, use_cache=True,
+                )
+            else:
+                prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
+                positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
+                attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
+                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+            rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
+            token_logprobs = torch.cat([token_logprobs, rest], dim=1)
+        scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
+        return hidden, scores
+
+    def _hidden_and_scores(self, prompts):
+        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size`."""
+        pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
+        prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
+        chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
+        return hidden, scores
+
+    def forward(self, prompts):
+        """(policy logits [B, A], values [B]) for a list of prompts."""
+        hidden, scores = self._hidden_and_scores(prompts)
+        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+        return logits, self.value_head(hidden).squeeze(-1)
+
+    def score(self, prompts) -> torch.Tensor:
+        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
+        return self._hidden_and_scores(prompts)[1]
+
+    def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.scoring == "token-mean":
+            return scores / self.action_mask.sum(-1)
+        if self.scoring == "word-mean":
+            return scores / self.action_words
+        if self.scoring == "legacy-paper":
+            # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
+            probs = scores.exp()
+            return probs / probs.max(-1, keepdim=True).values
+        return scores
+
+    def get_value(self, prompts):
+        return self(prompts)[1]
+
+    def get_action_and_value(self, prompts, action=None):
+        logits, value = self(prompts)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), value
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Demonstrations
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int) -> list[dict]:
+    """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
+
+    Whole episodes are played; the last one is cut so that exactly `num_transitions` transitions are returned.
+    """
+    envs = TextVecEnv(env_id, num_envs, action_space)
+    if len(envs.actions) < len(ACTIONS["english"]):
+        raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
+    next_seed = iter(range(seed, seed + num_transitions))  # at least one step per episode: seeds never run out
+    episodes, bots, total = [], [None] * num_envs, 0
+
+    def start(index):
+        level_seed = next(next_seed)
+        envs.start_episode(index, level_seed)
+        bots[index] = BabyAIBot(envs.envs[index].unwrapped)
+        return {"env_id": env_id, "seed": level_seed, "prompts": [], "actions": []}
+
+    running = [start(index) for index in range(num_envs)]
+    progress = tqdm(total=num_transitions, unit="transition", desc="bot demonstrations", dynamic_ncols=True)
+    while total < num_transitions:
+        prompts = envs.prompts()
+        actions = [int(bot.replan()) for bot in bots]
+        for episode, prompt, action in zip(running, prompts, actions):
+            episode["prompts"].append(prompt)
+            episode["actions"].append(envs.actions[action])
+        _, _, dones, finished = envs.step(actions)
+        for index, outcome in zip(np.flatnonzero(dones), finished):
+            episodes.append({**running[index], **outcome, "return": float(outcome["return"]), "success": bool(outcome["success"])})
+            progress.update(min(outcome["length"], num_transitions - total))
+            total += outcome["length"]
+            running[index] = start(index)
+    progress.close()
+    surplus = total - num_transitions
+    while surplus > 0:
+        cut = min(surplus, len(episodes[-1]["actions"]))
+        if cut == len(episodes[-1]["actions"]):
+            episodes.pop()
+        else:
+            episodes[-1]["prompts"], episodes[-1]["actions"] = episodes[-1]["prompts"][:-cut], episodes[-1]["actions"][:-cut]
+        surplus -= cut
+    return episodes
+
+
+def write_demos(path: str, episodes: list[dict]):
+    with open(path, "w") as f:
+        for episode in episodes:
+            f.write(json.dumps(episode, ensure_ascii=False) + "\n")
+
+
+def read_demos(path: str, actions: list[str]) -> list[dict]:
+    """Episodes of a trajectories file, each with "prompts" and "actions" (strings of `actions`), checked line by line."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise UsageError(f"cannot read demonstrations {path!r}: {error.strerror}") from None
+    episodes = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            episode = json.loads(line)
+            prompts, episode_actions = episode["prompts"], episode["actions"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError(
+                f"{path}:{number} is not a trajectory: expected one JSON object per line with \"prompts\" and \"actions\" "
+                "lists, as zero_shot_eval.py --save-trajectories writes"
+            ) from None
+        unknown = sorted(set(episode_actions) - set(actions))
+        if unknown or len(prompts) != len(episode_actions):
+            problem = f"actions {unknown} are not among {actions}" if unknown else "has a different number of prompts and actions"
+            raise UsageError(f"{path}:{number} {problem}; check --env-id and --action-space")
+        episodes.append(episode)
+    if len(episodes) < 2:
+        raise UsageError(f"{path} holds {len(episodes)} episode(s); behavioural cloning needs at least 2 (training and held out)")
+    return episodes
+
+
+def split_demos(episodes: list[dict], actions: list[str], holdout_fraction: float, seed: int):
+    """(training, held-out) lists of (prompt, action index), split by episode so no level is in both."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    num_holdout = min(len(episodes) - 1, max(1, round(holdout_fraction * len(episodes))))
+    action_index = {action: index for index, action in enumerate(actions)}
+
+    def transitions(indices):
+        return [(prompt, action_index[action]) for i in indices for prompt, action in zip(episodes[i]["prompts"], episodes[i]["actions"])]
+
+    return transitions(order[num_holdout:]), transitions(order[:num_holdout])
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Loss and evaluation
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def action_nll(agent: GlamAgent, prompts, action_indices: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed -log P(action tokens | prompt), number of tokens summed) for demonstrated actions.
+
+    The targets are the scorer's own action tokens (T5: ending in </s>; decoder-only: no <s>, an </s> appended), so
+    the summed loss of a transition is exactly minus the score that GlamAgent gives its action. Padding is -100.
+    """
+    targets, target_mask = agent.action_ids[action_indices], agent.action_mask[action_indices]
+    labels = targets.masked_fill(target_mask == 0, -100)
+    if agent.is_encoder_decoder:
+        tokens = agent.tokenizer(prompts, return_tensors="pt", padding=True).to(agent.device)
+        logits = agent.llm(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, labels=labels).logits
+    else:
+        # Prompts left-padded, actions right after them: the action tokens sit in the last positions of every row.
+        tokens = agent.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(agent.device)
+        input_ids = torch.cat([tokens.input_ids, targets], dim=1)
+        attention = torch.cat([tokens.attention_mask, target_mask], dim=1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = agent.llm(input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=targets.shape[1] + 1)
+        logits = out.logits[:, :-1]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+    return nll, int(target_mask.sum())
+
+
+@torch.no_grad()
+def action_accuracy(agent: GlamAgent, transitions, autocast) -> float:
+    """How often the policy's most likely action is the demonstrated one."""
+    prompts, labels = zip(*transitions)
+    with autocast:
+        logits, _ = agent(list(prompts))
+    return (logits.argmax(-1).cpu() == torch.tensor(labels)).float().mean().item()
+
+
+@torch.no_grad()
+def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_seed: int, autocast) -> list[dict]:
+    """Episodes on levels first_seed, first_seed + 1, ..., actions sampled from the scored policy (as in the paper)."""
+    generator = torch.Generator().manual_seed(first_seed)  # its own stream: evaluating never shifts training's
+    seeds = iter(range(first_seed, first_seed + episodes))
+    active = [False] * len(envs)
+    for index in range(min(episodes, len(envs))):
+        envs.start_episode(index, next(seeds))
+        active[index] = True
+    results = []
+    while any(active):
+        indices = [index for index in range(len(envs)) if active[index]]
+        prompts = envs.prompts()
+        with autocast:
+            logits, _ = agent([prompts[index] for index in indices])
+        actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
+        actions[indices] = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(1).numpy()
+        _, _, dones, finished = envs.step(actions)
+        for index, episode in zip(np.flatnonzero(dones), finished):
+            if not active[index]:
+                continue
+            results.append(episode)
+            level_seed = next(seeds, None)
+            if level_seed is None:
+                active[index] = False
+            else:
+                envs.start_episode(index, level_seed)
+    return results
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run set-up, checkpoints and resume
+# ---------------------------------------------------------------------------------------------------------------
+
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {"track", "wandb_project_name", "wandb_entity", "resume"}
+CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
+
+
+def finish_args(args: Args) -> Args:
+    """One clear error for every inconsistent combination."""
+    if args.batch_size < 1 or args.num_epochs < 1 or args.num_envs < 1 or args.eval_every < 1 or args.eval_episodes < 1:
+        raise UsageError("--batch-size, --num-epochs, --num-envs, --eval-every and --eval-episodes must be at least 1")
+    if args.grad_accum_batch < 0:
+        raise UsageError("--grad-accum-batch must be 0 (whole batch) or a positive number of transitions")
+    if not 0 < args.holdout_fraction < 1:
+        raise UsageError("--holdout-fraction must be between 0 and 1")
+    if args.demos is None and args.num_transitions < 2:
+        raise UsageError("--num-transitions must be at least 2")
+    if args.load_embedding and args.pretrained:
+        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
+    action_names(args.action_space)
+    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
+    if args.demos is not None and not os.path.isfile(args.demos):
+        raise UsageError(f"cannot read demonstrations {args.demos!r}: no such file")
+    return args
+
+
+def parse_args(argv=None) -> Args:
+    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    args = tyro.cli(Args, args=argv)
+    if args.resume is None:
+        return finish_args(args)
+    checkpoint = find_checkpoint(args.resume)
+    with open(os.path.join(checkpoint, "args.json")) as f:
+        saved = Args(**json.load(f))
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
+        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
+    return finish_args(args)
+
+
+def find_checkpoint(run_dir: str) -> str:
+    """The run's checkpoint folder; a save killed between its two renames leaves the previous one as .old."""
+    for name in ("checkpoint", "checkpoint.old"):
+        path = os.path.join(run_dir, name)
+        if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
+            return path
+    raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, trainer_state: dict):
+    """Writes runs/<run>/checkpoint atomically, in glam_ppo.py's layout: model/, heads.pt, trainer.pt, args.json."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    agent.llm.save_pretrained(os.path.join(temporary, "model"))
+    agent.tokenizer.save_pretrained(os.path.join(temporary, "model"))
+    # The value head is not trained by cloning; it is kept so that PPO (glam_ppo.py --init-from) starts from it.
+    torch.save({"value_head": agent.value_head.state_dict()}, os.path.join(temporary, "heads.pt"))
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    torch.save({**trainer_state, "rng": rng}, os.path.join(temporary, "trainer.pt"))
+    with open(os.path.join(temporary, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def load_policy_model(args: Args, checkpoint: str | None):
+    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
+    if checkpoint is None:
+        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        if args.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
+            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
+            llm = get_peft_model(llm, config)
+        return llm, tokenizer
+    model_dir = os.path.join(checkpoint, "model")
+    if args.lora_r:
+        from peft import PeftModel
+
+        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
+
+
+class StopRequest:
+    """First Ctrl-C: finish the current step, save a checkpoint and exit; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+
+
+def main(args: Args):
+    stop = StopRequest()
+    checkpoint = find_checkpoint(args.resume) if args.resume else None
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir)
+    writer.add_text(
+        "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+    )
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+
+    # The model first, right after seeding: a random base (tiny models, --no-pretrained) is then rebuilt from the seed alone.
+    llm, tokenizer = load_policy_model(args, checkpoint)
+    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space)
+    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, False, args.score_batch_size).to(device)
+
+    # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
+    demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
+    if args.demos is None and not os.path.exists(demos_path):
+        write_demos(demos_path + ".tmp", generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed))
+        os.rename(demos_path + ".tmp", demos_path)
+    train_set, holdout_set = split_demos(read_demos(demos_path, envs.actions), envs.actions, args.holdout_fraction, args.seed)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    num_steps = args.num_epochs * steps_per_epoch
+
+    optimizer = torch.optim.AdamW(agent.llm.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup_fraction * num_steps), num_steps)
+    step, global_step = 0, 0
+    if checkpoint is not None:
+        agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)["value_head"])
+        trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        random.setstate(trainer["rng"]["python"])
+        np.random.set_state(trainer["rng"]["numpy"])
+        torch.set_rng_state(trainer["rng"]["torch"])
+        if "cuda" in trainer["rng"] and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+        step, global_step = trainer["step"], trainer["global_step"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
+
+    def checkpoint_now():
+        save_checkpoint(run_dir, args, agent, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step})
+
+    def evaluate():
+        agent.eval()
+        accuracy = action_accuracy(agent, holdout_set, autocast)
+        episodes = evaluate_in_env(agent, envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast)
+        success = np.mean([float(episode["success"]) for episode in episodes])
+        writer.add_scalar("charts/action_accuracy", accuracy, global_step)
+        writer.add_scalar("charts/success_rate", success, global_step)
+        writer.add_scalar("charts/episodic_return", np.mean([episode["return"] for episode in episodes]), global_step)
+        writer.add_scalar("charts/episodic_length", np.mean([episode["length"] for episode in episodes]), global_step)
+        tqdm.write(f"{global_step} transitions: held-out action accuracy {accuracy:.3f}, success rate {success:.3f} ({len(episodes)} episodes)")
+        agent.train()
+
+    if step == 0:
+        evaluate()
+    agent.train()  # dropout on while cloning, as in ordinary fine-tuning
+    micro_size = args.grad_accum_batch or args.batch_size
+    progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
+    start_time, start_global_step = time.time(), global_step
+    while step < num_steps:
+        # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the batches the straight run would.
+        epoch, position = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set))
+        batch = [train_set[i] for i in order[position * args.batch_size : (position + 1) * args.batch_size]]
+        micro_batches = [batch[i : i + micro_size] for i in range(0, len(batch), micro_size)]
+        with torch.no_grad():
+            num_tokens = int(agent.action_mask[torch.tensor([label for _, label in batch], device=device)].sum())
+        optimizer.zero_grad()
+        total_nll = 0.0
+        for micro_batch in micro_batches:
+            prompts, labels = zip(*micro_batch)
+            with autocast:
+                nll, _ = action_nll(agent, list(prompts), torch.tensor(labels, device=device))
+            # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
+            (nll / num_tokens).backward()
+            total_nll += nll.item()
+        bc_loss = total_nll / num_tokens
+        if not math.isfinite(bc_loss):
+            progress.close()
+            raise FloatingPointError(
+                f"non-finite loss at step {step + 1}; the last good checkpoint is in {run_dir}/checkpoint. "
+                "Try a lower --learning-rate, or without --bf16."
+            )
+        nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        global_step += len(batch)
+
+        writer.add_scalar("losses/bc_loss", bc_loss, global_step)
+        writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], global_step)
+        sps = int((global_step - start_global_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{bc_loss:.3f}", SPS=sps)
+        if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
+            evaluate()
+            checkpoint_now()
+        if stop.requested and step < num_steps:
+            checkpoint_now()
+            progress.close()
+            print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
+            return
+    progress.close()
+    writer.close()
+    print(
+        f"done: {global_step} transitions; checkpoint in {run_dir}/checkpoint (evaluate with zero_shot_eval.py --model "
+        f"{run_dir}, or continue with PPO: glam_ppo.py --init-from {run_dir}); logs: tensorboard --logdir runs"
+    )
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (UsageError, FloatingPointError) as error:
+        sys.exit(f"bc_finetune.py: error: {error}")

@@ -1,0 +1,181 @@
+"""bc_finetune.py: the bot's demonstrations, the masked cloning loss, a short run end to end, resume, bad input."""
+
+import glob
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import bc_finetune as bc
+import glam_ppo
+import zero_shot_eval
+
+SMALL = [
+    "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--batch-size", "32",
+    "--learning-rate", "1e-3", "--eval-episodes", "4",
+]
+
+
+def run(repo, cwd, *flags, check=True):
+    result = subprocess.run(
+        [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(cwd):
+    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
+    return run_dir
+
+
+def model_weights(run_dir):
+    return load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
+
+
+def test_demonstrations_are_the_prompts_glam_ppo_builds_for_the_same_episode():
+    episodes = bc.generate_demos("BabyAI-MixedTrainLocal-v0", "canonical", 3, 150, seed=7)
+    assert sum(len(episode["actions"]) for episode in episodes) == 150
+    assert all(episode["success"] for episode in episodes[:-1])  # the bot solves its levels; the last may be cut
+    replay = glam_ppo.TextVecEnv("BabyAI-MixedTrainLocal-v0", 1, "canonical")
+    for episode in episodes:
+        replay.start_episode(0, episode["seed"])
+        for prompt, action in zip(episode["prompts"], episode["actions"]):
+            assert replay.prompts()[0] == prompt
+            _, _, dones, _ = replay.step([replay.actions.index(action)])
+        assert dones[0] or episode is episodes[-1]
+    seeds = [episode["seed"] for episode in episodes]
+    assert len(set(seeds)) == len(seeds) and min(seeds) == 7  # levels seed, seed + 1, ...; episodes still running are left out
+
+
+@pytest.mark.parametrize("kind", ["tiny-t5", "tiny-causal"])
+def test_cloning_loss_is_minus_the_scorers_log_likelihood_with_padding_masked(kind):
+    envs = bc.TextVecEnv("BabyAI-MixedTrainLocal-v0", 4, "augmented")  # actions of 1 to 3 tokens: padded targets
+    prompts = envs.reset(seed=3)
+    for actions in ([2, 1, 0, 2], [0, 2, 2, 1]):
+        prompts += envs.step(actions)[0]  # prompts of different lengths: padded inputs
+    torch.manual_seed(0)
+    llm, tokenizer = bc.load_llm(kind)
+    agent = bc.GlamAgent(llm, tokenizer, envs.actions).eval()
+    labels = torch.tensor([index % len(envs.actions) for index in range(len(prompts))])
+    assert len(set(agent.action_mask[labels].sum(-1).tolist())) > 1
+    with torch.no_grad():
+        scores = agent.score(prompts)
+        nll, num_tokens = bc.action_nll(agent, prompts, labels)
+        one_by_one = [bc.action_nll(agent, [prompt], label[None])[0] for prompt, label in zip(prompts, labels)]
+    expected = -scores[torch.arange(len(prompts)), labels]
+    torch.testing.assert_close(torch.stack(one_by_one), expected, rtol=0, atol=1e-4)
+    torch.testing.assert_close(nll, expected.sum(), rtol=0, atol=1e-3)
+    assert num_tokens == int(agent.action_mask[labels].sum())
+
+
+def test_reading_demonstrations_checks_every_line(tmp_path):
+    actions = bc.action_names("canonical")
+    good = {"prompts": ["p1", "p2"], "actions": ["turn left", "go forward"]}
+    path = tmp_path / "demos.jsonl"
+    path.write_text(json.dumps(good) + "\n" + json.dumps(good) + "\n")
+    assert len(bc.read_demos(str(path), actions)) == 2
+    for lines, message in [
+        ([good, "not json"], ":2 is not a trajectory"),
+        ([good, {"prompts": ["p"]}], ":2 is not a trajectory"),
+        ([good, {"prompts": ["p"], "actions": ["fly"]}], r":2 actions \['fly'\] are not among"),
+        ([good, {"prompts": ["p", "q"], "actions": ["drop"]}], ":2 has a different number"),
+        ([good], "at least 2"),
+    ]:
+        path.write_text("\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n")
+        with pytest.raises(bc.UsageError, match=message):
+            bc.read_demos(str(path), actions)
+    with pytest.raises(bc.UsageError, match="cannot read demonstrations"):
+        bc.read_demos(str(tmp_path / "missing.jsonl"), actions)
+
+
+def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(repo, tmp_path):
+    result = run(repo, tmp_path, *SMALL, "--num-transitions", "800", "--batch-size", "16", "--eval-every", "100000")
+    run_dir = only_run_dir(tmp_path)
+    assert "done: " in result.stdout and os.path.exists(os.path.join(run_dir, "demos.jsonl"))
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    losses = [event.value for event in events.Scalars("losses/bc_loss")]
+    num_training = sum(len(json.loads(line)["actions"]) for line in open(os.path.join(run_dir, "demos.jsonl"))) - json.loads(
+        result.stdout.split(" held-out")[0].split(" and ")[-1]
+    )
+    assert num_training < 800 and len(losses) == -(-num_training // 16)
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    accuracy = [event.value for event in events.Scalars("charts/action_accuracy")]
+    assert len(accuracy) == 2 and accuracy[1] > 0.4
+    for tag in ("charts/success_rate", "charts/episodic_return", "charts/episodic_length", "charts/learning_rate", "charts/SPS"):
+        assert tag in events.Tags()["scalars"], tag
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["args.json", "heads.pt", "model", "trainer.pt"]
+
+    rows = zero_shot_eval.main(zero_shot_eval.parse_args(["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0",
+                                                          "--episodes", "4", "--num-envs", "4", "--output-dir", str(tmp_path / "eval")]))
+    assert rows[0]["episodes"] == 4
+
+    # PPO with a zero learning rate leaves the cloned weights as they were: it started from them
+    ppo_dir = tmp_path / "ppo"
+    ppo_dir.mkdir()
+    subprocess.run(
+        [sys.executable, os.path.join(repo, "glam_ppo.py"), "--init-from", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0",
+         "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--total-timesteps", "32", "--learning-rate", "0"],
+        cwd=ppo_dir, check=True, capture_output=True, timeout=300,
+    )
+    cloned, continued = model_weights(run_dir), model_weights(only_run_dir(ppo_dir))
+    assert cloned.keys() == continued.keys()
+    assert all(torch.equal(cloned[name], continued[name]) for name in cloned)
+
+
+def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(repo, tmp_path):
+    zero_shot_eval.main(zero_shot_eval.parse_args([
+        "--policy", "bot", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "6", "--num-envs", "3",
+        "--save-trajectories", "--output-dir", str(tmp_path / "eval"),
+    ]))
+    result = run(repo, tmp_path, *SMALL, "--demos", str(tmp_path / "eval" / "trajectories.jsonl"), "--holdout-fraction", "0.2")
+    assert "held-out transitions from" in result.stdout and "done: " in result.stdout
+
+
+def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path):
+    flags = [*SMALL, "--num-transitions", "480", "--eval-every", "96", "--eval-episodes", "1", "--num-envs", "1"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    straight.mkdir(), split.mkdir()
+    run(repo, straight, *flags)
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=split, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not glob.glob(str(split / "runs" / "*" / "checkpoint")) and time.time() < deadline:
+        time.sleep(0.2)  # the first checkpoint is written at step 3 of 15; interrupt after it
+    process.send_signal(signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert process.returncode == 0, stderr[-3000:]
+    run_dir = only_run_dir(split)
+    stopped_at = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"]
+    assert f"checkpoint at step {stopped_at}; continue with" in stdout and 3 <= stopped_at < 15
+    run(repo, split, "--resume", run_dir)
+    expected, resumed = model_weights(only_run_dir(straight)), model_weights(run_dir)
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    "flags, message",
+    [
+        (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
+        (["--demos", "missing.jsonl"], "cannot read demonstrations 'missing.jsonl'"),
+        (["--action-space", "restricted"], "need all six actions"),
+        (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
+        (["--holdout-fraction", "1.5"], "--holdout-fraction must be between 0 and 1"),
+        (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
+    ],
+)
+def test_bad_input_gets_a_one_line_error(repo, tmp_path, flags, message):
+    result = run(repo, tmp_path, *SMALL, "--num-transitions", "64", *flags, check=False)
+    assert result.returncode == 1 and message in result.stderr
+    assert "Traceback" not in result.stderr
