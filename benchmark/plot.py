@@ -24,13 +24,15 @@ class Args:
     out: str = "benchmark/learning.png"
     """the PNG to write"""
     tag: str = "charts/success_rate"
-    """the TensorBoard scalar to plot (one value per finished episode)"""
+    """the TensorBoard scalar to plot"""
     bin_frames: int = 4000
     """episodes are averaged in bins of this many frames"""
     title: str = ""
     """the figure's title"""
     random_baseline: float | None = None
     """draw a dashed line at this success rate (a uniformly random policy's, say)"""
+    xlabel: str = "frames"
+    """the x axis's label (bc_finetune.py's steps are training transitions)"""
 
 
 def binned_curve(run_dir: str, tag: str, bin_frames: int) -> tuple[np.ndarray, np.ndarray]:
@@ -63,8 +65,8 @@ def main(args: Args):
             ax.fill_between(frames, values.min(0), values.max(0), color=line.get_color(), alpha=0.2)
     if args.random_baseline is not None:
         ax.axhline(args.random_baseline, color="grey", linestyle="--", label="random policy")
-    ax.set_xlabel("frames")
-    ax.set_ylabel("success rate")
+    ax.set_xlabel(args.xlabel)
+    ax.set_ylabel(args.tag.split("/")[-1].replace("_", " "))
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
