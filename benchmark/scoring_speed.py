@@ -184,7 +184,6 @@ def format_table(rows, device: str) -> str:
 
 
 def main(args: Args) -> list[dict]:
-    torch.set_grad_enabled(False)
     rows = []
     for name in args.models:
         rows.append(measure(name, args))

@@ -5,11 +5,12 @@ import numpy as np
 import pytest
 import torch
 
-import glam_ppo
 import bc_finetune
+import glam_ppo
+import glam_ppo_multigpu
 import zero_shot_eval
 
-COPIES = [zero_shot_eval, bc_finetune]
+COPIES = [zero_shot_eval, bc_finetune, glam_ppo_multigpu]
 SHARED_START, SHARED_END = "class UsageError", "def compute_gae"
 
 

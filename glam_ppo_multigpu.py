@@ -1,0 +1,1278 @@
+"""GLAM on many processes: glam_ppo.py's PPO across GPUs and machines with torch.distributed, in one file.
+
+    torchrun --standalone --nproc_per_node 8 glam_ppo_multigpu.py --model flan-t5-large
+    torchrun --standalone --nproc_per_node 2 glam_ppo_multigpu.py --model tiny-t5 --num-envs 4   # CPU, gloo
+
+Every rank steps its own share of the `--num-envs` environments and scores its own prompts; after the rollout the
+ranks exchange their transitions, so each holds the global batch, and each minibatch is split across the ranks,
+whose gradients are summed with one flattened all-reduce (as CleanRL's ppo_atari_multigpu.py does). Actions are
+sampled from one random stream shared by all ranks, so N ranks follow the same trajectory as one rank with the same
+global settings (tested). Rank 0 alone logs and writes checkpoints, in glam_ppo.py's format.
+
+The rest is glam_ppo.py:
+
+Each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from
+the softmax of those scores, and PPO trains the whole model plus a value head on the decoder's first hidden
+state. Facts reproduced from the paper and the authors' code are listed in the README; every place where this
+file knowingly differs from the original says so in a comment marked "Differs from the original".
+"""
+
+import contextlib
+import datetime
+import importlib.util
+import io
+import json
+import os
+import pickle
+import random
+import re
+import shutil
+import signal
+import socket
+import sys
+import time
+import warnings
+from collections import deque
+from dataclasses import asdict, dataclass
+from typing import Literal
+from urllib.parse import urlparse
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import tyro
+from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
+from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
+from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
+from minigrid.envs.babyai.goto import GoToLocal
+from torch.distributions.categorical import Categorical
+from tqdm import tqdm
+
+
+@dataclass
+class Args:
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    seed: int = 1
+    """seed of the experiment"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend (auto: nccl with GPUs, gloo on CPU)"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "glam"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+
+    # Model
+    model: str = "flan-t5-large"
+    """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
+    pretrained: bool = True
+    """start from the pretrained weights (False: random init from the config, the NPAE baseline)"""
+    load_embedding: bool = False
+    """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
+    action_heads: bool = False
+    """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
+    scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
+    """how token log-probabilities make an action score: sum (correct), means, or the paper-era softmax(P/max P)"""
+    score_batch_size: int = 1024
+    """most (prompt, action) pairs in one forward pass while scoring; lower it if memory runs out"""
+    init_from: str | None = None
+    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
+    bf16: bool = False
+    """run forward passes under bfloat16 autocast"""
+
+    # Environment
+    env_id: str = "BabyAI-MixedTrainLocal-v0"
+    """the id of the BabyAI-Text level"""
+    action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
+    """the 6 actions, the first 3, or the 6 plus 3 useless ones (paper's action-space study)"""
+    num_envs: int = 32
+    """the number of parallel environments, over all ranks"""
+    num_steps: int = 40
+    """the number of steps to run in each environment per policy rollout"""
+    total_timesteps: int = 1_500_000
+    """total frames of the experiment"""
+
+    # PPO (the paper's settings)
+    learning_rate: float = 1e-6
+    """the learning rate of the optimizer (constant)"""
+    adam_eps: float = 1e-5
+    """the epsilon of Adam"""
+    gamma: float = 0.99
+    """the discount factor gamma"""
+    gae_lambda: float = 0.99
+    """the lambda for the general advantage estimation"""
+    num_minibatches: int = 20
+    """the number of mini-batches (20 gives the paper's 64 transitions)"""
+    update_epochs: int = 4
+    """the K epochs to update the policy"""
+    norm_adv: bool = False
+    """toggles advantages normalization"""
+    clip_coef: float = 0.2
+    """the surrogate clipping coefficient"""
+    clip_vloss: bool = True
+    """clip value updates to +-clip-coef around the rollout's values (the paper's setting; slow with 20x rewards)"""
+    ent_coef: float = 0.01
+    """coefficient of the entropy"""
+    vf_coef: float = 0.5
+    """coefficient of the value function"""
+    max_grad_norm: float = 0.5
+    """the maximum norm for the gradient clipping"""
+    target_kl: float | None = None
+    """the target KL divergence threshold"""
+    reward_scale: float = 20.0
+    """training reward = this x the env reward"""
+    grad_accum_minibatch: int = 0
+    """transitions per forward/backward pass; a minibatch is split into these and gradients accumulated (0: all)"""
+
+    # Logging and checkpoints
+    save_interval: int = 50
+    """write a checkpoint every this many updates (and always at the end)"""
+    num_probe_prompts: int = 3
+    """fixed prompts whose action distribution is logged every update"""
+    resume: str | None = None
+    """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
+
+    # to be filled in runtime
+    batch_size: tyro.conf.Suppress[int] = 0
+    """the batch size (computed in runtime)"""
+    minibatch_size: tyro.conf.Suppress[int] = 0
+    """the mini-batch size (computed in runtime)"""
+    num_iterations: tyro.conf.Suppress[int] = 0
+    """the number of iterations (computed in runtime)"""
+    world_size: tyro.conf.Suppress[int] = 1
+    """the number of processes (computed in runtime)"""
+    local_num_envs: tyro.conf.Suppress[int] = 0
+    """the environments of one rank (computed in runtime)"""
+
+
+class UsageError(Exception):
+    """Bad input from the user; main() prints the message alone, without a traceback."""
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: observation sentences
+# ---------------------------------------------------------------------------------------------------------------
+
+AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
+FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
+FRENCH_COLOURS = {"red": "rouge", "green": "verte", "blue": "bleue", "purple": "violette", "yellow": "jaune", "grey": "grise"}
+DOOR_STATES = {"english": ("open", "closed", "locked"), "french": ("ouverte", "fermée", "fermée à clef")}
+
+
+def _steps(count: int, direction: str, language: str) -> str:
+    if language == "french":
+        return f"{count} pas {direction}"
+    return f"{count} step{'s' if count > 1 else ''} {direction}"
+
+
+def _relative_position(dx: int, dy: int, language: str) -> str:
+    left, right, forward = ("à gauche", "à droite", "devant") if language == "french" else ("left", "right", "forward")
+    sideways = _steps(abs(dx), right if dx > 0 else left, language)
+    if dx == 0:
+        return _steps(dy, forward, language)
+    if dy == 0:
+        return sideways
+    return sideways + (" et " if language == "french" else " and ") + _steps(dy, forward, language)
+
+
+def _object_phrase(type_idx: int, colour_idx: int, state: int, language: str) -> str:
+    kind, colour = IDX_TO_OBJECT[type_idx], IDX_TO_COLOR[colour_idx]
+    if language == "french":
+        noun = f"{FRENCH_TYPES.get(kind, kind)} {FRENCH_COLOURS[colour]}"
+        return f"{noun} {DOOR_STATES['french'][state]}" if kind == "door" else noun
+    return f"{DOOR_STATES['english'][state]} {colour} door" if kind == "door" else f"{colour} {kind}"
+
+
+def describe(image: np.ndarray, language: str = "english") -> list[str]:
+    """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
+    french = language == "french"
+    sentences = []
+    carried = image[AGENT_CELL]
+    if carried[0] > 2:
+        verb = "Tu portes une" if french else "You carry a"
+        sentences.append(f"{verb} {_object_phrase(*carried, language)}")
+
+    agent_i, agent_j = AGENT_CELL
+    rays = {
+        "forward": [(agent_i, j) for j in range(agent_j - 1, -1, -1)],
+        "left": [(i, agent_j) for i in range(agent_i - 1, -1, -1)],
+        "right": [(i, agent_j) for i in range(agent_i + 1, 7)],
+    }
+    french_sides = {"forward": "devant", "left": "à gauche", "right": "à droite"}
+    for side, cells in rays.items():
+        for distance, cell in enumerate(cells, start=1):
+            if image[cell][0] in (0, 1):
+                continue
+            if IDX_TO_OBJECT[image[cell][0]] == "wall":
+                if french:
+                    sentences.append(f"Tu vois un mur à {_steps(distance, french_sides[side], language)}")
+                else:
+                    sentences.append(f"You see a wall {_steps(distance, side, language)}")
+            break
+
+    for i in range(7):
+        for j in range(7):
+            type_idx, colour_idx, state = image[i, j]
+            if type_idx <= 2 or (i, j) == AGENT_CELL:
+                continue
+            phrase = _object_phrase(type_idx, colour_idx, state, language)
+            position = _relative_position(i - agent_i, agent_j - j, language)
+            # The original writes "a" before every object, "a open red door" included; trained models saw it.
+            sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
+    return sentences
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: the levels minigrid lacks
+# ---------------------------------------------------------------------------------------------------------------
+
+TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
+OBJECT_TYPES = ("key", "ball", "box")
+
+
+class LocalTaskLevel(RoomGridLevel):
+    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
+
+    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
+    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
+    """
+
+    def __init__(
+        self,
+        task_kinds=TASK_KINDS,
+        task_kind: str | None = None,
+        pairs: Literal["train", "test", "any"] = "train",
+        sequence_forms=("then", "after"),
+        second_task: str = "goto",
+        num_dists: int = 8,
+        room_size: int = 8,
+        **kwargs,
+    ):
+        if task_kind is not None and task_kind not in task_kinds:
+            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
+        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
+        self.pairs = pairs
+        self.sequence_forms = sequence_forms
+        self.second_task = second_task
+        self.num_dists = num_dists
+        self.task_kind = self.task_kinds[0]
+        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
+
+    def _gen_grid(self, width, height):
+        # The kind decides the grid's width, so draw it first, from this reset's seed.
+        self.task_kind = self._rand_elem(self.task_kinds)
+        self.num_cols = 2 if self.task_kind == "open" else 1
+        self.width = (self.room_size - 1) * self.num_cols + 1
+        super()._gen_grid(self.width, height)
+
+    def _allowed(self, pair: str) -> bool:
+        if self.pairs == "any":
+            return True
+        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+
+    def _pick_targets(self, objs, count):
+        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
+        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
+        self.np_random.shuffle(candidates)
+        chosen, seen = [], set()
+        for obj in candidates:
+            if (obj.color, obj.type) not in seen:
+                chosen.append(obj)
+                seen.add((obj.color, obj.type))
+        if len(chosen) < count:
+            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
+        return chosen[:count]
+
+    def gen_mission(self):
+        if self.task_kind == "open":
+            self._gen_open_mission()
+            return
+        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        self.check_objs_reachable()
+        if self.task_kind in ("goto", "pickup"):
+            (target,) = self._pick_targets(objs, 1)
+            desc = ObjDesc(target.type, target.color)
+            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+        elif self.task_kind == "putnext":
+            moved, fixed = self._pick_targets(objs, 2)
+            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+        else:
+            first, second = self._pick_targets(objs, 2)
+            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
+            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
+            then_second = instr_cls(ObjDesc(second.type, second.color))
+            if self._rand_elem(self.sequence_forms) == "then":
+                self.instrs = BeforeInstr(pick_up_first, then_second)
+            else:
+                self.instrs = AfterInstr(then_second, pick_up_first)
+
+    def _gen_open_mission(self):
+        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
+        colour = self._rand_elem(door_colours)
+        agent_room = self._rand_int(0, 2)
+        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_object(agent_room, 0, "key", colour)
+        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
+        self.place_agent(agent_room, 0)
+        self.check_objs_reachable()
+        named = self.pairs == "test" or self._rand_bool()
+        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
+
+
+class GoToFrench(GoToLocal):
+    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
+
+    language = "french"
+
+
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
+BABYAI_TEXT_LEVELS = {
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
+}
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
+    if _env_id not in gym.registry:
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
+
+
+def babyai_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: actions, the text wrapper and a vector of text envs
+# ---------------------------------------------------------------------------------------------------------------
+
+ACTIONS = {
+    "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
+    "french": ("tourner à gauche", "tourner à droite", "aller tout droit", "attraper", "lâcher", "basculer"),
+}
+USELESS_ACTIONS = ("sleep", "do nothing", "think")
+NO_OP = 6  # minigrid's `done`, which does nothing in BabyAI levels
+
+
+def action_names(action_space: str, language: str = "english") -> list[str]:
+    """Action strings; index i is minigrid action i, and indices past 5 map to the no-op."""
+    actions = list(ACTIONS[language])
+    if action_space == "restricted":
+        return actions[:3]
+    if action_space == "augmented":
+        return actions + list(USELESS_ACTIONS)
+    if action_space != "canonical":
+        raise UsageError(f"unknown action space {action_space!r}; choose canonical, restricted or augmented")
+    return actions
+
+
+def french_goal(mission: str) -> str:
+    """`go to the red ball` -> `aller à la balle rouge` (GoToFrench's goal)."""
+    match = re.fullmatch(r"go to (the|a) (\w+) (\w+)", mission)
+    if match is None:
+        raise ValueError(f"GoToFrench translates 'go to the <colour> <noun>' missions only, got {mission!r}")
+    article, colour, noun = match.groups()
+    return f"aller à {'la' if article == 'the' else 'une'} {FRENCH_TYPES[noun]} {FRENCH_COLOURS[colour]}"
+
+
+class BabyAIText(gym.Wrapper):
+    """Observations become {"mission", "sentences"}; reward is `reward_scale` x the env reward; info has success."""
+
+    def __init__(self, env: gym.Env, reward_scale: float = 20.0):
+        super().__init__(env)
+        self.language = getattr(env.unwrapped, "language", "english")
+        self.reward_scale = reward_scale
+
+    def _text(self, obs):
+        mission = french_goal(obs["mission"]) if self.language == "french" else obs["mission"]
+        return {"mission": mission, "sentences": describe(obs["image"], self.language)}
+
+    def reset(self, **kwargs):
+        # minigrid prints every rejected level sample ("Sampling rejected: unreachable object"); keep it quiet.
+        with contextlib.redirect_stdout(io.StringIO()):
+            obs, info = self.env.reset(**kwargs)
+        return self._text(obs), info
+
+    def step(self, action):
+        obs, reward, terminated, truncated, info = self.env.step(min(int(action), NO_OP))
+        info["success"] = reward > 0
+        return self._text(obs), self.reward_scale * reward, terminated, truncated, info
+
+
+def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAIText:
+    if env_id not in gym.registry or not env_id.startswith("BabyAI-"):
+        raise UsageError(f"unknown env id {env_id!r}; valid ids: {', '.join(babyai_env_ids())}")
+    return BabyAIText(gym.make(env_id, **env_kwargs).unwrapped, reward_scale)
+
+
+class TextVecEnv:
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history.
+
+    A prompt holds the last 3 observations and the 2 actions between them; the history is cleared at each
+    episode start (reference section 4).
+    """
+
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
+        self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
+        self.language = self.envs[0].language
+        # The action strings the prompt offers; by default the action space's names in the env's language.
+        self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
+        self.missions = [""] * num_envs
+        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.episode_returns = np.zeros(num_envs)
+        self.episode_lengths = np.zeros(num_envs, dtype=int)
+
+    def __len__(self):
+        return len(self.envs)
+
+    def start_episode(self, index: int, seed: int | None = None):
+        obs, _ = self.envs[index].reset(seed=seed)
+        self.missions[index] = obs["mission"]
+        self.obs_histories[index].clear()
+        self.action_histories[index].clear()
+        self.obs_histories[index].append(obs["sentences"])
+        self.episode_returns[index] = 0.0
+        self.episode_lengths[index] = 0
+
+    def reset(self, seed: int | None = None) -> list[str]:
+        for index in range(len(self)):
+            self.start_episode(index, None if seed is None else seed + index)
+        return self.prompts()
+
+    def prompts(self) -> list[str]:
+        return [
+            build_prompt(mission, self.actions, obs_history, action_history, self.language)
+            for mission, obs_history, action_history in zip(self.missions, self.obs_histories, self.action_histories)
+        ]
+
+    def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
+        """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
+        rewards = np.zeros(len(self), dtype=np.float32)
+        dones = np.zeros(len(self), dtype=bool)
+        finished = []
+        for index, (env, action) in enumerate(zip(self.envs, actions)):
+            obs, reward, terminated, truncated, info = env.step(int(action))
+            rewards[index] = reward
+            self.episode_returns[index] += reward
+            self.episode_lengths[index] += 1
+            if terminated or truncated:
+                dones[index] = True
+                finished.append(
+                    {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
+                )
+                self.start_episode(index)
+            else:
+                self.obs_histories[index].append(obs["sentences"])
+                self.action_histories[index].append(self.actions[int(action)])
+        return self.prompts(), rewards, dones, finished
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Prompt
+# ---------------------------------------------------------------------------------------------------------------
+
+PROMPT_WORDS = {
+    "english": ("Possible action of the agent:", "Goal of the agent"),
+    "french": ("Actions possibles pour l'agent:", "But de l'agent"),
+}
+
+
+def build_prompt(goal: str, actions, obs_history, action_history, language: str = "english") -> str:
+    """The GLAM prompt, byte-exact (reference section 4); it ends with `Action k: ` for the next action."""
+    header, goal_label = PROMPT_WORDS[language]
+    prompt = header + "".join(f" {action}," for action in actions)[:-1] + f" \n {goal_label}: {goal}"
+    for i, sentences in enumerate(obs_history):
+        prompt += f" \n Observation {i}: " + "".join(f"{sentence}, " for sentence in sentences) + f"\n Action {i}: "
+        if i < len(action_history):
+            prompt += action_history[i]
+    return prompt
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Model loading
+# ---------------------------------------------------------------------------------------------------------------
+
+MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
+TINY_MODELS = ("tiny-t5", "tiny-causal")
+
+
+def babyai_text_vocabulary() -> list[str]:
+    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
+    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
+    texts = [
+        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
+        "rotate left, rotate right, move ahead, take, release, switch",
+        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
+        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
+        "go to the a pick up put next open then after you object in front of behind on your",
+        "I would like the agent to You have to",
+        "0 1 2 3 4 5 6 7 8 9",
+    ]
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]+", text))
+    return sorted(words)
+
+
+def build_tiny_model(kind: str):
+    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    else:  # like Llama's: a <s> in front
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
+    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    if kind == "tiny-t5":
+        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
+        return T5ForConditionalGeneration(config), tokenizer
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=2048, bos_token_id=3, **size,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    config = AutoConfig.from_pretrained(**location)
+    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if pretrained:
+        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
+    model = model_cls.from_config(config, **model_kwargs)
+    if load_embedding:
+        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
+    return model, tokenizer
+
+
+def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    if name in TINY_MODELS:
+        return build_tiny_model(name)
+    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
+    is_path = source.startswith((".", "/")) or os.path.exists(source)
+    if is_path and not os.path.exists(source):
+        raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    location = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    try:
+        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+    except (OSError, ValueError) as error:
+        if is_path or not _hub_reachable():
+            raise _load_error(name, error, offline=not is_path) from None
+        try:
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
+        except (OSError, ValueError) as hub_error:
+            raise _load_error(name, hub_error, offline=False) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
+    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UsageError(
+        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Agent
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
+    """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, out_features)
+    )
+
+
+class GlamAgent(nn.Module):
+    """An LLM policy over action strings and a value head, both reading the same decoder state.
+
+    Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
+    value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
+    which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
+    Decoder-only models: the same, with the prompt in place of encoder and start position.
+    """
+
+    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
+        super().__init__()
+        self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
+        self.scoring, self.score_batch_size = scoring, score_batch_size
+        self.is_encoder_decoder = llm.config.is_encoder_decoder
+        hidden_size = llm.config.get_text_config().hidden_size
+        self.value_head = glam_head(hidden_size, 1)
+        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+
+        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
+        # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
+        if self.is_encoder_decoder:
+            token_lists = [tokenizer(action).input_ids for action in self.actions]
+        else:
+            token_lists = [tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for action in self.actions]
+        width = max(map(len, token_lists))
+        action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
+        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            action_ids[index, : len(ids)] = torch.tensor(ids)
+            action_mask[index, : len(ids)] = 1
+        self.register_buffer("action_ids", action_ids, persistent=False)
+        self.register_buffer("action_mask", action_mask, persistent=False)
+        self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
+
+    @property
+    def device(self):
+        return self.value_head[0].weight.device
+
+    def _context(self, prompts):
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
+        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
+        padding_side = "right" if self.is_encoder_decoder else "left"
+        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
+        if self.is_encoder_decoder:
+            encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+            start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)
+            out = self.llm(
+                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=start,
+                use_cache=True, output_hidden_states=True,
+            )
+            hidden = out.decoder_hidden_states[-1][:, 0]
+            return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
+        out = self.llm(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions,
+            use_cache=True, output_hidden_states=True, logits_to_keep=1,
+        )
+        hidden = out.hidden_states[-1][:, -1]
+        return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
+
+    def _score_chunk(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
+        hidden, first_logprobs, cache, prompt_mask, encoder_outputs = self._context(prompts)
+        if self.action_head is not None:
+            return hidden, None
+        num_prompts, num_actions = len(prompts), len(self.actions)
+        action_ids = self.action_ids.repeat(num_prompts, 1)
+        action_mask = self.action_mask.repeat(num_prompts, 1)
+        cache.batch_repeat_interleave(num_actions)
+        # The context pass already predicted each action's first token; the continuation feeds all but the last.
+        continuation = action_ids[:, :-1]
+        token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
+        if continuation.shape[1] > 0:
+            pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
+            if self.is_encoder_decoder:
+                # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
+                # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
+                shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
+                out = self.llm(
+                    encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
+                    past_key_values=cache, use_cache=True,
+                )
+            else:
+                prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
+                positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
+                attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
+                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+            rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
+            token_logprobs = torch.cat([token_logprobs, rest], dim=1)
+        scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
+        return hidden, scores
+
+    def _hidden_and_scores(self, prompts):
+        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size`."""
+        pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
+        prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
+        chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
+        return hidden, scores
+
+    def forward(self, prompts):
+        """(policy logits [B, A], values [B]) for a list of prompts."""
+        hidden, scores = self._hidden_and_scores(prompts)
+        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+        return logits, self.value_head(hidden).squeeze(-1)
+
+    def score(self, prompts) -> torch.Tensor:
+        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
+        return self._hidden_and_scores(prompts)[1]
+
+    def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.scoring == "token-mean":
+            return scores / self.action_mask.sum(-1)
+        if self.scoring == "word-mean":
+            return scores / self.action_words
+        if self.scoring == "legacy-paper":
+            # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
+            probs = scores.exp()
+            return probs / probs.max(-1, keepdim=True).values
+        return scores
+
+    def get_value(self, prompts):
+        return self(prompts)[1]
+
+    def get_action_and_value(self, prompts, action=None):
+        logits, value = self(prompts)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), value
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Run set-up, checkpoints and resume
+# ---------------------------------------------------------------------------------------------------------------
+
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations",
+    "backend", "world_size", "local_num_envs",
+}
+CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
+
+
+def finish_args(args: Args) -> Args:
+    """Derived fields, and one clear error for every inconsistent combination."""
+    args.batch_size = args.num_envs * args.num_steps
+    if args.num_envs < 1 or args.num_steps < 1:
+        raise UsageError("--num-envs and --num-steps must be at least 1")
+    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
+            "transitions"
+        )
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if args.num_envs % args.world_size or args.minibatch_size % args.world_size:
+        raise UsageError(
+            f"--num-envs {args.num_envs} and the minibatch of {args.minibatch_size} transitions must both be divisible by "
+            f"the {args.world_size} processes; change --num-envs, --num-minibatches or --nproc-per-node"
+        )
+    args.local_num_envs = args.num_envs // args.world_size
+    if args.grad_accum_minibatch < 0:
+        raise UsageError("--grad-accum-minibatch must be 0 (whole minibatch) or a positive number of transitions")
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.load_embedding and args.pretrained:
+        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
+    if args.score_batch_size < 1 or args.save_interval < 1:
+        raise UsageError("--score-batch-size and --save-interval must be at least 1")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
+    if args.init_from is not None:
+        if not args.pretrained:
+            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
+        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
+        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
+        args.model = model_dir
+    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
+    return args
+
+
+def parse_args(argv=None) -> Args:
+    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    args = tyro.cli(Args, args=argv)
+    if args.resume is None:
+        return finish_args(args)
+    checkpoint = find_checkpoint(args.resume)
+    with open(os.path.join(checkpoint, "args.json")) as f:
+        saved = Args(**json.load(f))
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
+        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
+    return finish_args(args)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Distributed helpers
+# ---------------------------------------------------------------------------------------------------------------
+
+
+def setup_distributed(args: Args) -> tuple[int, torch.device]:
+    """(rank, device) from torchrun's environment; one process without torchrun runs alone."""
+    if "RANK" not in os.environ:
+        warnings.warn("not launched with torchrun: running as a single process (torchrun --nproc_per_node N for more)")
+        return 0, torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    use_cuda = torch.cuda.is_available() and args.cuda
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = ("nccl" if use_cuda else "gloo") if args.backend == "auto" else args.backend
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return dist.get_rank(), device
+
+
+def gather(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def all_reduce_gradients(parameters):
+    """Sums the gradients of all ranks in one flattened all-reduce."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def shard_envs(envs: TextVecEnv, start: int, stop: int) -> TextVecEnv:
+    """Envs start..stop-1 of a vector of envs, with their episode state."""
+    shard = pickle.loads(pickle.dumps(envs))
+    for name in ("envs", "missions", "obs_histories", "action_histories", "episode_returns", "episode_lengths"):
+        setattr(shard, name, getattr(shard, name)[start:stop])
+    return shard
+
+
+def merge_envs(shards: list[TextVecEnv]) -> TextVecEnv:
+    """One vector of envs from the ranks' shards, in rank order (the checkpoint holds this one)."""
+    merged = pickle.loads(pickle.dumps(shards[0]))
+    for name in ("envs", "missions", "obs_histories", "action_histories"):
+        setattr(merged, name, [item for shard in shards for item in getattr(shard, name)])
+    for name in ("episode_returns", "episode_lengths"):
+        setattr(merged, name, np.concatenate([getattr(shard, name) for shard in shards]))
+    return merged
+
+
+def sample_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling with given uniforms, so that every rank draws from one shared random stream."""
+    cdf = logits.float().softmax(-1).cumsum(-1)
+    return (cdf < uniforms.to(cdf.device)[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def find_checkpoint(run_dir: str) -> str:
+    """The run's checkpoint folder; a save killed between its two renames leaves the previous one as .old."""
+    for name in ("checkpoint", "checkpoint.old"):
+        path = os.path.join(run_dir, name)
+        if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
+            return path
+    raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+
+
+def find_init_checkpoint(path: str) -> str:
+    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
+    for folder in (path, os.path.join(path, "checkpoint")):
+        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
+            return folder
+    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, envs: TextVecEnv, counters: dict, extra_rng: dict):
+    """Writes runs/<run>/checkpoint atomically: into a temporary folder, then two renames."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    os.makedirs(temporary)
+    agent.llm.save_pretrained(os.path.join(temporary, "model"))
+    agent.tokenizer.save_pretrained(os.path.join(temporary, "model"))
+    heads = {"value_head": agent.value_head.state_dict()}
+    if agent.action_head is not None:
+        heads["action_head"] = agent.action_head.state_dict()
+    torch.save(heads, os.path.join(temporary, "heads.pt"))
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    rng.update(extra_rng)
+    torch.save({"optimizer": optimizer.state_dict(), "rng": rng, **counters}, os.path.join(temporary, "trainer.pt"))
+    with open(os.path.join(temporary, "envs.pkl"), "wb") as f:
+        pickle.dump(envs, f)
+    with open(os.path.join(temporary, "args.json"), "w") as f:
+        json.dump(asdict(args), f, indent=2)
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+    shutil.rmtree(previous, ignore_errors=True)
+
+
+def load_policy_model(args: Args, checkpoint: str | None):
+    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
+    if checkpoint is None:
+        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        if args.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
+            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
+            llm = get_peft_model(llm, config)
+        return llm, tokenizer
+    model_dir = os.path.join(checkpoint, "model")
+    if args.lora_r:
+        from peft import PeftModel
+
+        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
+
+
+class StopRequest:
+    """First Ctrl-C (or SIGTERM, as torchrun and SLURM send): finish the step, save a checkpoint and exit; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+
+
+def main(args: Args):
+    stop = StopRequest()
+    rank, device = setup_distributed(args)
+    is_main = rank == 0
+    checkpoint = find_checkpoint(args.resume) if args.resume else None
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else gather(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")[0]
+    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+    if args.track and is_main:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    if is_main:
+        from torch.utils.tensorboard import SummaryWriter
+
+        writer = SummaryWriter(run_dir)
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
+
+    # TRY NOT TO MODIFY: seeding (the same on every rank: shuffling and sampling are shared, the envs are not)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    sampler = torch.Generator().manual_seed(args.seed)
+
+    # env setup: rank r steps envs r*L .. r*L+L-1 of the global vector, on the levels one process would give them
+    first_env = rank * args.local_num_envs
+    local_envs = slice(first_env, first_env + args.local_num_envs)
+    envs = TextVecEnv(args.env_id, args.local_num_envs, args.action_space, args.reward_scale)
+    next_prompts = envs.reset(seed=args.seed + first_env)
+    probe_prompts = gather(next_prompts)[0][: args.num_probe_prompts]
+    if is_main:
+        for index, prompt in enumerate(probe_prompts):
+            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
+
+    llm, tokenizer = load_policy_model(args, checkpoint)
+    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    next_done = torch.zeros(args.local_num_envs, device=device)
+    global_step, start_iteration = 0, 1
+    if checkpoint is None and args.init_from is not None:
+        heads = torch.load(os.path.join(find_init_checkpoint(args.init_from), "heads.pt"), map_location=device)
+        agent.value_head.load_state_dict(heads["value_head"])
+        if agent.action_head is not None and "action_head" in heads:
+            agent.action_head.load_state_dict(heads["action_head"])
+    if checkpoint is not None:
+        heads = torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)
+        agent.value_head.load_state_dict(heads["value_head"])
+        if agent.action_head is not None:
+            agent.action_head.load_state_dict(heads["action_head"])
+        trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
+        optimizer.load_state_dict(trainer["optimizer"])
+        random.setstate(trainer["rng"]["python"])
+        np.random.set_state(trainer["rng"]["numpy"])
+        torch.set_rng_state(trainer["rng"]["torch"])
+        # A checkpoint of glam_ppo.py has no shared sampler: its stream then starts afresh from the resumed state.
+        sampler.set_state(trainer["rng"].get("sampler", torch.Generator().manual_seed(args.seed + trainer["iteration"]).get_state()))
+        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
+        next_done = trainer["next_done"][local_envs].to(device)
+        with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
+            saved_envs = pickle.load(f)
+        if len(saved_envs) != args.num_envs:
+            raise UsageError(f"{checkpoint} holds {len(saved_envs)} envs; resume with --num-envs {len(saved_envs)}")
+        envs = shard_envs(saved_envs, local_envs.start, local_envs.stop)
+        next_prompts = envs.prompts()
+        probe_prompts = trainer["probe_prompts"]
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
+    agent.eval()
+
+    # ALGO Logic: Storage setup (this rank's envs)
+    obs = [[""] * args.local_num_envs for _ in range(args.num_steps)]
+    actions = torch.zeros((args.num_steps, args.local_num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+
+    def checkpoint_now(iteration):
+        # Collective: every rank hands its envs and dones to rank 0, which writes the checkpoint of the whole run.
+        all_envs, all_dones = gather(envs), gather(next_done.cpu())
+        if is_main:
+            counters = {"global_step": global_step, "iteration": iteration, "next_done": torch.cat(all_dones), "probe_prompts": probe_prompts}
+            save_checkpoint(run_dir, args, agent, optimizer, merge_envs(all_envs), counters, {"sampler": sampler.get_state()})
+        if dist.is_initialized():
+            dist.barrier()
+
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, disable=not is_main)
+    recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
+    start_time, start_step = time.time(), global_step
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        rollout_start = time.time()
+        finished_episodes = []
+        stop_now = False
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_prompts
+            dones[step] = next_done
+
+            # ALGO LOGIC: action logic (uniforms for all envs, this rank's slice)
+            uniforms = torch.rand(args.num_envs, generator=sampler)[local_envs]
+            with torch.no_grad(), autocast:
+                logits, value = agent(next_prompts)
+            action = sample_actions(logits, uniforms)
+            values[step] = value.float()
+            actions[step] = action
+            logprobs[step] = Categorical(logits=logits.float()).log_prob(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward, device=device)
+            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+            finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
+            progress.update(args.num_envs)
+            # Every rank stops at the same step, whichever of them was interrupted.
+            stop_now = bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=device)).item())
+            if stop_now:
+                break
+        if stop_now:
+            # The partial rollout is dropped; the model is still the one of the last finished update.
+            global_step -= (step + 1) * args.num_envs
+            checkpoint_now(iteration - 1)
+            progress.close()
+            if is_main:
+                print(f"saved {run_dir}/checkpoint at {global_step} frames; continue with: torchrun ... glam_ppo_multigpu.py --resume {run_dir}")
+            return
+        rollout_time = time.time() - rollout_start
+
+        # bootstrap value if not done
+        with torch.no_grad(), autocast:
+            next_value = agent.get_value(next_prompts).float()
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+
+        # Every rank gets the global batch, envs in global order: the same arrays one process would have built.
+        local_batch = {
+            "obs": obs, "logprobs": logprobs.cpu(), "actions": actions.cpu(), "advantages": advantages.cpu(),
+            "returns": returns.cpu(), "values": values.cpu(), "episodes": finished_episodes,
+        }
+        shards = gather(local_batch)
+        b_obs = [prompt for step in range(args.num_steps) for shard in shards for prompt in shard["obs"][step]]
+
+        def flat(name):
+            return torch.cat([shard[name] for shard in shards], dim=1).reshape(-1).to(device)
+
+        b_logprobs, b_actions, b_advantages, b_returns, b_values = (flat(name) for name in ("logprobs", "actions", "advantages", "returns", "values"))
+
+        # Optimizing the policy and value network: each minibatch is split across the ranks
+        update_start = time.time()
+        micro_size = args.grad_accum_minibatch or args.minibatch_size
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                mb_inds = b_inds[start : start + args.minibatch_size]
+                local_inds = mb_inds[rank :: args.world_size]
+                if args.norm_adv:
+                    mb_mean, mb_std = b_advantages[mb_inds].mean(), b_advantages[mb_inds].std()
+                optimizer.zero_grad()
+                # sums over this rank's transitions of: policy loss, value loss, entropy, old and new approx KL, clipped
+                sums = torch.zeros(6, device=device)
+                for micro_start in range(0, len(local_inds), micro_size):
+                    inds = local_inds[micro_start : micro_start + micro_size]
+                    with autocast:
+                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
+                    logratio = newlogprob.float() - b_logprobs[inds]
+                    ratio = logratio.exp()
+
+                    mb_advantages = b_advantages[inds]
+                    if args.norm_adv:
+                        mb_advantages = (mb_advantages - mb_mean) / (mb_std + 1e-8)
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_losses = torch.max(pg_loss1, pg_loss2)
+
+                    # Value loss
+                    newvalue = newvalue.float()
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
+                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
+                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
+                        v_losses = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
+                    else:
+                        v_losses = 0.5 * (newvalue - b_returns[inds]) ** 2
+
+                    entropies = entropy.float()
+                    # The minibatch's mean loss is the sum over all ranks' transitions divided by the minibatch size.
+                    loss = (pg_losses - args.ent_coef * entropies + v_losses * args.vf_coef).sum() / args.minibatch_size
+                    if not torch.isfinite(loss):
+                        progress.close()
+                        raise FloatingPointError(
+                            f"non-finite loss at update {iteration} ({global_step} frames); the last good checkpoint is in "
+                            f"{run_dir}/checkpoint. Try a lower --learning-rate, or without --bf16."
+                        )
+                    loss.backward()
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        sums += torch.stack([
+                            pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
+                            ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
+                        ])
+                all_reduce_gradients(agent.parameters())
+                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                optimizer.step()
+                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()
+                clipfracs.append(clipfrac)
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        update_time = time.time() - update_start
+
+        episodes = sorted((episode for shard in shards for episode in shard["episodes"]), key=lambda e: e["global_step"])
+        for episode in episodes:
+            recent_successes.append(float(episode["success"]))
+            recent_returns.append(episode["return"])
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        with torch.no_grad(), autocast:
+            probe_probs = agent(probe_prompts)[0].float().softmax(-1)
+        if is_main:
+            for episode in episodes:
+                writer.add_scalar("charts/episodic_return", episode["return"], episode["global_step"])
+                writer.add_scalar("charts/episodic_length", episode["length"], episode["global_step"])
+                writer.add_scalar("charts/success_rate", float(episode["success"]), episode["global_step"])
+            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+            var_y = np.var(y_true)
+            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+            # TRY NOT TO MODIFY: record rewards for plotting purposes
+            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+            writer.add_scalar("losses/value_loss", v_loss, global_step)
+            writer.add_scalar("losses/policy_loss", pg_loss, global_step)
+            writer.add_scalar("losses/entropy", entropy_loss, global_step)
+            writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
+            writer.add_scalar("losses/approx_kl", approx_kl, global_step)
+            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+            writer.add_scalar("losses/explained_variance", explained_var, global_step)
+            writer.add_scalar("charts/SPS", sps, global_step)
+            writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
+            writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
+            for index, probs in enumerate(probe_probs):
+                for action_name, prob in zip(envs.actions, probs.tolist()):
+                    writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
+        progress.set_postfix(
+            update=f"{iteration}/{args.num_iterations}", SPS=sps,
+            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
+            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
+        )
+        if iteration % args.save_interval == 0 or iteration == args.num_iterations:
+            checkpoint_now(iteration)
+    progress.close()
+    if is_main:
+        writer.close()
+        print(f"done: {global_step} frames on {args.world_size} process(es); checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
+
+
+if __name__ == "__main__":
+    try:
+        main(parse_args())
+    except (UsageError, FloatingPointError) as error:
+        sys.exit(f"glam_ppo_multigpu.py: error: {error}")
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
