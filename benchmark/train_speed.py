@@ -1,4 +1,4 @@
-"""End-to-end training speed of glam_ppo.py: frames per second of the rollout, of the PPO update, and overall.
+"""End-to-end training speed of glam_ppo.py (or glam_ppo_multigpu.py): frames per second of the rollout, of the PPO update, and overall.
 
 Each model trains for a few updates in a subprocess, exactly as a user runs glam_ppo.py; the speeds are read back
 from its TensorBoard scalars (charts/rollout_SPS, charts/update_SPS, charts/SPS), the first update left out as
@@ -6,6 +6,7 @@ warm-up. Models with a real model's shape get random weights and are saved with 
 
     python benchmark/train_speed.py                                              # CPU-sized batch, tiny models
     python benchmark/train_speed.py --models t5-small-shape t5-base-shape --paper-batch --out benchmark/train_speed_gpu.json
+    python benchmark/train_speed.py --models tiny-t5 --nproc 2                   # glam_ppo_multigpu.py on 2 processes
 """
 
 import glob
@@ -37,6 +38,8 @@ class Args:
     """the paper's batch (32 envs x 40 steps, 20 minibatches, 4 epochs) instead of a CPU-sized one (8 x 16, 4, 4)"""
     updates: int = 3
     """PPO updates per model; the first is warm-up and not counted"""
+    nproc: int = 0
+    """0: glam_ppo.py; N: glam_ppo_multigpu.py on N processes through torchrun"""
     extra_flags: str = ""
     """more glam_ppo.py flags, e.g. "--bf16" or "--score-batch-size 256" """
     out: str | None = None
@@ -63,13 +66,17 @@ def measure(name: str, args: Args, folder: str) -> dict:
     flags, frames_per_update = batch_flags(args.paper_batch)
     run_root = os.path.join(folder, f"runs_{name}")
     os.makedirs(run_root)
+    launcher = [sys.executable, os.path.join(REPO, "glam_ppo.py")]
+    if args.nproc:
+        launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(args.nproc),
+                    os.path.join(REPO, "glam_ppo_multigpu.py")]
     command = [
-        sys.executable, os.path.join(REPO, "glam_ppo.py"), "--model", model_flag(name, folder), "--env-id", args.env_id,
+        *launcher, "--model", model_flag(name, folder), "--env-id", args.env_id,
         *flags, "--total-timesteps", str(args.updates * frames_per_update), "--save-interval", "1000000", *args.extra_flags.split(),
     ]
     result = subprocess.run(command, cwd=run_root, capture_output=True, text=True)
     if result.returncode != 0:
-        raise SystemExit(f"train_speed.py: error: {name}: glam_ppo.py failed:\n{result.stderr[-2000:]}")
+        raise SystemExit(f"train_speed.py: error: {name}: {os.path.basename(launcher[-1])} failed:\n{result.stderr[-2000:]}")
     (run_dir,) = glob.glob(os.path.join(run_root, "runs", "*"))
     events = EventAccumulator(run_dir)
     events.Reload()
@@ -78,13 +85,13 @@ def measure(name: str, args: Args, folder: str) -> dict:
         return float(np.mean([event.value for event in events.Scalars(tag)[1:]]))
 
     rollout, update = after_warm_up("charts/rollout_SPS"), after_warm_up("charts/update_SPS")
-    return {"model": name, "frames_per_update": frames_per_update, "rollout": rollout, "update": update,
+    return {"model": name if not args.nproc else f"{name}, {args.nproc} process(es)", "frames_per_update": frames_per_update, "rollout": rollout, "update": update,
             "overall": 1 / (1 / rollout + 1 / update)}
 
 
 def format_table(rows, paper_batch: bool) -> str:
     batch = "paper batch, 32 envs x 40 steps" if paper_batch else "CPU batch, 8 envs x 16 steps"
-    lines = [f"glam_ppo.py frames/s ({batch}; mean over updates 2+)", "| model | rollout | update | overall |", "|---|---:|---:|---:|"]
+    lines = [f"frames/s ({batch}; mean over updates 2+)", "| model | rollout | update | overall |", "|---|---:|---:|---:|"]
     lines += [f"| {r['model']} | {r['rollout']:.1f} | {r['update']:.1f} | {r['overall']:.1f} |" for r in rows]
     return "\n".join(lines)
 
