@@ -47,6 +47,7 @@ from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
 from minigrid.envs.babyai.goto import GoToLocal
+from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
 from torch.distributions.categorical import Categorical
 from tqdm import tqdm
 
@@ -63,6 +64,8 @@ class Args:
     """if toggled, cuda will be enabled when available"""
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend (auto: nccl with GPUs, gloo on CPU)"""
+    fsdp: bool = False
+    """shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP, fully_shard): models larger than one GPU"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "glam"
@@ -819,6 +822,8 @@ def finish_args(args: Args) -> Args:
             f"the {args.world_size} processes; change --num-envs, --num-minibatches or --nproc-per-node"
         )
     args.local_num_envs = args.num_envs // args.world_size
+    if args.fsdp and args.lora_r:
+        raise UsageError("--fsdp and --lora-r together are not supported; LoRA's small gradients need no sharding, drop --fsdp")
     if args.grad_accum_minibatch < 0:
         raise UsageError("--grad-accum-minibatch must be 0 (whole minibatch) or a positive number of transitions")
     if args.total_timesteps < args.batch_size:
@@ -860,6 +865,9 @@ def parse_args(argv=None) -> Args:
 # ---------------------------------------------------------------------------------------------------------------
 # Distributed helpers
 # ---------------------------------------------------------------------------------------------------------------
+
+# Whole (unsharded) model and optimizer states on CPU: checkpoints look the same with or without FSDP.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
 
 
 def setup_distributed(args: Args) -> tuple[int, torch.device]:
@@ -903,6 +911,27 @@ def all_reduce_gradients(parameters):
         offset += grad.numel()
 
 
+def shard_agent(agent: GlamAgent, backend: str):
+    """FSDP2: each transformer block is one unit, the rest (embeddings, heads) the root unit."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    # FSDP warns that a unit returning a view could lose its pre-backward hook; the tests check the gradients
+    # (N ranks with FSDP make the update one process makes), so the warning is kept off the terminal.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    block_names = set(getattr(agent.llm, "_no_split_modules", None) or [])
+    for module in agent.llm.modules():
+        if type(module).__name__ in block_names:
+            fully_shard(module)
+    fully_shard(agent)
+    # The loss already divides by the minibatch size, so the ranks' gradients are summed, as without FSDP. Each unit
+    # (not only the root) has its own divide factor.
+    for unit in agent.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            if backend == "gloo":
+                unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+
+
 def shard_envs(envs: TextVecEnv, start: int, stop: int) -> TextVecEnv:
     """Envs start..stop-1 of a vector of envs, with their episode state."""
     shard = pickle.loads(pickle.dumps(envs))
@@ -944,22 +973,27 @@ def find_init_checkpoint(path: str) -> str:
     raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
 
 
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, envs: TextVecEnv, counters: dict, extra_rng: dict):
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, states: tuple[dict, dict], envs: TextVecEnv, counters: dict, extra_rng: dict):
     """Writes runs/<run>/checkpoint atomically: into a temporary folder, then two renames."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     shutil.rmtree(temporary, ignore_errors=True)
     os.makedirs(temporary)
-    agent.llm.save_pretrained(os.path.join(temporary, "model"))
+    model_state, optimizer_state = states
+
+    def part(prefix):
+        return {name[len(prefix) :]: value for name, value in model_state.items() if name.startswith(prefix)}
+
+    agent.llm.save_pretrained(os.path.join(temporary, "model"), state_dict=part("llm."))
     agent.tokenizer.save_pretrained(os.path.join(temporary, "model"))
-    heads = {"value_head": agent.value_head.state_dict()}
+    heads = {"value_head": part("value_head.")}
     if agent.action_head is not None:
-        heads["action_head"] = agent.action_head.state_dict()
+        heads["action_head"] = part("action_head.")
     torch.save(heads, os.path.join(temporary, "heads.pt"))
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     rng.update(extra_rng)
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng, **counters}, os.path.join(temporary, "trainer.pt"))
+    torch.save({"optimizer": optimizer_state, "rng": rng, **counters}, os.path.join(temporary, "trainer.pt"))
     with open(os.path.join(temporary, "envs.pkl"), "wb") as f:
         pickle.dump(envs, f)
     with open(os.path.join(temporary, "args.json"), "w") as f:
@@ -1048,21 +1082,20 @@ def main(args: Args):
 
     llm, tokenizer = load_policy_model(args, checkpoint)
     agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-    next_done = torch.zeros(args.local_num_envs, device=device)
-    global_step, start_iteration = 0, 1
-    if checkpoint is None and args.init_from is not None:
-        heads = torch.load(os.path.join(find_init_checkpoint(args.init_from), "heads.pt"), map_location=device)
+    heads_file = os.path.join(checkpoint, "heads.pt") if checkpoint else args.init_from and os.path.join(find_init_checkpoint(args.init_from), "heads.pt")
+    if heads_file:
+        heads = torch.load(heads_file, map_location=device)
         agent.value_head.load_state_dict(heads["value_head"])
         if agent.action_head is not None and "action_head" in heads:
             agent.action_head.load_state_dict(heads["action_head"])
+    if args.fsdp and dist.is_initialized():
+        shard_agent(agent, dist.get_backend())
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    next_done = torch.zeros(args.local_num_envs, device=device)
+    global_step, start_iteration = 0, 1
     if checkpoint is not None:
-        heads = torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)
-        agent.value_head.load_state_dict(heads["value_head"])
-        if agent.action_head is not None:
-            agent.action_head.load_state_dict(heads["action_head"])
         trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
-        optimizer.load_state_dict(trainer["optimizer"])
+        set_optimizer_state_dict(agent, optimizer, trainer["optimizer"], options=FULL_STATE)
         random.setstate(trainer["rng"]["python"])
         np.random.set_state(trainer["rng"]["numpy"])
         torch.set_rng_state(trainer["rng"]["torch"])
@@ -1090,11 +1123,12 @@ def main(args: Args):
     values = torch.zeros((args.num_steps, args.local_num_envs), device=device)
 
     def checkpoint_now(iteration):
-        # Collective: every rank hands its envs and dones to rank 0, which writes the checkpoint of the whole run.
+        # Collective: every rank hands its envs and dones (and with FSDP its shards) to rank 0, which writes the whole run.
         all_envs, all_dones = gather(envs), gather(next_done.cpu())
+        states = get_state_dict(agent, optimizer, options=FULL_STATE)
         if is_main:
             counters = {"global_step": global_step, "iteration": iteration, "next_done": torch.cat(all_dones), "probe_prompts": probe_prompts}
-            save_checkpoint(run_dir, args, agent, optimizer, merge_envs(all_envs), counters, {"sampler": sampler.get_state()})
+            save_checkpoint(run_dir, args, agent, states, merge_envs(all_envs), counters, {"sampler": sampler.get_state()})
         if dist.is_initialized():
             dist.barrier()
 
@@ -1214,7 +1248,8 @@ def main(args: Args):
                             pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
                             ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
                         ])
-                all_reduce_gradients(agent.parameters())
+                if not args.fsdp:
+                    all_reduce_gradients(agent.parameters())
                 nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 optimizer.step()
                 pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()

@@ -6,6 +6,7 @@ import pickle
 import subprocess
 import sys
 
+import pytest
 import torch
 from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
@@ -42,17 +43,21 @@ def weights(run_dir):
 
 
 def max_difference(a, b):
-    assert a.keys() == b.keys()
-    return max((a[name] - b[name]).abs().max().item() for name in a)
+    # A checkpoint gathered from FSDP shards leaves out the aliases of tied weights (T5's embeddings), which
+    # from_pretrained ties again; every tensor it holds is compared.
+    common = a.keys() & b.keys()
+    assert len(common) > 20 and all(name in common or "embed_tokens" in name or "lm_head" in name for name in a.keys() | b.keys())
+    return max((a[name] - b[name]).abs().max().item() for name in common)
 
 
-def test_two_ranks_make_the_same_update_as_one(repo, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
+def test_two_ranks_make_the_same_update_as_one(repo, tmp_path, sharding):
     launch(repo, tmp_path / "one", 0, *SMALL, "--total-timesteps", "32")
-    result = launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32")
+    result = launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", *sharding)
     assert "done: 32 frames on 2 process(es)" in result.stdout
     one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")
     difference = max_difference(weights(one), weights(two))
-    print(f"largest parameter difference, 1 rank vs 2 ranks: {difference:.2e}")
+    print(f"largest parameter difference, 1 rank vs 2 ranks {sharding}: {difference:.2e}")
     assert difference < 1e-5
     assert max_difference(weights(one), {k: torch.zeros_like(v) for k, v in weights(one).items()}) > 0
     events = EventAccumulator(two)
@@ -64,9 +69,10 @@ def test_two_ranks_make_the_same_update_as_one(repo, tmp_path):
     assert abs(events.Scalars("losses/approx_kl")[0].value - one_events.Scalars("losses/approx_kl")[0].value) < 1e-5
 
 
-def test_resume_on_another_number_of_ranks_continues_the_run(repo, tmp_path):
+@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
+def test_resume_on_another_number_of_ranks_continues_the_run(repo, tmp_path, sharding):
     launch(repo, tmp_path / "straight", 0, *SMALL, "--total-timesteps", "64")
-    launch(repo, tmp_path / "split", 2, *SMALL, "--total-timesteps", "32")
+    launch(repo, tmp_path / "split", 2, *SMALL, "--total-timesteps", "32", *sharding)
     split_dir = only_run_dir(tmp_path / "split")
     result = launch(repo, tmp_path / "split", 0, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames on 1 process(es)" in result.stdout
@@ -89,7 +95,7 @@ def saved_envs(run_dir):
 
 
 def test_checkpoint_is_evaluated_and_continued_by_the_single_gpu_scripts(repo, tmp_path):
-    launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32")
+    launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", "--fsdp")  # gathered from shards
     run_dir = only_run_dir(tmp_path / "two")
     rows = zero_shot_eval.main(zero_shot_eval.parse_args(
         ["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2", "--output-dir", str(tmp_path / "eval")]
