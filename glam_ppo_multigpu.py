@@ -1032,7 +1032,11 @@ class StopRequest:
     def __init__(self):
         self.requested = False
         signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
+        # torchrun answers a Ctrl-C by sending SIGTERM to the ranks that the Ctrl-C already reached: never fatal.
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
 
     def _handle(self, signum, frame):
         if self.requested:

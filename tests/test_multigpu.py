@@ -3,8 +3,10 @@
 import glob
 import os
 import pickle
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -111,3 +113,18 @@ def test_envs_that_do_not_split_over_the_ranks_are_a_clear_error(repo, tmp_path)
     result = launch(repo, tmp_path, 2, *SMALL, "--num-envs", "3", "--num-minibatches", "1", "--total-timesteps", "24", check=False)
     assert result.returncode != 0
     assert "must both be divisible by the 2 processes" in result.stderr
+
+
+def test_ctrl_c_stops_every_rank_and_saves(repo, tmp_path):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+               os.path.join(repo, "glam_ppo_multigpu.py"), *SMALL, "--save-interval", "1", "--total-timesteps", "32000"]
+    # A new session, so that the SIGINT reaches torchrun and both ranks at once, as a terminal's Ctrl-C does.
+    process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.time() + 120
+    while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint")) and time.time() < deadline:
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGINT)
+    stdout, stderr = process.communicate(timeout=120)
+    assert "saved" in stdout and "--resume" in stdout, stderr[-3000:]
+    trainer = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "trainer.pt"), weights_only=False)
+    assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * trainer["iteration"]
