@@ -7,11 +7,10 @@ Every rank steps its own share of the `--num-envs` environments and scores its o
 ranks exchange their transitions, so each holds the global batch, and each minibatch is split across the ranks,
 whose gradients are summed with one flattened all-reduce (as CleanRL's ppo_atari_multigpu.py does). Actions are
 sampled from one random stream shared by all ranks, so N ranks follow the same trajectory as one rank with the same
-global settings (tested). Rank 0 alone logs and writes checkpoints, in glam_ppo.py's format.
+global settings (tested). `--fsdp` also shards parameters, gradients and optimizer state (PyTorch FSDP). Rank 0
+alone logs and writes checkpoints, in glam_ppo.py's format.
 
-The rest is glam_ppo.py:
-
-Each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from
+As in glam_ppo.py, each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from
 the softmax of those scores, and PPO trains the whole model plus a value head on the decoder's first hidden
 state. Facts reproduced from the paper and the authors' code are listed in the README; every place where this
 file knowingly differs from the original says so in a comment marked "Differs from the original".
@@ -962,7 +961,7 @@ def find_checkpoint(run_dir: str) -> str:
         path = os.path.join(run_dir, name)
         if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
             return path
-    raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    raise UsageError(f"no checkpoint written by glam_ppo.py or glam_ppo_multigpu.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
 
 
 def find_init_checkpoint(path: str) -> str:
