@@ -90,7 +90,7 @@ def naive_scores(agent, prompts) -> torch.Tensor:
         for a in range(len(agent.actions)):
             target = action_tokens(agent, a)[None]
             if agent.is_encoder_decoder:
-                logits = llm(input_ids=prompt_ids, labels=target).logits
+                logits = llm(input_ids=prompt_ids, decoder_input_ids=llm.prepare_decoder_input_ids_from_labels(labels=target)).logits
             else:
                 logits = llm(input_ids=torch.cat([prompt_ids, target], 1)).logits[:, prompt_ids.shape[1] - 1 : -1]
             scores[p, a] = logits.float().log_softmax(-1).gather(2, target[..., None]).sum().cpu()
@@ -104,18 +104,19 @@ def authors_scores(agent, prompts, pairs_per_pass: int = 3) -> torch.Tensor:
     pairs = [(p, a) for p in range(len(prompts)) for a in range(num_actions)]
     targets = agent.action_ids.repeat(len(prompts), 1)
     target_mask = agent.action_mask.repeat(len(prompts), 1)
-    labels = targets.masked_fill(target_mask == 0, -100)
     if agent.is_encoder_decoder:
+        decoder_input_ids = llm.prepare_decoder_input_ids_from_labels(labels=targets.masked_fill(target_mask == 0, -100))
         tokens = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
         encoded = llm.get_encoder()(**tokens).last_hidden_state.repeat_interleave(num_actions, 0)
         prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
     else:
-        sequences = [tokenizer(prompts[p]).input_ids + action_tokens(agent, a).tolist() for p, a in pairs]
+        prompt_ids = [tokenizer(prompt).input_ids for prompt in prompts]
+        sequences = [prompt_ids[p] + action_tokens(agent, a).tolist() for p, a in pairs]
     scores = []
     for start in range(0, len(pairs), pairs_per_pass):
         batch = slice(start, start + pairs_per_pass)
         if agent.is_encoder_decoder:
-            logits = llm(encoder_outputs=(encoded[batch],), attention_mask=prompt_mask[batch], labels=labels[batch]).logits
+            logits = llm(encoder_outputs=(encoded[batch],), attention_mask=prompt_mask[batch], decoder_input_ids=decoder_input_ids[batch]).logits
             logprobs = logits.float().log_softmax(-1).gather(2, targets[batch, :, None]).squeeze(2)
             scores.append((logprobs * target_mask[batch]).sum(-1))
         else:
@@ -172,7 +173,7 @@ def measure(name: str, args: Args) -> dict:
 def format_table(rows, device: str) -> str:
     lines = [
         f"pairs/s on {device} (6 actions, mean prompt length in tokens)",
-        f"| model | params | prompt | (a) naive | (b) authors | (c) ours | (c)/(a) | (c)/(b) |",
+        "| model | params | prompt | (a) naive | (b) authors | (c) ours | (c)/(a) | (c)/(b) |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for r in rows:

@@ -10,12 +10,12 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import bc_finetune as bc
 import glam_ppo
 import zero_shot_eval
+from script_runs import checkpoint_weights, only_run_dir, run_script
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--batch-size", "32",
@@ -23,22 +23,8 @@ SMALL = [
 ]
 
 
-def run(repo, cwd, *flags, check=True):
-    result = subprocess.run(
-        [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def only_run_dir(cwd):
-    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
-    return run_dir
-
-
-def model_weights(run_dir):
-    return load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
+def run(cwd, *flags, check=True):
+    return run_script("bc_finetune.py", cwd, *flags, check=check)
 
 
 def test_demonstrations_are_the_prompts_glam_ppo_builds_for_the_same_episode():
@@ -97,8 +83,8 @@ def test_reading_demonstrations_checks_every_line(tmp_path):
         bc.read_demos(str(tmp_path / "missing.jsonl"), actions)
 
 
-def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(repo, tmp_path):
-    result = run(repo, tmp_path, *SMALL, "--num-transitions", "800", "--batch-size", "16", "--eval-every", "100000")
+def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(tmp_path):
+    result = run(tmp_path, *SMALL, "--num-transitions", "800", "--batch-size", "16", "--eval-every", "100000")
     run_dir = only_run_dir(tmp_path)
     assert "done: " in result.stdout and os.path.exists(os.path.join(run_dir, "demos.jsonl"))
     events = EventAccumulator(run_dir)
@@ -121,23 +107,21 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(r
 
     # PPO with a zero learning rate leaves the cloned weights as they were: it started from them
     ppo_dir = tmp_path / "ppo"
-    ppo_dir.mkdir()
-    subprocess.run(
-        [sys.executable, os.path.join(repo, "glam_ppo.py"), "--init-from", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0",
-         "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--total-timesteps", "32", "--learning-rate", "0"],
-        cwd=ppo_dir, check=True, capture_output=True, timeout=300,
+    run_script(
+        "glam_ppo.py", ppo_dir, "--init-from", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
+        "--num-minibatches", "2", "--total-timesteps", "32", "--learning-rate", "0",
     )
-    cloned, continued = model_weights(run_dir), model_weights(only_run_dir(ppo_dir))
+    cloned, continued = checkpoint_weights(run_dir), checkpoint_weights(only_run_dir(ppo_dir))
     assert cloned.keys() == continued.keys()
     assert all(torch.equal(cloned[name], continued[name]) for name in cloned)
 
 
-def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(repo, tmp_path):
+def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path):
     zero_shot_eval.main(zero_shot_eval.parse_args([
         "--policy", "bot", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "6", "--num-envs", "3",
         "--save-trajectories", "--output-dir", str(tmp_path / "eval"),
     ]))
-    result = run(repo, tmp_path, *SMALL, "--demos", str(tmp_path / "eval" / "trajectories.jsonl"), "--holdout-fraction", "0.2")
+    result = run(tmp_path, *SMALL, "--demos", str(tmp_path / "eval" / "trajectories.jsonl"), "--holdout-fraction", "0.2")
     assert "held-out transitions from" in result.stdout and "done: " in result.stdout
 
 
@@ -145,7 +129,7 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     flags = [*SMALL, "--num-transitions", "480", "--eval-every", "96", "--eval-episodes", "1", "--num-envs", "1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
-    run(repo, straight, *flags)
+    run(straight, *flags)
     process = subprocess.Popen(
         [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=split, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -158,8 +142,8 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     run_dir = only_run_dir(split)
     stopped_at = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"]
     assert f"checkpoint at step {stopped_at}; continue with" in stdout and 3 <= stopped_at < 15
-    run(repo, split, "--resume", run_dir)
-    expected, resumed = model_weights(only_run_dir(straight)), model_weights(run_dir)
+    run(split, "--resume", run_dir)
+    expected, resumed = checkpoint_weights(only_run_dir(straight)), checkpoint_weights(run_dir)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
 
@@ -175,7 +159,7 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
         (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
     ],
 )
-def test_bad_input_gets_a_one_line_error(repo, tmp_path, flags, message):
-    result = run(repo, tmp_path, *SMALL, "--num-transitions", "64", *flags, check=False)
+def test_bad_input_gets_a_one_line_error(tmp_path, flags, message):
+    result = run(tmp_path, *SMALL, "--num-transitions", "64", *flags, check=False)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr

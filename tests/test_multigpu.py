@@ -5,16 +5,15 @@ import os
 import pickle
 import signal
 import subprocess
-import sys
 import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import glam_ppo_multigpu
 import zero_shot_eval
+from script_runs import TORCHRUN, checkpoint_weights, only_run_dir, run_script
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -22,26 +21,9 @@ SMALL = [
 ]
 
 
-def launch(repo, cwd, ranks, *flags, check=True):
+def launch(cwd, ranks, *flags, check=True):
     """The script on `ranks` processes through torchrun, or as a plain process for ranks=0."""
-    script = os.path.join(repo, "glam_ppo_multigpu.py")
-    prefix = [sys.executable] if ranks == 0 else [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", str(ranks)]
-    os.makedirs(cwd, exist_ok=True)
-    result = subprocess.run([*prefix, script, *flags], cwd=cwd, capture_output=True, text=True, timeout=300)
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
-
-
-def only_run_dir(cwd):
-    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
-    return run_dir
-
-
-def weights(run_dir):
-    state = load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
-    state.update({f"value_head.{k}": v for k, v in torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))["value_head"].items()})
-    return state
+    return run_script("glam_ppo_multigpu.py", cwd, *flags, processes=ranks, check=check)
 
 
 def max_difference(a, b):
@@ -53,15 +35,15 @@ def max_difference(a, b):
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
-def test_two_ranks_make_the_same_update_as_one(repo, tmp_path, sharding):
-    launch(repo, tmp_path / "one", 0, *SMALL, "--total-timesteps", "32")
-    result = launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", *sharding)
+def test_two_ranks_make_the_same_update_as_one(tmp_path, sharding):
+    launch(tmp_path / "one", 0, *SMALL, "--total-timesteps", "32")
+    result = launch(tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", *sharding)
     assert "done: 32 frames on 2 process(es)" in result.stdout
     one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")
-    difference = max_difference(weights(one), weights(two))
+    difference = max_difference(checkpoint_weights(one), checkpoint_weights(two))
     print(f"largest parameter difference, 1 rank vs 2 ranks {sharding}: {difference:.2e}")
     assert difference < 1e-5
-    assert max_difference(weights(one), {k: torch.zeros_like(v) for k, v in weights(one).items()}) > 0
+    assert max_difference(checkpoint_weights(one), {k: torch.zeros_like(v) for k, v in checkpoint_weights(one).items()}) > 0
     events = EventAccumulator(two)
     events.Reload()
     for tag in ("charts/SPS", "losses/approx_kl", "losses/value_loss", "charts/rollout_SPS", "probes/prompt_0/go forward"):
@@ -72,11 +54,11 @@ def test_two_ranks_make_the_same_update_as_one(repo, tmp_path, sharding):
 
 
 @pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
-def test_resume_on_another_number_of_ranks_continues_the_run(repo, tmp_path, sharding):
-    launch(repo, tmp_path / "straight", 0, *SMALL, "--total-timesteps", "64")
-    launch(repo, tmp_path / "split", 2, *SMALL, "--total-timesteps", "32", *sharding)
+def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, sharding):
+    launch(tmp_path / "straight", 0, *SMALL, "--total-timesteps", "64")
+    launch(tmp_path / "split", 2, *SMALL, "--total-timesteps", "32", *sharding)
     split_dir = only_run_dir(tmp_path / "split")
-    result = launch(repo, tmp_path / "split", 0, "--resume", split_dir, "--total-timesteps", "64")
+    result = launch(tmp_path / "split", 0, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames on 1 process(es)" in result.stdout
     straight_dir = only_run_dir(tmp_path / "straight")
     # The same envs in the same states (the prompts hold the last actions): envs and the sampling stream were handed
@@ -84,7 +66,7 @@ def test_resume_on_another_number_of_ranks_continues_the_run(repo, tmp_path, sha
     assert saved_envs(split_dir).prompts() == saved_envs(straight_dir).prompts()
     # Weights agree to float noise: summing gradients in another order moves them by 1e-7 per update, which Adam
     # can enlarge where a gradient is almost zero (3e-5 here after 16 steps of lr 3e-4, also without any resume).
-    assert max_difference(weights(straight_dir), weights(split_dir)) < 1e-4
+    assert max_difference(checkpoint_weights(straight_dir), checkpoint_weights(split_dir)) < 1e-4
 
 
 def saved_envs(run_dir):
@@ -96,28 +78,24 @@ def saved_envs(run_dir):
         return ScriptUnpickler(f).load()
 
 
-def test_checkpoint_is_evaluated_and_continued_by_the_single_gpu_scripts(repo, tmp_path):
-    launch(repo, tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", "--fsdp")  # gathered from shards
+def test_checkpoint_is_evaluated_and_continued_by_the_single_gpu_scripts(tmp_path):
+    launch(tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", "--fsdp")  # gathered from shards
     run_dir = only_run_dir(tmp_path / "two")
     rows = zero_shot_eval.main(zero_shot_eval.parse_args(
         ["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2", "--output-dir", str(tmp_path / "eval")]
     ))
     assert rows[0]["episodes"] == 2
-    subprocess.run(
-        [sys.executable, os.path.join(repo, "glam_ppo.py"), "--init-from", run_dir, *SMALL[2:], "--total-timesteps", "32"],
-        cwd=tmp_path, check=True, capture_output=True, timeout=300,
-    )
+    run_script("glam_ppo.py", tmp_path / "ppo", "--init-from", run_dir, *SMALL[2:], "--total-timesteps", "32")
 
 
-def test_envs_that_do_not_split_over_the_ranks_are_a_clear_error(repo, tmp_path):
-    result = launch(repo, tmp_path, 2, *SMALL, "--num-envs", "3", "--num-minibatches", "1", "--total-timesteps", "24", check=False)
+def test_envs_that_do_not_split_over_the_ranks_are_a_clear_error(tmp_path):
+    result = launch(tmp_path, 2, *SMALL, "--num-envs", "3", "--num-minibatches", "1", "--total-timesteps", "24", check=False)
     assert result.returncode != 0
     assert "must both be divisible by the 2 processes" in result.stderr
 
 
 def test_ctrl_c_stops_every_rank_and_saves(repo, tmp_path):
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               os.path.join(repo, "glam_ppo_multigpu.py"), *SMALL, "--save-interval", "1", "--total-timesteps", "32000"]
+    command = [*TORCHRUN, "--nproc_per_node", "2", os.path.join(repo, "glam_ppo_multigpu.py"), *SMALL, "--save-interval", "1", "--total-timesteps", "32000"]
     # A new session, so that the SIGINT reaches torchrun and both ranks at once, as a terminal's Ctrl-C does.
     process = subprocess.Popen(command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     deadline = time.time() + 120

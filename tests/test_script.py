@@ -10,10 +10,10 @@ import time
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import glam_ppo as g
+from script_runs import checkpoint_weights, only_run_dir, run_script
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -21,28 +21,12 @@ SMALL = [
 ]
 
 
-def run(repo, cwd, *flags, check=True):
-    result = subprocess.run(
-        [sys.executable, os.path.join(repo, "glam_ppo.py"), *flags], cwd=cwd, capture_output=True, text=True, timeout=300
-    )
-    if check:
-        assert result.returncode == 0, result.stderr[-3000:]
-    return result
+def run(cwd, *flags, check=True):
+    return run_script("glam_ppo.py", cwd, *flags, check=check)
 
 
-def only_run_dir(cwd):
-    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
-    return run_dir
-
-
-def model_state(run_dir):
-    state = load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
-    state.update({f"heads.{k}": v for k, v in torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))["value_head"].items()})
-    return state
-
-
-def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
-    result = run(repo, tmp_path, *SMALL, "--num-steps", "16", "--update-epochs", "1", "--total-timesteps", "256")  # 4 updates
+def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(tmp_path):
+    result = run(tmp_path, *SMALL, "--num-steps", "16", "--update-epochs", "1", "--total-timesteps", "256")  # 4 updates
     run_dir = only_run_dir(tmp_path)
     assert "done: 256 frames" in result.stdout
     assert "Sampling rejected" not in result.stdout + result.stderr
@@ -69,16 +53,16 @@ def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(repo, tmp_path):
     assert llm.config.is_encoder_decoder
 
 
-def test_resume_continues_exactly(repo, tmp_path):
+def test_resume_continues_exactly(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
-    run(repo, straight, *SMALL, "--total-timesteps", "64")
-    run(repo, split, *SMALL, "--total-timesteps", "32")
+    run(straight, *SMALL, "--total-timesteps", "64")
+    run(split, *SMALL, "--total-timesteps", "32")
     split_dir = only_run_dir(split)
-    first_half = model_state(split_dir)
-    result = run(repo, split, "--resume", split_dir, "--total-timesteps", "64")
+    first_half = checkpoint_weights(split_dir)
+    result = run(split, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames" in result.stdout
-    resumed, reference = model_state(split_dir), model_state(only_run_dir(straight))
+    resumed, reference = checkpoint_weights(split_dir), checkpoint_weights(only_run_dir(straight))
     assert any(not torch.equal(first_half[k], resumed[k]) for k in resumed)  # the second update did train
     for name, weight in reference.items():
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
@@ -99,7 +83,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path):
     run_dir = only_run_dir(tmp_path)
     trainer = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)
     assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * trainer["iteration"]
-    result = run(repo, tmp_path, "--resume", run_dir, "--total-timesteps", str(32 * (trainer["iteration"] + 1)))
+    result = run(tmp_path, "--resume", run_dir, "--total-timesteps", str(32 * (trainer["iteration"] + 1)))
     assert f"done: {32 * (trainer['iteration'] + 1)} frames" in result.stdout
 
 
@@ -172,8 +156,8 @@ def test_track_without_wandb_says_how_to_install_it():
         g.parse_args(["--track"])
 
 
-def test_resume_with_different_settings_is_refused(repo, tmp_path):
-    run(repo, tmp_path, *SMALL, "--total-timesteps", "32")
+def test_resume_with_different_settings_is_refused(tmp_path):
+    run(tmp_path, *SMALL, "--total-timesteps", "32")
     run_dir = only_run_dir(tmp_path)
     with pytest.raises(g.UsageError, match=r"--num-envs 8 \(run has 4\).*drop these flags"):
         g.parse_args(["--resume", run_dir, "--num-envs", "8"])
@@ -187,8 +171,8 @@ def test_resume_with_different_settings_is_refused(repo, tmp_path):
         (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
     ],
 )
-def test_command_line_errors_are_one_line_without_traceback(repo, tmp_path, flags, message):
-    result = run(repo, tmp_path, "--total-timesteps", "1280", *flags, check=False)
+def test_command_line_errors_are_one_line_without_traceback(tmp_path, flags, message):
+    result = run(tmp_path, "--total-timesteps", "1280", *flags, check=False)
     assert result.returncode != 0
     assert "Traceback" not in result.stderr
     last_line = result.stderr.strip().splitlines()[-1]
@@ -196,31 +180,31 @@ def test_command_line_errors_are_one_line_without_traceback(repo, tmp_path, flag
     assert __import__("re").search(message, last_line)
 
 
-def test_unknown_action_space_lists_the_choices(repo, tmp_path):
-    result = run(repo, tmp_path, "--action-space", "everything", check=False)
+def test_unknown_action_space_lists_the_choices(tmp_path):
+    result = run(tmp_path, "--action-space", "everything", check=False)
     assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
 
 
-def test_gradient_accumulation_gives_the_same_update(repo, tmp_path):
+def test_gradient_accumulation_gives_the_same_update(tmp_path):
     whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
     whole.mkdir(), accumulated.mkdir()
-    run(repo, whole, *SMALL, "--total-timesteps", "32")
-    run(repo, accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5")  # 16 = 5 + 5 + 5 + 1
-    reference = model_state(only_run_dir(whole))
-    for name, weight in model_state(only_run_dir(accumulated)).items():
+    run(whole, *SMALL, "--total-timesteps", "32")
+    run(accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5")  # 16 = 5 + 5 + 5 + 1
+    reference = checkpoint_weights(only_run_dir(whole))
+    for name, weight in checkpoint_weights(only_run_dir(accumulated)).items():
         torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
 
 
-def test_lora_run_saves_an_adapter_and_resumes(repo, tmp_path):
-    run(repo, tmp_path, *SMALL, "--total-timesteps", "32", "--lora-r", "4")
+def test_lora_run_saves_an_adapter_and_resumes(tmp_path):
+    run(tmp_path, *SMALL, "--total-timesteps", "32", "--lora-r", "4")
     run_dir = only_run_dir(tmp_path)
     assert os.path.exists(os.path.join(run_dir, "checkpoint", "model", "adapter_model.safetensors"))
-    result = run(repo, tmp_path, "--resume", run_dir, "--total-timesteps", "64")
+    result = run(tmp_path, "--resume", run_dir, "--total-timesteps", "64")
     assert "done: 64 frames" in result.stdout
 
 
-def test_decoder_only_model_with_action_heads_trains(repo, tmp_path):
-    result = run(repo, tmp_path, *SMALL, "--total-timesteps", "32", "--model", "tiny-causal", "--action-heads")
+def test_decoder_only_model_with_action_heads_trains(tmp_path):
+    result = run(tmp_path, *SMALL, "--total-timesteps", "32", "--model", "tiny-causal", "--action-heads")
     assert "done: 32 frames" in result.stdout
     heads = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "heads.pt"))
     assert heads["action_head"]["4.weight"].shape == (6, 1024)

@@ -1,0 +1,35 @@
+"""Running the top-level scripts as users do, and reading what their runs wrote (shared by the script tests)."""
+
+import glob
+import os
+import subprocess
+import sys
+
+import torch
+from safetensors.torch import load_file
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+
+
+def run_script(script, cwd, *flags, processes=0, check=True):
+    """`python <script> flags` in cwd, or under torchrun with that many processes; the run must succeed if check."""
+    launcher = [sys.executable] if processes == 0 else [*TORCHRUN, "--nproc_per_node", str(processes)]
+    os.makedirs(cwd, exist_ok=True)
+    result = subprocess.run([*launcher, os.path.join(REPO, script), *flags], cwd=cwd, capture_output=True, text=True, timeout=300)
+    if check:
+        assert result.returncode == 0, result.stderr[-3000:]
+    return result
+
+
+def only_run_dir(cwd):
+    (run_dir,) = glob.glob(os.path.join(cwd, "runs", "*"))
+    return run_dir
+
+
+def checkpoint_weights(run_dir):
+    """The model's tensors and the value head's, from runs/<run>/checkpoint."""
+    state = load_file(os.path.join(run_dir, "checkpoint", "model", "model.safetensors"))
+    value_head = torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))["value_head"]
+    state.update({f"value_head.{name}": value for name, value in value_head.items()})
+    return state
