@@ -16,6 +16,7 @@ Seeds: demonstration episode k is the level `reset(seed=args.seed + k)`; evaluat
 import contextlib
 import importlib.util
 import io
+import itertools
 import json
 import math
 import os
@@ -26,6 +27,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -57,6 +59,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be enabled when available"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "glam"
@@ -78,7 +82,7 @@ class Args:
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
     bf16: bool = False
-    """run forward passes under bfloat16 autocast"""
+    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
 
     # Demonstrations
     env_id: str = "BabyAI-MixedTrainLocal-v0"
@@ -549,7 +553,7 @@ def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, mod
         return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
     model = model_cls.from_config(config, **model_kwargs)
     if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
         model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     return model, tokenizer
 
@@ -560,13 +564,19 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if name in TINY_MODELS:
         return build_tiny_model(name)
     source = os.path.expanduser(MODEL_ALIASES.get(name, name))
     is_path = source.startswith((".", "/")) or os.path.exists(source)
     if is_path and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
-    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
+    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
+    model_kwargs = {"dtype": torch.float32}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
     location = {"pretrained_model_name_or_path": source}
     if source.endswith(".gguf"):
         location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
@@ -598,6 +608,12 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def configure_matmul_precision(device: torch.device, tf32: bool):
+    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
     """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
     return nn.Sequential(
@@ -611,7 +627,8 @@ class GlamAgent(nn.Module):
     Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
     value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
     which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
-    Decoder-only models: the same, with the prompt in place of encoder and start position.
+    Decoder-only models: the same, with the prompt in place of encoder and start position, and the action scored on
+    the tokens that the joint text `prompt + action` is made of (see `_joint_action_tokens`).
     """
 
     def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
@@ -624,11 +641,11 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
 
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
         if self.is_encoder_decoder:
             token_lists = [tokenizer(action).input_ids for action in self.actions]
         else:
-            token_lists = [tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for action in self.actions]
+            token_lists = [ids + [tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
         action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
@@ -639,24 +656,72 @@ class GlamAgent(nn.Module):
         self.register_buffer("action_mask", action_mask, persistent=False)
         self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
 
+    def _joint_action_tokens(self) -> list[list[int]]:
+        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+        to split exactly after every `Action k: ` a prompt can end with.
+        """
+        token_lists = []
+        for action in self.actions:
+            found = set()
+            for k in range(3):
+                history = [self.actions[i % len(self.actions)] for i in range(k)]
+                context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history)
+                context = context.removesuffix(" ")
+                context_ids, joint_ids = self.tokenizer(context).input_ids, self.tokenizer(f"{context} {action}").input_ids
+                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                    raise UsageError(
+                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    )
+                found.add(tuple(joint_ids[len(context_ids) :]))
+            if len(found) > 1:
+                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+            token_lists.append(list(found.pop()))
+        return token_lists
+
     @property
     def device(self):
         return self.value_head[0].weight.device
 
-    def _context(self, prompts):
-        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
-        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
-        padding_side = "right" if self.is_encoder_decoder else "left"
-        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
+    def tokenize_prompts(self, prompts):
+        """The prompts as the model reads them: decoder-only ones left-padded, so that they all end at the last
+        position, and without the trailing space, which belongs to the action's first token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            return self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
+        texts = [prompt.removesuffix(" ") for prompt in prompts]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+
+    def _decoder_start(self, num_prompts: int) -> torch.Tensor:
+        return torch.full((num_prompts, 1), self.llm.config.decoder_start_token_id, device=self.device)
+
+    def _final_hidden(self, tokens) -> torch.Tensor:
+        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
+        if self.is_encoder_decoder:
+            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            out = self.llm.get_decoder()(
+                input_ids=self._decoder_start(len(encoded)), encoder_hidden_states=encoded,
+                encoder_attention_mask=tokens.attention_mask, use_cache=False,
+            )
+            return out.last_hidden_state[:, 0]
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    def _context(self, tokens):
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, encoder outputs)."""
         if self.is_encoder_decoder:
             encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)
             out = self.llm(
-                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=start,
+                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=self._decoder_start(len(tokens.input_ids)),
                 use_cache=True, output_hidden_states=True,
             )
             hidden = out.decoder_hidden_states[-1][:, 0]
-            return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
+            return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, encoder_outputs
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
         # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
         out = self.llm(
@@ -664,13 +729,14 @@ class GlamAgent(nn.Module):
             use_cache=True, output_hidden_states=True, logits_to_keep=1,
         )
         hidden = out.hidden_states[-1][:, -1]
-        return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
+        return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, None
 
     def _score_chunk(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
-        hidden, first_logprobs, cache, prompt_mask, encoder_outputs = self._context(prompts)
+        tokens = self.tokenize_prompts(prompts)
         if self.action_head is not None:
-            return hidden, None
+            return self._final_hidden(tokens), None
+        hidden, first_logprobs, cache, encoder_outputs = self._context(tokens)
         num_prompts, num_actions = len(prompts), len(self.actions)
         action_ids = self.action_ids.repeat(num_prompts, 1)
         action_mask = self.action_mask.repeat(num_prompts, 1)
@@ -679,20 +745,20 @@ class GlamAgent(nn.Module):
         continuation = action_ids[:, :-1]
         token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
         if continuation.shape[1] > 0:
-            pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
+            pair_prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
             if self.is_encoder_decoder:
                 # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
                 # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
                 shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
                 out = self.llm(
                     encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
-                    past_key_values=cache, use_cache=True,
+                    cache=cache, use_cache=True,
                 )
             else:
                 prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
                 positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
                 attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
-                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
             rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
             token_logprobs = torch.cat([token_logprobs, rest], dim=1)
         scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
@@ -703,15 +769,19 @@ class GlamAgent(nn.Module):
         pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
         prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
         chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
 
     def forward(self, prompts):
         """(policy logits [B, A], values [B]) for a list of prompts."""
         hidden, scores = self._hidden_and_scores(prompts)
-        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
-        return logits, self.value_head(hidden).squeeze(-1)
+        # The heads run in float32 even under --bf16 autocast: bf16's spacing at returns of 16-20 (0.125) is as wide
+        # as the value clip of 0.2.
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = hidden.float()
+            logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+            return logits, self.value_head(hidden).squeeze(-1)
 
     def score(self, prompts) -> torch.Tensor:
         """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
@@ -747,16 +817,16 @@ class GlamAgent(nn.Module):
 def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int) -> list[dict]:
     """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
 
-    Whole episodes are played; the last one is cut so that exactly `num_transitions` transitions are returned.
+    Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
     """
     envs = TextVecEnv(env_id, num_envs, action_space)
     if len(envs.actions) < len(ACTIONS["english"]):
         raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
-    next_seed = iter(range(seed, seed + num_transitions))  # at least one step per episode: seeds never run out
+    level_seeds = itertools.count(seed)
     episodes, bots, total = [], [None] * num_envs, 0
 
     def start(index):
-        level_seed = next(next_seed)
+        level_seed = next(level_seeds)
         envs.start_episode(index, level_seed)
         bots[index] = BabyAIBot(envs.envs[index].unwrapped)
         return {"env_id": env_id, "seed": level_seed, "prompts": [], "actions": []}
@@ -771,19 +841,15 @@ def generate_demos(env_id: str, action_space: str, num_envs: int, num_transition
             episode["actions"].append(envs.actions[action])
         _, _, dones, finished = envs.step(actions)
         for index, outcome in zip(np.flatnonzero(dones), finished):
-            episodes.append({**running[index], **outcome, "return": float(outcome["return"]), "success": bool(outcome["success"])})
-            progress.update(min(outcome["length"], num_transitions - total))
-            total += outcome["length"]
+            kept = min(outcome["length"], num_transitions - total)
+            if kept > 0:
+                episode = running[index]
+                episode["prompts"], episode["actions"] = episode["prompts"][:kept], episode["actions"][:kept]
+                episodes.append({**episode, **outcome, "return": float(outcome["return"]), "success": bool(outcome["success"])})
+                progress.update(kept)
+                total += kept
             running[index] = start(index)
     progress.close()
-    surplus = total - num_transitions
-    while surplus > 0:
-        cut = min(surplus, len(episodes[-1]["actions"]))
-        if cut == len(episodes[-1]["actions"]):
-            episodes.pop()
-        else:
-            episodes[-1]["prompts"], episodes[-1]["actions"] = episodes[-1]["prompts"][:-cut], episodes[-1]["actions"][:-cut]
-        surplus -= cut
     return episodes
 
 
@@ -847,12 +913,13 @@ def action_nll(agent: GlamAgent, prompts, action_indices: torch.Tensor) -> tuple
     """
     targets, target_mask = agent.action_ids[action_indices], agent.action_mask[action_indices]
     labels = targets.masked_fill(target_mask == 0, -100)
+    tokens = agent.tokenize_prompts(prompts)
     if agent.is_encoder_decoder:
-        tokens = agent.tokenizer(prompts, return_tensors="pt", padding=True).to(agent.device)
-        logits = agent.llm(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, labels=labels).logits
+        # The decoder reads the labels shifted right (no `labels=`: the model's own loss would be computed for nothing).
+        decoder_input_ids = agent.llm.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = agent.llm(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, decoder_input_ids=decoder_input_ids).logits
     else:
         # Prompts left-padded, actions right after them: the action tokens sit in the last positions of every row.
-        tokens = agent.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="left").to(agent.device)
         input_ids = torch.cat([tokens.input_ids, targets], dim=1)
         attention = torch.cat([tokens.attention_mask, target_mask], dim=1)
         positions = (attention.cumsum(-1) - 1).clamp(min=0)
@@ -906,7 +973,7 @@ def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_see
 # ---------------------------------------------------------------------------------------------------------------
 
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {"track", "wandb_project_name", "wandb_entity", "resume"}
+RESUMABLE_CHANGES = {"track", "wandb_project_name", "wandb_entity", "resume", "tf32"}
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
 
 
@@ -1016,6 +1083,7 @@ class StopRequest:
 def main(args: Args):
     stop = StopRequest()
     checkpoint = find_checkpoint(args.resume) if args.resume else None
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
     os.makedirs(run_dir, exist_ok=True)
@@ -1028,10 +1096,12 @@ def main(args: Args):
         )
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-    )
+    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
+    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
+    if trainer is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -1039,6 +1109,7 @@ def main(args: Args):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    configure_matmul_precision(device, args.tf32)
 
     # The model first, right after seeding: a random base (tiny models, --no-pretrained) is then rebuilt from the seed alone.
     llm, tokenizer = load_policy_model(args, checkpoint)
@@ -1059,7 +1130,6 @@ def main(args: Args):
     step, global_step = 0, 0
     if checkpoint is not None:
         agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)["value_head"])
-        trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
         optimizer.load_state_dict(trainer["optimizer"])
         scheduler.load_state_dict(trainer["scheduler"])
         random.setstate(trainer["rng"]["python"])
@@ -1097,15 +1167,14 @@ def main(args: Args):
         epoch, position = divmod(step, steps_per_epoch)
         order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set))
         batch = [train_set[i] for i in order[position * args.batch_size : (position + 1) * args.batch_size]]
-        micro_batches = [batch[i : i + micro_size] for i in range(0, len(batch), micro_size)]
-        with torch.no_grad():
-            num_tokens = int(agent.action_mask[torch.tensor([label for _, label in batch], device=device)].sum())
+        prompts = [prompt for prompt, _ in batch]
+        labels = torch.tensor([label for _, label in batch], device=device)
+        num_tokens = int(agent.action_mask[labels].sum())
         optimizer.zero_grad()
         total_nll = 0.0
-        for micro_batch in micro_batches:
-            prompts, labels = zip(*micro_batch)
+        for start in range(0, len(batch), micro_size):
             with autocast:
-                nll, _ = action_nll(agent, list(prompts), torch.tensor(labels, device=device))
+                nll, _ = action_nll(agent, prompts[start : start + micro_size], labels[start : start + micro_size])
             # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
             (nll / num_tokens).backward()
             total_nll += nll.item()

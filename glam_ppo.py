@@ -19,6 +19,7 @@ import signal
 import socket
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -47,6 +48,8 @@ class Args:
     """if toggled, `torch.backends.cudnn.deterministic=True`"""
     cuda: bool = True
     """if toggled, cuda will be enabled when available"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
     track: bool = False
     """if toggled, this experiment will be tracked with Weights and Biases"""
     wandb_project_name: str = "glam"
@@ -72,7 +75,7 @@ class Args:
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
     bf16: bool = False
-    """run forward passes under bfloat16 autocast"""
+    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
 
     # Environment
     env_id: str = "BabyAI-MixedTrainLocal-v0"
@@ -562,7 +565,7 @@ def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, mod
         return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
     model = model_cls.from_config(config, **model_kwargs)
     if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
         model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     return model, tokenizer
 
@@ -573,13 +576,19 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if name in TINY_MODELS:
         return build_tiny_model(name)
     source = os.path.expanduser(MODEL_ALIASES.get(name, name))
     is_path = source.startswith((".", "/")) or os.path.exists(source)
     if is_path and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
-    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
+    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
+    model_kwargs = {"dtype": torch.float32}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
     location = {"pretrained_model_name_or_path": source}
     if source.endswith(".gguf"):
         location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
@@ -611,6 +620,12 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def configure_matmul_precision(device: torch.device, tf32: bool):
+    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
     """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
     return nn.Sequential(
@@ -624,7 +639,8 @@ class GlamAgent(nn.Module):
     Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
     value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
     which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
-    Decoder-only models: the same, with the prompt in place of encoder and start position.
+    Decoder-only models: the same, with the prompt in place of encoder and start position, and the action scored on
+    the tokens that the joint text `prompt + action` is made of (see `_joint_action_tokens`).
     """
 
     def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
@@ -637,11 +653,11 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
 
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
         if self.is_encoder_decoder:
             token_lists = [tokenizer(action).input_ids for action in self.actions]
         else:
-            token_lists = [tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for action in self.actions]
+            token_lists = [ids + [tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
         action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
@@ -652,24 +668,72 @@ class GlamAgent(nn.Module):
         self.register_buffer("action_mask", action_mask, persistent=False)
         self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
 
+    def _joint_action_tokens(self) -> list[list[int]]:
+        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+        to split exactly after every `Action k: ` a prompt can end with.
+        """
+        token_lists = []
+        for action in self.actions:
+            found = set()
+            for k in range(3):
+                history = [self.actions[i % len(self.actions)] for i in range(k)]
+                context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history)
+                context = context.removesuffix(" ")
+                context_ids, joint_ids = self.tokenizer(context).input_ids, self.tokenizer(f"{context} {action}").input_ids
+                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                    raise UsageError(
+                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    )
+                found.add(tuple(joint_ids[len(context_ids) :]))
+            if len(found) > 1:
+                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+            token_lists.append(list(found.pop()))
+        return token_lists
+
     @property
     def device(self):
         return self.value_head[0].weight.device
 
-    def _context(self, prompts):
-        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
-        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
-        padding_side = "right" if self.is_encoder_decoder else "left"
-        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
+    def tokenize_prompts(self, prompts):
+        """The prompts as the model reads them: decoder-only ones left-padded, so that they all end at the last
+        position, and without the trailing space, which belongs to the action's first token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            return self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
+        texts = [prompt.removesuffix(" ") for prompt in prompts]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+
+    def _decoder_start(self, num_prompts: int) -> torch.Tensor:
+        return torch.full((num_prompts, 1), self.llm.config.decoder_start_token_id, device=self.device)
+
+    def _final_hidden(self, tokens) -> torch.Tensor:
+        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
+        if self.is_encoder_decoder:
+            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            out = self.llm.get_decoder()(
+                input_ids=self._decoder_start(len(encoded)), encoder_hidden_states=encoded,
+                encoder_attention_mask=tokens.attention_mask, use_cache=False,
+            )
+            return out.last_hidden_state[:, 0]
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    def _context(self, tokens):
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, encoder outputs)."""
         if self.is_encoder_decoder:
             encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)
             out = self.llm(
-                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=start,
+                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=self._decoder_start(len(tokens.input_ids)),
                 use_cache=True, output_hidden_states=True,
             )
             hidden = out.decoder_hidden_states[-1][:, 0]
-            return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
+            return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, encoder_outputs
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
         # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
         out = self.llm(
@@ -677,13 +741,14 @@ class GlamAgent(nn.Module):
             use_cache=True, output_hidden_states=True, logits_to_keep=1,
         )
         hidden = out.hidden_states[-1][:, -1]
-        return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
+        return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, None
 
     def _score_chunk(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
-        hidden, first_logprobs, cache, prompt_mask, encoder_outputs = self._context(prompts)
+        tokens = self.tokenize_prompts(prompts)
         if self.action_head is not None:
-            return hidden, None
+            return self._final_hidden(tokens), None
+        hidden, first_logprobs, cache, encoder_outputs = self._context(tokens)
         num_prompts, num_actions = len(prompts), len(self.actions)
         action_ids = self.action_ids.repeat(num_prompts, 1)
         action_mask = self.action_mask.repeat(num_prompts, 1)
@@ -692,20 +757,20 @@ class GlamAgent(nn.Module):
         continuation = action_ids[:, :-1]
         token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
         if continuation.shape[1] > 0:
-            pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
+            pair_prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
             if self.is_encoder_decoder:
                 # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
                 # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
                 shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
                 out = self.llm(
                     encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
-                    past_key_values=cache, use_cache=True,
+                    cache=cache, use_cache=True,
                 )
             else:
                 prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
                 positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
                 attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
-                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
             rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
             token_logprobs = torch.cat([token_logprobs, rest], dim=1)
         scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
@@ -716,15 +781,19 @@ class GlamAgent(nn.Module):
         pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
         prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
         chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
 
     def forward(self, prompts):
         """(policy logits [B, A], values [B]) for a list of prompts."""
         hidden, scores = self._hidden_and_scores(prompts)
-        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
-        return logits, self.value_head(hidden).squeeze(-1)
+        # The heads run in float32 even under --bf16 autocast: bf16's spacing at returns of 16-20 (0.125) is as wide
+        # as the value clip of 0.2.
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = hidden.float()
+            logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+            return logits, self.value_head(hidden).squeeze(-1)
 
     def score(self, prompts) -> torch.Tensor:
         """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
@@ -774,7 +843,7 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 # ---------------------------------------------------------------------------------------------------------------
 
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations"}
+RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations", "tf32"}
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
 
 
@@ -844,7 +913,15 @@ def find_init_checkpoint(path: str) -> str:
     raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
 
 
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, envs: TextVecEnv, counters: dict):
+def run_state(envs: TextVecEnv, **counters) -> dict:
+    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"envs": pickle.dumps(envs), "rng": rng, **counters}
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict):
     """Writes runs/<run>/checkpoint atomically: into a temporary folder, then two renames."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
     shutil.rmtree(temporary, ignore_errors=True)
@@ -855,12 +932,10 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, envs:
     if agent.action_head is not None:
         heads["action_head"] = agent.action_head.state_dict()
     torch.save(heads, os.path.join(temporary, "heads.pt"))
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({"optimizer": optimizer.state_dict(), "rng": rng, **counters}, os.path.join(temporary, "trainer.pt"))
+    trainer = {name: value for name, value in state.items() if name != "envs"}
+    torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(temporary, "trainer.pt"))
     with open(os.path.join(temporary, "envs.pkl"), "wb") as f:
-        pickle.dump(envs, f)
+        f.write(state["envs"])
     with open(os.path.join(temporary, "args.json"), "w") as f:
         json.dump(asdict(args), f, indent=2)
     if os.path.exists(final):
@@ -908,6 +983,7 @@ class StopRequest:
 def main(args: Args):
     stop = StopRequest()
     checkpoint = find_checkpoint(args.resume) if args.resume else None
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
     if args.track:
@@ -919,10 +995,12 @@ def main(args: Args):
         )
     from torch.utils.tensorboard import SummaryWriter
 
-    writer = SummaryWriter(run_dir)
-    writer.add_text(
-        "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-    )
+    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
+    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
+    if trainer is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -930,30 +1008,28 @@ def main(args: Args):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    configure_matmul_precision(device, args.tf32)
 
     # env setup
     envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
     next_prompts = envs.reset(seed=args.seed)
     probe_prompts = next_prompts[: args.num_probe_prompts]
-    for index, prompt in enumerate(probe_prompts):
-        writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
+    if trainer is None:
+        for index, prompt in enumerate(probe_prompts):
+            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
 
     llm, tokenizer = load_policy_model(args, checkpoint)
     agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     next_done = torch.zeros(args.num_envs, device=device)
     global_step, start_iteration = 0, 1
-    if checkpoint is None and args.init_from is not None:
-        heads = torch.load(os.path.join(find_init_checkpoint(args.init_from), "heads.pt"), map_location=device)
+    heads_dir = checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None)
+    if heads_dir is not None:
+        heads = torch.load(os.path.join(heads_dir, "heads.pt"), map_location=device)
         agent.value_head.load_state_dict(heads["value_head"])
         if agent.action_head is not None and "action_head" in heads:
             agent.action_head.load_state_dict(heads["action_head"])
     if checkpoint is not None:
-        heads = torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)
-        agent.value_head.load_state_dict(heads["value_head"])
-        if agent.action_head is not None:
-            agent.action_head.load_state_dict(heads["action_head"])
-        trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
         optimizer.load_state_dict(trainer["optimizer"])
         random.setstate(trainer["rng"]["python"])
         np.random.set_state(trainer["rng"]["numpy"])
@@ -978,14 +1054,16 @@ def main(args: Args):
     dones = torch.zeros((args.num_steps, args.num_envs), device=device)
     values = torch.zeros((args.num_steps, args.num_envs), device=device)
 
-    def checkpoint_now(iteration):
-        counters = {"global_step": global_step, "iteration": iteration, "next_done": next_done.cpu(), "probe_prompts": probe_prompts}
-        save_checkpoint(run_dir, args, agent, optimizer, envs, counters)
+    def state_after(iteration):
+        return run_state(envs, global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
 
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True)
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
     start_time, start_step = time.time(), global_step
     for iteration in range(start_iteration, args.num_iterations + 1):
+        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
+        # resumed run replays the dropped partial rollout exactly (its logged episodes are purged on resume).
+        resume_point = state_after(iteration - 1)
         rollout_start = time.time()
         for step in range(0, args.num_steps):
             global_step += args.num_envs
@@ -1013,11 +1091,9 @@ def main(args: Args):
             if stop.requested:
                 break
         if stop.requested:
-            # The partial rollout is dropped; the model is still the one of the last finished update.
-            global_step -= (step + 1) * args.num_envs
-            checkpoint_now(iteration - 1)
+            save_checkpoint(run_dir, args, agent, optimizer, resume_point)
             progress.close()
-            print(f"saved {run_dir}/checkpoint at {global_step} frames; continue with: python glam_ppo.py --resume {run_dir}")
+            print(f"saved {run_dir}/checkpoint at {resume_point['global_step']} frames; continue with: python glam_ppo.py --resume {run_dir}")
             return
         rollout_time = time.time() - rollout_start
 
@@ -1043,9 +1119,14 @@ def main(args: Args):
             np.random.shuffle(b_inds)
             for start in range(0, args.batch_size, args.minibatch_size):
                 mb_inds = b_inds[start : start + args.minibatch_size]
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    # Over the whole minibatch, however it is split into passes.
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
                 optimizer.zero_grad()
                 for micro_start in range(0, len(mb_inds), micro_size):
-                    inds = mb_inds[micro_start : micro_start + micro_size]
+                    micro = slice(micro_start, micro_start + micro_size)
+                    inds = mb_inds[micro]
                     with autocast:
                         _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
                     logratio = newlogprob.float() - b_logprobs[inds]
@@ -1057,13 +1138,9 @@ def main(args: Args):
                         approx_kl = ((ratio - 1) - logratio).mean()
                         clipfracs += [((ratio - 1.0).abs() > args.clip_coef).float().mean().item()]
 
-                    mb_advantages = b_advantages[inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-
                     # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss1 = -mb_advantages[micro] * ratio
+                    pg_loss2 = -mb_advantages[micro] * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
                     pg_loss = torch.max(pg_loss1, pg_loss2).mean()
 
                     # Value loss
@@ -1121,7 +1198,7 @@ def main(args: Args):
             ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
         )
         if iteration % args.save_interval == 0 or iteration == args.num_iterations:
-            checkpoint_now(iteration)
+            save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration))
     progress.close()
     writer.close()
     print(f"done: {global_step} frames; checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")

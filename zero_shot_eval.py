@@ -19,6 +19,7 @@ import shlex
 import socket
 import sys
 import time
+import warnings
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Literal
@@ -66,6 +67,8 @@ class Args:
     """most (prompt, action) pairs in one forward pass"""
     cuda: bool = True
     """use a GPU when one is available"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
     bf16: bool = False
     """run forward passes under bfloat16 autocast"""
     output_dir: str | None = None
@@ -503,7 +506,7 @@ def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, mod
         return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
     model = model_cls.from_config(config, **model_kwargs)
     if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location).state_dict()
+        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
         model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     return model, tokenizer
 
@@ -514,13 +517,19 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
 
     transformers_logging.set_verbosity_error()
     transformers_logging.disable_progress_bar()
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     if name in TINY_MODELS:
         return build_tiny_model(name)
     source = os.path.expanduser(MODEL_ALIASES.get(name, name))
     is_path = source.startswith((".", "/")) or os.path.exists(source)
     if is_path and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
-    model_kwargs = {"attn_implementation": attn_implementation} if attn_implementation else {}
+    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
+    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
+    model_kwargs = {"dtype": torch.float32}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
     location = {"pretrained_model_name_or_path": source}
     if source.endswith(".gguf"):
         location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
@@ -552,6 +561,12 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
 # ---------------------------------------------------------------------------------------------------------------
 
 
+def configure_matmul_precision(device: torch.device, tf32: bool):
+    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
     """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
     return nn.Sequential(
@@ -565,7 +580,8 @@ class GlamAgent(nn.Module):
     Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
     value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
     which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
-    Decoder-only models: the same, with the prompt in place of encoder and start position.
+    Decoder-only models: the same, with the prompt in place of encoder and start position, and the action scored on
+    the tokens that the joint text `prompt + action` is made of (see `_joint_action_tokens`).
     """
 
     def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
@@ -578,11 +594,11 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
 
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, so no <s> in front, and an </s> after so that the whole action is scored.
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
         if self.is_encoder_decoder:
             token_lists = [tokenizer(action).input_ids for action in self.actions]
         else:
-            token_lists = [tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id] for action in self.actions]
+            token_lists = [ids + [tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
         action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
@@ -593,24 +609,72 @@ class GlamAgent(nn.Module):
         self.register_buffer("action_mask", action_mask, persistent=False)
         self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
 
+    def _joint_action_tokens(self) -> list[list[int]]:
+        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+        to split exactly after every `Action k: ` a prompt can end with.
+        """
+        token_lists = []
+        for action in self.actions:
+            found = set()
+            for k in range(3):
+                history = [self.actions[i % len(self.actions)] for i in range(k)]
+                context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history)
+                context = context.removesuffix(" ")
+                context_ids, joint_ids = self.tokenizer(context).input_ids, self.tokenizer(f"{context} {action}").input_ids
+                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                    raise UsageError(
+                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    )
+                found.add(tuple(joint_ids[len(context_ids) :]))
+            if len(found) > 1:
+                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+            token_lists.append(list(found.pop()))
+        return token_lists
+
     @property
     def device(self):
         return self.value_head[0].weight.device
 
-    def _context(self, prompts):
-        """One pass over the prompts: (heads' input, next-token log-probs, cache, prompt mask, encoder outputs)."""
-        # Decoder-only: left padding, so every prompt ends at the last position and the actions follow on directly.
-        padding_side = "right" if self.is_encoder_decoder else "left"
-        tokens = self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side=padding_side).to(self.device)
+    def tokenize_prompts(self, prompts):
+        """The prompts as the model reads them: decoder-only ones left-padded, so that they all end at the last
+        position, and without the trailing space, which belongs to the action's first token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            return self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
+        texts = [prompt.removesuffix(" ") for prompt in prompts]
+        return self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+
+    def _decoder_start(self, num_prompts: int) -> torch.Tensor:
+        return torch.full((num_prompts, 1), self.llm.config.decoder_start_token_id, device=self.device)
+
+    def _final_hidden(self, tokens) -> torch.Tensor:
+        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
+        if self.is_encoder_decoder:
+            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            out = self.llm.get_decoder()(
+                input_ids=self._decoder_start(len(encoded)), encoder_hidden_states=encoded,
+                encoder_attention_mask=tokens.attention_mask, use_cache=False,
+            )
+            return out.last_hidden_state[:, 0]
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    def _context(self, tokens):
+        """One pass over the prompts: (heads' input, next-token log-probs, cache, encoder outputs)."""
         if self.is_encoder_decoder:
             encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-            start = torch.full((len(prompts), 1), self.llm.config.decoder_start_token_id, device=self.device)
             out = self.llm(
-                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=start,
+                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=self._decoder_start(len(tokens.input_ids)),
                 use_cache=True, output_hidden_states=True,
             )
             hidden = out.decoder_hidden_states[-1][:, 0]
-            return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, encoder_outputs
+            return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, encoder_outputs
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
         # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
         out = self.llm(
@@ -618,13 +682,14 @@ class GlamAgent(nn.Module):
             use_cache=True, output_hidden_states=True, logits_to_keep=1,
         )
         hidden = out.hidden_states[-1][:, -1]
-        return hidden, out.logits[:, -1].float().log_softmax(-1), out.past_key_values, tokens.attention_mask, None
+        return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, None
 
     def _score_chunk(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
-        hidden, first_logprobs, cache, prompt_mask, encoder_outputs = self._context(prompts)
+        tokens = self.tokenize_prompts(prompts)
         if self.action_head is not None:
-            return hidden, None
+            return self._final_hidden(tokens), None
+        hidden, first_logprobs, cache, encoder_outputs = self._context(tokens)
         num_prompts, num_actions = len(prompts), len(self.actions)
         action_ids = self.action_ids.repeat(num_prompts, 1)
         action_mask = self.action_mask.repeat(num_prompts, 1)
@@ -633,20 +698,20 @@ class GlamAgent(nn.Module):
         continuation = action_ids[:, :-1]
         token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
         if continuation.shape[1] > 0:
-            pair_prompt_mask = prompt_mask.repeat_interleave(num_actions, 0)
+            pair_prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
             if self.is_encoder_decoder:
                 # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
                 # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
                 shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
                 out = self.llm(
                     encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
-                    past_key_values=cache, use_cache=True,
+                    cache=cache, use_cache=True,
                 )
             else:
                 prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
                 positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
                 attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
-                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, past_key_values=cache, use_cache=True)
+                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
             rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
             token_logprobs = torch.cat([token_logprobs, rest], dim=1)
         scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
@@ -657,15 +722,19 @@ class GlamAgent(nn.Module):
         pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
         prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
         chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks]).float()
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
 
     def forward(self, prompts):
         """(policy logits [B, A], values [B]) for a list of prompts."""
         hidden, scores = self._hidden_and_scores(prompts)
-        logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
-        return logits, self.value_head(hidden).squeeze(-1)
+        # The heads run in float32 even under --bf16 autocast: bf16's spacing at returns of 16-20 (0.125) is as wide
+        # as the value clip of 0.2.
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = hidden.float()
+            logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+            return logits, self.value_head(hidden).squeeze(-1)
 
     def score(self, prompts) -> torch.Tensor:
         """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
@@ -912,6 +981,7 @@ def parse_args(argv=None) -> Args:
 
 def main(args: Args) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    configure_matmul_precision(device, args.tf32)
     name = os.path.basename(os.path.normpath(args.model)) if args.policy == "llm" else args.policy
     output_dir = args.output_dir or os.path.join("eval_runs", f"{name}__{int(time.time())}")
     os.makedirs(output_dir, exist_ok=True)

@@ -83,10 +83,10 @@ def action_tokens(agent, index: int) -> torch.Tensor:
 
 def naive_scores(agent, prompts) -> torch.Tensor:
     """(a): one full forward pass per pair."""
-    llm, tokenizer, device = agent.llm, agent.tokenizer, agent.device
+    llm = agent.llm
     scores = torch.zeros(len(prompts), len(agent.actions))
     for p, prompt in enumerate(prompts):
-        prompt_ids = tokenizer(prompt, return_tensors="pt").input_ids.to(device)
+        prompt_ids = agent.tokenize_prompts([prompt]).input_ids  # decoder-only: the action's tokens start at the space
         for a in range(len(agent.actions)):
             target = action_tokens(agent, a)[None]
             if agent.is_encoder_decoder:
@@ -106,11 +106,11 @@ def authors_scores(agent, prompts, pairs_per_pass: int = 3) -> torch.Tensor:
     target_mask = agent.action_mask.repeat(len(prompts), 1)
     if agent.is_encoder_decoder:
         decoder_input_ids = llm.prepare_decoder_input_ids_from_labels(labels=targets.masked_fill(target_mask == 0, -100))
-        tokens = tokenizer(prompts, return_tensors="pt", padding=True).to(device)
+        tokens = agent.tokenize_prompts(prompts)
         encoded = llm.get_encoder()(**tokens).last_hidden_state.repeat_interleave(num_actions, 0)
         prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
     else:
-        prompt_ids = [tokenizer(prompt).input_ids for prompt in prompts]
+        prompt_ids = [agent.tokenize_prompts([prompt]).input_ids[0].tolist() for prompt in prompts]
         sequences = [prompt_ids[p] + action_tokens(agent, a).tolist() for p, a in pairs]
     scores = []
     for start in range(0, len(pairs), pairs_per_pass):

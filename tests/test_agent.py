@@ -4,6 +4,7 @@ import pytest
 import torch
 
 import glam_ppo as g
+import offline_models
 
 
 @pytest.fixture(scope="module")
@@ -16,28 +17,33 @@ def prompts():
     return prompts  # prompts of 1 to 3 observations, so lengths differ and padding matters
 
 
-@pytest.fixture(scope="module", params=g.TINY_MODELS)
+MODELS = [*g.TINY_MODELS, *offline_models.TOKENIZERS]  # word-level T5 and Llama; Llamas with byte-level and Metaspace BPE
+
+
+@pytest.fixture(scope="module", params=MODELS)
 def agent(request):
-    torch.manual_seed(0)
-    llm, tokenizer = g.load_llm(request.param)
+    llm, tokenizer = offline_models.build(request.param)
     return g.GlamAgent(llm, tokenizer, g.action_names("augmented"), score_batch_size=16).eval()
 
 
 def naive_scores(agent, prompts):
-    """One full forward pass per (prompt, action) pair, no padding, no cache."""
+    """One full forward pass per (prompt, action) pair, no padding, no cache. Decoder-only: the tokens of the joint
+    text `prompt + action` (then </s>) after those of the prompt, which must be a prefix of them."""
     llm, tokenizer = agent.llm, agent.tokenizer
     scores = torch.zeros(len(prompts), len(agent.actions))
     for b, prompt in enumerate(prompts):
         for a, action in enumerate(agent.actions):
             if agent.is_encoder_decoder:
                 labels = torch.tensor([tokenizer(action).input_ids])
-                logits = llm(input_ids=torch.tensor([tokenizer(prompt).input_ids]), labels=labels).logits
+                decoder_input_ids = llm.prepare_decoder_input_ids_from_labels(labels=labels)
+                logits = llm(input_ids=torch.tensor([tokenizer(prompt).input_ids]), decoder_input_ids=decoder_input_ids).logits
                 scores[b, a] = logits.log_softmax(-1).gather(2, labels[..., None]).sum()
             else:
-                prompt_ids = tokenizer(prompt).input_ids
-                action_ids = tokenizer(action, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-                logprobs = llm(input_ids=torch.tensor([prompt_ids + action_ids])).logits.log_softmax(-1)[0]
-                scores[b, a] = sum(logprobs[len(prompt_ids) - 1 + k, token] for k, token in enumerate(action_ids))
+                prompt_ids = tokenizer(prompt.removesuffix(" ")).input_ids
+                joint_ids = tokenizer(prompt + action).input_ids + [tokenizer.eos_token_id]
+                assert joint_ids[: len(prompt_ids)] == prompt_ids
+                logprobs = llm(input_ids=torch.tensor([joint_ids])).logits.log_softmax(-1)[0]
+                scores[b, a] = sum(logprobs[k - 1, joint_ids[k]] for k in range(len(prompt_ids), len(joint_ids)))
     return scores
 
 
@@ -56,7 +62,7 @@ def test_value_head_reads_decoder_start_or_last_prompt_token(agent, prompts):
     _, values = agent(prompts)
     tokenizer = agent.tokenizer
     for prompt, value in zip(prompts[:4], values):
-        input_ids = torch.tensor([tokenizer(prompt).input_ids])
+        input_ids = torch.tensor([tokenizer(prompt if agent.is_encoder_decoder else prompt.removesuffix(" ")).input_ids])
         if agent.is_encoder_decoder:
             start = agent.llm.config.decoder_start_token_id
             decoder_input_ids = torch.tensor([[start, 5, 6]])  # later decoder tokens must not matter
@@ -106,14 +112,61 @@ def test_get_action_and_value_samples_and_evaluates(agent, prompts):
     agent.zero_grad()
 
 
-def test_action_heads_replace_scoring(prompts):
-    llm, tokenizer = g.load_llm("tiny-t5")
+@pytest.mark.parametrize("kind", g.TINY_MODELS)
+def test_action_heads_replace_scoring_without_a_vocabulary_projection(kind, prompts):
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm(kind)
     agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical"), action_heads=True).eval()
+    projections = []
+    llm.get_output_embeddings().register_forward_hook(lambda *_: projections.append(1))
     with torch.no_grad():
         logits, values = agent(prompts[:3])
-        hidden = torch.stack([agent._context([p])[0][0] for p in prompts[:3]])
+        assert not projections  # NPAE reads the decoder state only: no logits over the vocabulary, no cache
+        scoring_agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical")).eval()
+        scoring_agent.value_head = agent.value_head
+        hidden = torch.stack([scoring_agent._context(scoring_agent.tokenize_prompts([p]))[0][0] for p in prompts[:3]])
     assert logits.shape == (3, 6)
     torch.testing.assert_close(logits, agent.action_head(hidden), atol=1e-5, rtol=0)
+    torch.testing.assert_close(values, agent.value_head(hidden).squeeze(-1), atol=1e-5, rtol=0)
+
+
+def test_decoder_only_actions_are_the_joint_texts_tokens():
+    """Tokenised alone after `Action k: `, a byte-level BPE would give `t`,`ur`,`n`,`Ġleft` after a lone `Ġ`."""
+    llm, tokenizer = offline_models.build("byte-level-bpe")
+    agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical"))
+    turn_left = agent.action_ids[0][agent.action_mask[0].bool()].tolist()
+    assert tokenizer.convert_ids_to_tokens(turn_left) == ["Ġturn", "Ġleft", "<|endoftext|>"]
+    prompt = g.build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]], [])
+    prompt_ids = agent.tokenize_prompts([prompt]).input_ids[0].tolist()
+    assert prompt_ids + turn_left[:-1] == tokenizer(prompt + "turn left").input_ids
+
+
+def test_a_tokenizer_that_merges_prompt_and_action_is_refused():
+    tokenizer = offline_models.merging_bpe()
+    with pytest.raises(g.UsageError, match="merges the end of the prompt .* no split .* is exact"):
+        g.GlamAgent(offline_models.tiny_llama(tokenizer), tokenizer, g.action_names("canonical"))
+
+
+@torch.no_grad()
+def test_heads_run_in_float32_under_bf16_autocast(agent, prompts):
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        logits, values = agent(prompts[:4])
+        hidden, _ = agent._hidden_and_scores(prompts[:4])
+    assert logits.dtype == values.dtype == torch.float32
+    # bf16 values would be 0.125 apart at the returns of 16-20 that the value loss is clipped to 0.2 around
+    torch.testing.assert_close(values, agent.value_head(hidden.float()).squeeze(-1), rtol=0, atol=0)
+
+
+def test_matmul_precision_is_tf32_on_cuda_unless_turned_off():
+    try:
+        g.configure_matmul_precision(torch.device("cuda"), tf32=True)
+        assert torch.get_float32_matmul_precision() == "high"
+        g.configure_matmul_precision(torch.device("cuda"), tf32=False)
+        assert torch.get_float32_matmul_precision() == "highest"
+        g.configure_matmul_precision(torch.device("cpu"), tf32=True)  # CPU matmuls are left as they are
+        assert torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision("highest")
 
 
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):

@@ -14,6 +14,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import bc_finetune as bc
 import glam_ppo
+import offline_models
 import zero_shot_eval
 from script_runs import checkpoint_weights, only_run_dir, run_script
 
@@ -42,14 +43,13 @@ def test_demonstrations_are_the_prompts_glam_ppo_builds_for_the_same_episode():
     assert len(set(seeds)) == len(seeds) and min(seeds) == 7  # levels seed, seed + 1, ...; episodes still running are left out
 
 
-@pytest.mark.parametrize("kind", ["tiny-t5", "tiny-causal"])
+@pytest.mark.parametrize("kind", [*bc.TINY_MODELS, *offline_models.TOKENIZERS])
 def test_cloning_loss_is_minus_the_scorers_log_likelihood_with_padding_masked(kind):
     envs = bc.TextVecEnv("BabyAI-MixedTrainLocal-v0", 4, "augmented")  # actions of 1 to 3 tokens: padded targets
     prompts = envs.reset(seed=3)
     for actions in ([2, 1, 0, 2], [0, 2, 2, 1]):
         prompts += envs.step(actions)[0]  # prompts of different lengths: padded inputs
-    torch.manual_seed(0)
-    llm, tokenizer = bc.load_llm(kind)
+    llm, tokenizer = offline_models.build(kind)
     agent = bc.GlamAgent(llm, tokenizer, envs.actions).eval()
     labels = torch.tensor([index % len(envs.actions) for index in range(len(prompts))])
     assert len(set(agent.action_mask[labels].sum(-1).tolist())) > 1

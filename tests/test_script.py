@@ -13,6 +13,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import glam_ppo as g
+import glam_ppo_multigpu
 from script_runs import checkpoint_weights, only_run_dir, run_script
 
 SMALL = [
@@ -68,6 +69,54 @@ def test_resume_continues_exactly(tmp_path):
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
 
 
+def run_in_process(script, cwd, flags, monkeypatch):
+    """script.main on flags, in cwd, with the signal handlers it installs put back afterwards."""
+    os.makedirs(cwd, exist_ok=True)
+    monkeypatch.chdir(cwd)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        script.main(script.parse_args(flags))
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return only_run_dir(cwd)
+
+
+def scalars(run_dir, tag):
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+@pytest.mark.parametrize("script", [g, glam_ppo_multigpu], ids=lambda m: m.__name__)
+def test_ctrl_c_during_a_rollout_resumes_as_the_straight_run(script, tmp_path, monkeypatch):
+    flags = [*SMALL, "--model", "tiny-causal", "--num-steps", "24", "--total-timesteps", "288"]  # 3 updates, 72 steps per env
+    straight = run_in_process(script, tmp_path / "straight", flags, monkeypatch)
+
+    env_steps, step = [], script.TextVecEnv.step
+
+    def step_then_ctrl_c(self, actions):
+        env_steps.append(1)
+        if len(env_steps) == 29:  # the 5th step of the second rollout, after episodes of it were logged
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, actions)
+
+    monkeypatch.setattr(script.TextVecEnv, "step", step_then_ctrl_c)
+    split = run_in_process(script, tmp_path / "split", flags, monkeypatch)
+    monkeypatch.setattr(script.TextVecEnv, "step", step)
+    trainer = torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)
+    assert (trainer["iteration"], trainer["global_step"]) == (1, 96)
+    run_in_process(script, tmp_path / "split", ["--resume", split], monkeypatch)
+
+    expected, resumed = checkpoint_weights(straight), checkpoint_weights(split)
+    for name, weight in expected.items():
+        torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
+    # The dropped partial rollout is replayed, and what it had logged is purged: the same curves, no step twice.
+    episodes = scalars(straight, "charts/episodic_return")
+    assert len(episodes) >= 4 and scalars(split, "charts/episodic_return") == episodes
+    assert [step for step, _ in scalars(split, "charts/SPS")] == [96, 192, 288]
+
+
 def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path):
     process = subprocess.Popen(
         [sys.executable, os.path.join(repo, "glam_ppo.py"), *SMALL, "--total-timesteps", "32000"],
@@ -115,14 +164,14 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     envs.step([2, 1])
     agent = g.GlamAgent(llm, tokenizer, envs.actions)
     optimizer = torch.optim.Adam(agent.parameters())
-    g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 32, "iteration": 1})
+    g.save_checkpoint(str(tmp_path), args, agent, optimizer, g.run_state(envs, global_step=32, iteration=1))
 
     def killed(*_args, **_kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(g.pickle, "dump", killed)
+    monkeypatch.setattr(g.json, "dump", killed)
     with pytest.raises(KeyboardInterrupt):
-        g.save_checkpoint(str(tmp_path), args, agent, optimizer, envs, {"global_step": 64, "iteration": 2})
+        g.save_checkpoint(str(tmp_path), args, agent, optimizer, g.run_state(envs, global_step=64, iteration=2))
     found = g.find_checkpoint(str(tmp_path))
     assert found.endswith("checkpoint") and torch.load(os.path.join(found, "trainer.pt"), weights_only=False)["iteration"] == 1
     with open(os.path.join(found, "envs.pkl"), "rb") as f:
@@ -132,6 +181,28 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     # killed between the two renames: only the previous checkpoint, renamed .old, is complete
     os.rename(found, found + ".old")
     assert g.find_checkpoint(str(tmp_path)).endswith("checkpoint.old")
+
+
+def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path):
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm("tiny-causal")
+    llm.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # as most hub checkpoints are stored
+    tokenizer.save_pretrained(tmp_path / "bf16")
+    stored = {name: weight.float() for name, weight in llm.state_dict().items()}
+    run(tmp_path, *SMALL, "--model", str(tmp_path / "bf16"), "--learning-rate", "1e-6", "--total-timesteps", "32")
+    trained = checkpoint_weights(only_run_dir(tmp_path))
+    assert all(trained[name].dtype == torch.float32 for name in stored)
+    moved = {name: (trained[name] != weight).float().mean().item() for name, weight in stored.items() if weight.dim() == 2}
+    # bf16 weights of size 0.02 are 1.2e-4 apart: 8 Adam steps of 1e-6 would move none of them. The embedding moves
+    # only in the rows of the words the prompts use.
+    assert all(fraction > 0.5 for name, fraction in moved.items() if "embed" not in name), moved
+    assert moved["model.embed_tokens.weight"] > 0.1, moved
+
+
+@pytest.mark.parametrize("flags", [["--model", "tiny-t5"], ["--model", "tiny-causal"], ["--model", "tiny-causal", "--lora-r", "4"]])
+def test_a_run_emits_no_deprecation_warning(flags, tmp_path, monkeypatch):
+    monkeypatch.setenv("PYTHONWARNINGS", "error::FutureWarning,error::DeprecationWarning")
+    run(tmp_path, *SMALL, *flags, "--total-timesteps", "32", "--update-epochs", "1")
 
 
 @pytest.mark.parametrize(
@@ -185,11 +256,13 @@ def test_unknown_action_space_lists_the_choices(tmp_path):
     assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
 
 
-def test_gradient_accumulation_gives_the_same_update(tmp_path):
+@pytest.mark.parametrize("norm_adv", [[], ["--norm-adv"]], ids=["plain", "norm-adv"])
+def test_gradient_accumulation_gives_the_same_update(tmp_path, norm_adv):
     whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
     whole.mkdir(), accumulated.mkdir()
-    run(whole, *SMALL, "--total-timesteps", "32")
-    run(accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5")  # 16 = 5 + 5 + 5 + 1
+    run(whole, *SMALL, "--total-timesteps", "32", *norm_adv)
+    # 16 = 5 + 5 + 5 + 1; advantages are normalised over the minibatch, not over each pass
+    run(accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5", *norm_adv)
     reference = checkpoint_weights(only_run_dir(whole))
     for name, weight in checkpoint_weights(only_run_dir(accumulated)).items():
         torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
