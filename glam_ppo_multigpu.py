@@ -93,6 +93,8 @@ class Args:
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
     bf16: bool = False
     """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
 
     # Environment
     env_id: str = "BabyAI-MixedTrainLocal-v0"
@@ -647,6 +649,22 @@ def configure_matmul_precision(device: torch.device, tf32: bool):
         torch.set_float32_matmul_precision("high" if tf32 else "highest")
 
 
+def checkpoint_activations(llm):
+    """Recompute each transformer block in the backward pass instead of keeping its activations.
+
+    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
+    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
+    """
+    from torch.distributed._composable import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [module for module in llm.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not blocks:
+        raise UsageError("--gradient-checkpointing: transformers marks no block of this model as checkpointable; drop the flag")
+    for block in blocks:
+        checkpoint(block)
+
+
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
     """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
     return nn.Sequential(
@@ -657,11 +675,13 @@ def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Seq
 class GlamAgent(nn.Module):
     """An LLM policy over action strings and a value head, both reading the same decoder state.
 
-    Encoder-decoder models: the encoder and the decoder's start position run once per prompt; that pass gives the
-    value head's input, the first action token's distribution and the decoder's self- and cross-attention cache,
-    which is repeated for every action so that only the action tokens themselves run per (prompt, action) pair.
-    Decoder-only models: the same, with the prompt in place of encoder and start position, and the action scored on
-    the tokens that the joint text `prompt + action` is made of (see `_joint_action_tokens`).
+    One forward pass scores every action of a prompt: the actions are packed one after the other into a single
+    sequence, each in a block that sees the prompt and its own earlier tokens only (`_attention_mask`), so nothing
+    that grows with the prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and
+    each block of the decoder sequence starts with its own decoder start token (T5's position bias depends on
+    distances alone, so a block computes what it would compute alone). Decoder-only models: the blocks follow the
+    prompt, with the positions each action would have right after it, and an action is scored on the tokens that the
+    joint text `prompt + action` is made of (see `_joint_action_tokens`).
     """
 
     def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
@@ -688,6 +708,25 @@ class GlamAgent(nn.Module):
         self.register_buffer("action_ids", action_ids, persistent=False)
         self.register_buffer("action_mask", action_mask, persistent=False)
         self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
+
+        # The packed sequence: block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder
+        # start token and all but the last token. Decoder-only: all but the last (the prompt's last token predicts
+        # the first). score_source[a, j]: the position whose logits give action a's token j (decoder-only: position 0
+        # is the prompt's last token, the packed tokens follow).
+        if self.is_encoder_decoder:
+            blocks = [[llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
+        else:
+            blocks = [ids[:-1] for ids in token_lists]
+        block_starts = np.cumsum([0] + [len(block) for block in blocks])
+        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
+            if not self.is_encoder_decoder:
+                score_source[index, 0] = 0
+        self.register_buffer("packed_ids", torch.tensor([token for block in blocks for token in block]), persistent=False)
+        self.register_buffer("packed_blocks", torch.tensor([a for a, block in enumerate(blocks) for _ in block]), persistent=False)
+        self.register_buffer("packed_offsets", torch.tensor([j for block in blocks for j in range(len(block))]), persistent=False)
+        self.register_buffer("score_source", score_source, persistent=False)
 
     def _joint_action_tokens(self) -> list[list[int]]:
         """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
@@ -729,72 +768,75 @@ class GlamAgent(nn.Module):
         texts = [prompt.removesuffix(" ") for prompt in prompts]
         return self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
 
-    def _decoder_start(self, num_prompts: int) -> torch.Tensor:
-        return torch.full((num_prompts, 1), self.llm.config.decoder_start_token_id, device=self.device)
+    def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
+        if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
+        return allowed[:, None]
+
+    def _packed_attention(self, num_rows: int) -> torch.Tensor:
+        """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
+        same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
+        causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
+        return (same_block & causal).expand(num_rows, -1, -1)
 
     def _final_hidden(self, tokens) -> torch.Tensor:
         """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
         if self.is_encoder_decoder:
             encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            out = self.llm.get_decoder()(
-                input_ids=self._decoder_start(len(encoded)), encoder_hidden_states=encoded,
-                encoder_attention_mask=tokens.attention_mask, use_cache=False,
-            )
+            start = torch.full((len(encoded), 1), self.llm.config.decoder_start_token_id, device=self.device)
+            out = self.llm.get_decoder()(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=tokens.attention_mask, use_cache=False)
             return out.last_hidden_state[:, 0]
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
 
-    def _context(self, tokens):
-        """One pass over the prompts: (heads' input, next-token log-probs, cache, encoder outputs)."""
-        if self.is_encoder_decoder:
-            encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+    def _scoring_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass.
+
+        The heads' input is read off the decoder module's output, so the model is asked for no other layer's states.
+        """
+        num_rows, prompt_length = tokens.input_ids.shape
+        num_packed = len(self.packed_ids)
+        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+        captured = []
+        hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+        try:
+            if self.is_encoder_decoder:
+                encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                out = self.llm(
+                    encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
+                    decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
+                )
+                return captured[0][:, 0], out.logits
+            prompt_mask = tokens.attention_mask.bool()
+            prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
+            prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
+            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
+            packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
+            positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            packed_positions = tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets
             out = self.llm(
-                encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=self._decoder_start(len(tokens.input_ids)),
-                use_cache=True, output_hidden_states=True,
+                input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
+                attention_mask=self._attention_mask(torch.cat([prompt_rows, packed_rows], 1)),
+                position_ids=torch.cat([positions, packed_positions], 1), use_cache=False,
+                # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
+                logits_to_keep=num_packed + 1,
             )
-            hidden = out.decoder_hidden_states[-1][:, 0]
-            return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, encoder_outputs
-        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        # Only the last position's logits are needed: the full vocabulary at every prompt token would dominate.
-        out = self.llm(
-            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions,
-            use_cache=True, output_hidden_states=True, logits_to_keep=1,
-        )
-        hidden = out.hidden_states[-1][:, -1]
-        return hidden, out.logits[:, -1].float().log_softmax(-1), out.cache, None
+            return captured[0][:, prompt_length - 1], out.logits
+        finally:
+            hook.remove()
 
     def _score_chunk(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
         tokens = self.tokenize_prompts(prompts)
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        hidden, first_logprobs, cache, encoder_outputs = self._context(tokens)
-        num_prompts, num_actions = len(prompts), len(self.actions)
-        action_ids = self.action_ids.repeat(num_prompts, 1)
-        action_mask = self.action_mask.repeat(num_prompts, 1)
-        cache.batch_repeat_interleave(num_actions)
-        # The context pass already predicted each action's first token; the continuation feeds all but the last.
-        continuation = action_ids[:, :-1]
-        token_logprobs = first_logprobs.repeat_interleave(num_actions, 0).gather(1, action_ids[:, :1])
-        if continuation.shape[1] > 0:
-            pair_prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
-            if self.is_encoder_decoder:
-                # Cross-attention keys and values come from the cache; the decoder reads the encoder states for their
-                # shape only, so a stride-0 view stands in for a copy per action (GBs at flan-t5-large scale).
-                shape_only = encoder_outputs.last_hidden_state[:1].expand(len(action_ids), -1, -1)
-                out = self.llm(
-                    encoder_outputs=(shape_only,), attention_mask=pair_prompt_mask, decoder_input_ids=continuation,
-                    cache=cache, use_cache=True,
-                )
-            else:
-                prompt_lengths = pair_prompt_mask.sum(-1, keepdim=True)
-                positions = prompt_lengths + torch.arange(continuation.shape[1], device=self.device)
-                attention = torch.cat([pair_prompt_mask, action_mask[:, :-1]], dim=1)
-                out = self.llm(input_ids=continuation, attention_mask=attention, position_ids=positions, cache=cache, use_cache=True)
-            rest = out.logits.float().log_softmax(-1).gather(2, action_ids[:, 1:, None]).squeeze(2)
-            token_logprobs = torch.cat([token_logprobs, rest], dim=1)
-        scores = (token_logprobs * action_mask).sum(-1).view(num_prompts, num_actions)
+        hidden, logits = self._scoring_pass(tokens)
+        # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
+        source, targets = self.score_source.reshape(-1), self.action_ids.reshape(-1)
+        token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
+        scores = (token_logprobs.view(len(prompts), *self.action_ids.shape) * self.action_mask).sum(-1)
         return hidden, scores
 
     def _hidden_and_scores(self, prompts):
@@ -866,7 +908,7 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
 RESUMABLE_CHANGES = {
     "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations",
-    "backend", "world_size", "local_num_envs", "tf32",
+    "backend", "world_size", "local_num_envs", "tf32", "gradient_checkpointing",
 }
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
 
@@ -1152,6 +1194,8 @@ def main(args: Args):
             writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
 
     llm, tokenizer = load_policy_model(args, checkpoint)
+    if args.gradient_checkpointing:
+        checkpoint_activations(llm)  # before FSDP wraps the blocks
     agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
     heads_dir = checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None)
     if heads_dir is not None:

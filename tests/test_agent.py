@@ -2,6 +2,8 @@
 
 import pytest
 import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+from transformers import T5Config, T5ForConditionalGeneration
 
 import glam_ppo as g
 import offline_models
@@ -124,7 +126,7 @@ def test_action_heads_replace_scoring_without_a_vocabulary_projection(kind, prom
         assert not projections  # NPAE reads the decoder state only: no logits over the vocabulary, no cache
         scoring_agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical")).eval()
         scoring_agent.value_head = agent.value_head
-        hidden = torch.stack([scoring_agent._context(scoring_agent.tokenize_prompts([p]))[0][0] for p in prompts[:3]])
+        hidden = torch.stack([scoring_agent._scoring_pass(scoring_agent.tokenize_prompts([p]))[0][0] for p in prompts[:3]])
     assert logits.shape == (3, 6)
     torch.testing.assert_close(logits, agent.action_head(hidden), atol=1e-5, rtol=0)
     torch.testing.assert_close(values, agent.value_head(hidden).squeeze(-1), atol=1e-5, rtol=0)
@@ -167,6 +169,75 @@ def test_matmul_precision_is_tf32_on_cuda_unless_turned_off():
         assert torch.get_float32_matmul_precision() == "highest"
     finally:
         torch.set_float32_matmul_precision("highest")
+
+
+@pytest.mark.parametrize("kind", g.TINY_MODELS)
+@torch.no_grad()
+def test_packed_scoring_equals_naive_with_sdpa_attention(kind, prompts):
+    llm, tokenizer = offline_models.build(kind)
+    llm.set_attn_implementation("sdpa")  # boolean masks, where eager attention takes additive ones
+    agent = g.GlamAgent(llm, tokenizer, g.action_names("augmented")).eval()
+    torch.testing.assert_close(agent.score(prompts), naive_scores(agent, prompts), atol=1e-5, rtol=0)
+
+
+def peak_memory(function, model) -> dict:
+    """Peak bytes by kind ('Activation', 'Temp', 'Total', ...) on the CPU while function() runs, from torch's MemTracker."""
+    tracker = MemTracker()
+    tracker.track_external(model)
+    with tracker:
+        function()
+    return {getattr(kind, "value", kind): size for kind, size in tracker.get_tracker_snapshot("peak")[torch.device("cpu")].items()}
+
+
+def wider_t5(seed: int = 0):
+    """T5 wide enough that the prompt's states, not the weights, dominate memory; tiny-t5's tokenizer."""
+    _, tokenizer = g.load_llm("tiny-t5")
+    torch.manual_seed(seed)
+    config = T5Config(vocab_size=len(tokenizer), d_model=256, d_ff=512, d_kv=64, num_heads=4, num_layers=4,
+                      decoder_start_token_id=0, pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    return T5ForConditionalGeneration(config).eval(), tokenizer
+
+
+def test_rollout_memory_does_not_grow_with_the_number_of_actions(prompts):
+    """Packed scoring reads the prompt's states once: no copy of cross-attention keys and values per action."""
+    llm, tokenizer = wider_t5()
+    peaks = {}
+    for action_space in ("restricted", "augmented"):  # 3 and 9 actions
+        agent = g.GlamAgent(llm, tokenizer, g.action_names(action_space))
+        with torch.no_grad():
+            peaks[action_space] = peak_memory(lambda: agent.score(prompts), agent)["Total"]
+    assert peaks["augmented"] < 1.15 * peaks["restricted"], peaks
+
+
+@pytest.mark.parametrize("lora", [0, 4], ids=["full", "lora"])
+@pytest.mark.parametrize("kind", g.TINY_MODELS)
+def test_gradient_checkpointing_gives_the_same_gradients_with_less_memory(kind, lora, prompts):
+    from peft import LoraConfig, get_peft_model
+
+    results = []
+    for checkpointing in (False, True):
+        llm, tokenizer = offline_models.build(kind)
+        if lora:
+            task_type = "SEQ_2_SEQ_LM" if kind == "tiny-t5" else "CAUSAL_LM"
+            llm = get_peft_model(llm, LoraConfig(r=lora, lora_alpha=2 * lora, target_modules="all-linear", task_type=task_type))
+        if checkpointing:
+            g.checkpoint_activations(llm)
+        agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical")).eval()  # eval mode, as GLAM trains
+        taken = torch.arange(len(prompts)) % 6
+
+        def update_pass():
+            _, logprob, entropy, value = agent.get_action_and_value(prompts, taken)
+            (logprob.sum() + entropy.sum() + value.sum()).backward()
+
+        # MemTracker hooks every parameter's gradient, which LoRA's frozen weights do not have: memory is measured
+        # on full fine-tuning.
+        peak = update_pass() if lora else peak_memory(update_pass, agent)["Activation"]
+        results.append((peak, {name: p.grad for name, p in agent.named_parameters() if p.requires_grad}))
+    (plain_peak, plain), (checkpointed_peak, checkpointed) = results
+    for name, grad in plain.items():
+        torch.testing.assert_close(checkpointed[name], grad, rtol=1e-5, atol=1e-7, msg=name)
+    if not lora:
+        assert checkpointed_peak < 0.7 * plain_peak, (checkpointed_peak, plain_peak)
 
 
 def reference_gae(rewards, values, dones, next_value, next_done, gamma, lam):

@@ -63,6 +63,24 @@ def test_cloning_loss_is_minus_the_scorers_log_likelihood_with_padding_masked(ki
     assert num_tokens == int(agent.action_mask[labels].sum())
 
 
+@pytest.mark.parametrize("kind", bc.TINY_MODELS)
+def test_gradient_checkpointing_gives_the_same_cloning_gradient(kind):
+    envs = bc.TextVecEnv("BabyAI-MixedTrainLocal-v0", 4, "augmented")
+    prompts = envs.reset(seed=3) + envs.step([2, 1, 0, 2])[0]
+    labels = torch.arange(len(prompts)) % len(envs.actions)
+    gradients = []
+    for checkpointing in (False, True):
+        llm, tokenizer = offline_models.build(kind)
+        if checkpointing:
+            bc.checkpoint_activations(llm)
+        agent = bc.GlamAgent(llm, tokenizer, envs.actions).train()  # dropout on, as while cloning: replayed identically
+        torch.manual_seed(1)
+        bc.action_nll(agent, prompts, labels)[0].backward()
+        gradients.append({name: p.grad for name, p in agent.llm.named_parameters()})
+    for name, grad in gradients[0].items():
+        torch.testing.assert_close(gradients[1][name], grad, rtol=1e-5, atol=1e-7, msg=name)
+
+
 def test_reading_demonstrations_checks_every_line(tmp_path):
     actions = bc.action_names("canonical")
     good = {"prompts": ["p1", "p2"], "actions": ["turn left", "go forward"]}

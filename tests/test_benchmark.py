@@ -4,10 +4,14 @@ import json
 import os
 import sys
 
+import contextlib
+
 import pytest
 import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark"))
+import memory  # noqa: E402
 import plot  # noqa: E402
 import scoring_speed  # noqa: E402
 import train_speed  # noqa: E402
@@ -43,3 +47,23 @@ def test_scoring_table_and_bars(tmp_path):
 def test_train_speed_reads_the_runs_speeds(tmp_path):
     rows = train_speed.main(train_speed.Args(models=("tiny-causal",), updates=2, env_id="BabyAI-GoToLocalS5N2-v0"))
     assert rows[0]["rollout"] > 0 and rows[0]["update"] > 0 and rows[0]["overall"] < min(rows[0]["rollout"], rows[0]["update"])
+
+
+@pytest.mark.parametrize("update, checkpointing", [(False, False), (True, False), (True, True)], ids=["rollout", "update", "update-ckpt"])
+def test_planner_peak_is_within_10_percent_of_the_peak_on_real_tensors(update, checkpointing):
+    """The planner's fake tensors against the same pass on real ones, at flan-t5-small's shape (62M parameters)."""
+    prompts = memory.real_prompts(4)
+    peaks = {}
+    for fake in (True, False):
+        with FakeTensorMode(allow_non_fake_inputs=True) if fake else contextlib.nullcontext():
+            torch.manual_seed(0)
+            llm, tokenizer = memory.build_model("flan-t5-small")
+            if checkpointing:
+                memory.glam_ppo.checkpoint_activations(llm)
+            agent = memory.glam_ppo.GlamAgent(llm, tokenizer, memory.glam_ppo.action_names("canonical")).eval()
+            peaks[fake] = memory.peak_memory(agent, prompts, update=update, bf16=False)
+    # The planner's activations: MemTracker files what checkpointing recomputes under "Temp"
+    real, planned = memory.activations(peaks[False]), memory.activations(peaks[True])
+    assert abs(planned - real) <= 0.1 * real, peaks
+    assert abs(peaks[True]["Total"] - peaks[False]["Total"]) <= 0.1 * peaks[False]["Total"], peaks
+    assert real > 0.05 * peaks[False]["Total"]  # the activations are a real part of the peak

@@ -256,13 +256,20 @@ def test_unknown_action_space_lists_the_choices(tmp_path):
     assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
 
 
-@pytest.mark.parametrize("norm_adv", [[], ["--norm-adv"]], ids=["plain", "norm-adv"])
-def test_gradient_accumulation_gives_the_same_update(tmp_path, norm_adv):
+@pytest.mark.parametrize(
+    "common, variant",
+    [
+        ([], ["--grad-accum-minibatch", "5"]),  # 16 = 5 + 5 + 5 + 1
+        (["--norm-adv"], ["--grad-accum-minibatch", "5"]),  # advantages normalised over the minibatch, not each pass
+        ([], ["--gradient-checkpointing"]),
+    ],
+    ids=["accumulation", "accumulation-norm-adv", "checkpointing"],
+)
+def test_accumulated_or_recomputed_update_is_the_same_update(tmp_path, common, variant):
     whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
     whole.mkdir(), accumulated.mkdir()
-    run(whole, *SMALL, "--total-timesteps", "32", *norm_adv)
-    # 16 = 5 + 5 + 5 + 1; advantages are normalised over the minibatch, not over each pass
-    run(accumulated, *SMALL, "--total-timesteps", "32", "--grad-accum-minibatch", "5", *norm_adv)
+    run(whole, *SMALL, "--total-timesteps", "32", *common)
+    run(accumulated, *SMALL, "--total-timesteps", "32", *common, *variant)
     reference = checkpoint_weights(only_run_dir(whole))
     for name, weight in checkpoint_weights(only_run_dir(accumulated)).items():
         torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
