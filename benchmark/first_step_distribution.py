@@ -7,12 +7,16 @@ versions of the scorer on the same prompts.
 """
 
 import json
+import os
+import sys
 from dataclasses import dataclass
 
 import torch
 import tyro
 
-import zero_shot_eval as z
+if not any(os.path.exists(os.path.join(path, "zero_shot_eval.py")) for path in sys.path if path):
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # this checkout, unless PYTHONPATH names one
+import zero_shot_eval as z  # noqa: E402
 
 
 @dataclass
