@@ -90,15 +90,15 @@ def build_model(shape: str):
     return LlamaForCausalLM(LlamaConfig(bos_token_id=tokenizer.bos_token_id, **ids, **sizes)), tokenizer
 
 
-def run_pass(agent, prompts, *, update: bool, bf16: bool):
+def run_pass(agent, prompts, *, update: bool, bf16: bool, device_type: str = "cpu"):
     """One rollout pass (no gradients) or one update pass (with backward) of the agent on the prompts."""
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16, enabled=bf16)
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)  # its checks read values, which fake tensors lack
     try:
         if update:
             with autocast:
-                _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long))
+                _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long, device=agent.device))
             (logprob.float().sum() + entropy.float().sum() + value.sum()).backward()
             agent.zero_grad(set_to_none=True)
         else:

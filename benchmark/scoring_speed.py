@@ -4,7 +4,7 @@
   (b) authors: the encoder once per prompt, its output repeated for every action, the whole decoder run on
                minibatches of 3 pairs (flowersteam/Grounding_LLMs_with_online_RL through lamorel); for a
                decoder-only model, prompt + action in minibatches of 3 pairs;
-  (c) ours:    glam_ppo.py's GlamAgent.score (one context pass per prompt, its cache repeated per action).
+  (c) ours:    glam_ppo.py's GlamAgent.score (one pass per prompt: its actions packed into one sequence).
 
 Models have random weights with the shapes of the real ones (no download), and glam_ppo.py's word-level BabyAI-Text
 tokenizer; prompts are real BabyAI-Text prompts of MixedTrainLocal with a full history. The three schemes' scores
@@ -28,21 +28,22 @@ import tyro
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 import glam_ppo  # noqa: E402
 
-# Shapes of the real models (config.json of google/flan-t5-small, google/flan-t5-base, HuggingFaceTB/SmolLM2-135M).
+# Shapes of the real models (config.json of google/flan-t5-small, base, large, HuggingFaceTB/SmolLM2-135M).
 SHAPES = {
     "t5-small-shape": dict(d_model=512, d_ff=1024, d_kv=64, num_heads=6, num_layers=8, feed_forward_proj="gated-gelu", vocab_size=32128),
     "t5-base-shape": dict(d_model=768, d_ff=2048, d_kv=64, num_heads=12, num_layers=12, feed_forward_proj="gated-gelu", vocab_size=32128),
+    "t5-large-shape": dict(d_model=1024, d_ff=2816, d_kv=64, num_heads=16, num_layers=24, feed_forward_proj="gated-gelu", vocab_size=32128),
     "smollm2-135m-shape": dict(
         hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9, num_key_value_heads=3,
         vocab_size=49152, tie_word_embeddings=True,
     ),
 }
-MODELS = ("tiny-t5", "tiny-causal", *SHAPES)
+MODELS = ("tiny-t5", "tiny-causal", *(shape for shape in SHAPES if shape != "t5-large-shape"))  # the default: sizes a CPU runs
 
 
 @dataclass
 class Args:
-    models: tuple[Literal["tiny-t5", "tiny-causal", "t5-small-shape", "t5-base-shape", "smollm2-135m-shape"], ...] = MODELS
+    models: tuple[Literal["tiny-t5", "tiny-causal", "t5-small-shape", "t5-base-shape", "t5-large-shape", "smollm2-135m-shape"], ...] = MODELS
     """the models to measure"""
     num_prompts: int = 16
     """prompts scored per measurement (each with 6 actions)"""

@@ -30,7 +30,7 @@ import scoring_speed  # noqa: E402
 
 @dataclass
 class Args:
-    models: tuple[Literal["tiny-t5", "tiny-causal", "t5-small-shape", "t5-base-shape", "smollm2-135m-shape"], ...] = ("tiny-t5", "tiny-causal")
+    models: tuple[Literal["tiny-t5", "tiny-causal", "t5-small-shape", "t5-base-shape", "t5-large-shape", "smollm2-135m-shape"], ...] = ("tiny-t5", "tiny-causal")
     """the models to train"""
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the level"""

@@ -11,6 +11,7 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark"))
+import gpu_check  # noqa: E402
 import memory  # noqa: E402
 import plot  # noqa: E402
 import scoring_speed  # noqa: E402
@@ -67,3 +68,21 @@ def test_planner_peak_is_within_10_percent_of_the_peak_on_real_tensors(update, c
     assert abs(planned - real) <= 0.1 * real, peaks
     assert abs(peaks[True]["Total"] - peaks[False]["Total"]) <= 0.1 * peaks[False]["Total"], peaks
     assert real > 0.05 * peaks[False]["Total"]  # the activations are a real part of the peak
+
+
+def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
+    """gpu.sh's checks, on a CPU; the planner's agreement with real tensors is the test above."""
+    keys = [f"{kind}_gb_per_prompt" for kind in ("rollout_fp32", "rollout_bf16")]
+    keys += [f"update_{kind}_gb_per_transition" for kind in ("fp32", "fp32_ckpt", "bf16", "bf16_ckpt")]
+    (tmp_path / "memory.json").write_text(json.dumps({"results": [{"shape": "flan-t5-small", **{key: 0.5 for key in keys}}]}))
+    args = gpu_check.Args(
+        device="cpu", memory_shape="flan-t5-small", num_prompts=2, micro=1, planner_json=str(tmp_path / "memory.json"), out_dir=str(tmp_path)
+    )
+    report = gpu_check.main(args)
+    assert [row["model"] for row in report["equivalence"]] == ["tiny-t5", "tiny-causal", "t5-small-shape"]
+    assert all(row["fp32"] < 1e-4 and row["bf16"] < 1.0 for row in report["equivalence"])
+    passes = {row["pass"]: row for row in report["memory"]}
+    assert set(passes) == {"rollout_fp32", "rollout_bf16", "update_fp32", "update_bf16", "update_fp32_ckpt", "update_bf16_ckpt"}
+    assert passes["update_fp32_ckpt"]["gb_per_unit"] < passes["update_fp32"]["gb_per_unit"]
+    assert all(row["planned_gb_per_unit"] == 0.5 for row in report["memory"])
+    assert "| update_fp32_ckpt |" in (tmp_path / "gpu_check.md").read_text()

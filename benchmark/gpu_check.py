@@ -1,0 +1,143 @@
+"""On a GPU: the scorer against naive scoring on the device (fp32 and bf16), and the memory that GLAM's passes really
+take at flan-t5-large's shape next to what benchmark/memory.py predicts for them. benchmark/gpu.sh runs it.
+
+    python benchmark/gpu_check.py --out-dir benchmark/gpu                 # writes gpu_check.json and gpu_check.md
+    python benchmark/gpu_check.py --device cpu --memory-shape flan-t5-small --num-prompts 4   # the same checks on a CPU
+
+Memory: torch.cuda.max_memory_allocated during one pass less what was allocated before it (the weights) and less the
+gradients (the planner counts them with the weights), per prompt for the rollout pass (32 prompts, no gradients) and per transition for the update pass
+(8 transitions, forward and backward), with and without --gradient-checkpointing, fp32 and bf16 autocast. On a CPU
+the same numbers come from MemTracker on real tensors. Random weights of the real shapes: no download.
+"""
+
+import json
+import os
+import sys
+import time
+from dataclasses import dataclass
+
+import torch
+import tyro
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import memory  # noqa: E402
+import scoring_speed  # noqa: E402
+
+glam_ppo = memory.glam_ppo
+
+
+@dataclass
+class Args:
+    device: str = "cuda"
+    """where to run: cuda, or cpu for a dry run of the same checks"""
+    memory_shape: str = "flan-t5-large"
+    """the model shape whose passes are measured (a name of benchmark/memory.py)"""
+    num_prompts: int = 32
+    """prompts in the rollout pass (the paper's 32 envs)"""
+    micro: int = 8
+    """transitions in the update pass (as benchmark/memory.py measures it)"""
+    planner_json: str = os.path.join(HERE, "memory.json")
+    """benchmark/memory.py's results to compare with; the shape is planned afresh if they lack it"""
+    out_dir: str = os.path.join(HERE, "gpu")
+    """where gpu_check.json and gpu_check.md are written"""
+
+
+@torch.no_grad()
+def equivalence(device: str) -> list[dict]:
+    """Largest difference between GlamAgent.score and one full forward pass per pair, fp32 and under bf16 autocast."""
+    rows = []
+    prompts = scoring_speed.real_prompts(3)
+    torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 comparison in full precision
+    for name in ("tiny-t5", "tiny-causal", "t5-small-shape"):
+        torch.manual_seed(0)
+        llm, tokenizer = scoring_speed.build_model(name)
+        agent = glam_ppo.GlamAgent(llm.eval(), tokenizer, glam_ppo.action_names("augmented")).to(device).eval()
+        reference = scoring_speed.naive_scores(agent, prompts)
+        row = {"model": name, "fp32": (agent.score(prompts).cpu() - reference).abs().max().item()}
+        with torch.autocast(torch.device(device).type, dtype=torch.bfloat16):
+            row["bf16"] = (agent.score(prompts).float().cpu() - reference).abs().max().item()
+        rows.append(row)
+        if row["fp32"] > 1e-3:
+            raise SystemExit(f"gpu_check.py: error: {name}: packed scoring differs from naive scoring by {row['fp32']:.2e} in fp32")
+    return rows
+
+
+def measured_peak(agent, prompts, update: bool, bf16: bool, device: str) -> int:
+    """Bytes that one pass allocates at its peak beyond what was allocated before it."""
+    if device != "cuda":
+        return memory.activations(memory.peak_memory(agent, prompts, update=update, bf16=bf16))
+    torch.cuda.synchronize()
+    before = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    memory.run_pass(agent, prompts, update=update, bf16=bf16, device_type="cuda")
+    torch.cuda.synchronize()
+    # The planner counts gradients with the weights, not with the activations.
+    gradients = sum(4 * p.numel() for p in agent.parameters() if p.requires_grad) if update else 0
+    return torch.cuda.max_memory_allocated() - before - gradients
+
+
+def memory_rows(args: Args) -> list[dict]:
+    prompts = memory.real_prompts(args.num_prompts)
+    rows = []
+    for update, checkpointing in ((False, False), (True, False), (True, True)):
+        torch.manual_seed(0)
+        llm, tokenizer = memory.build_model(args.memory_shape)
+        if checkpointing:
+            glam_ppo.checkpoint_activations(llm)
+        agent = glam_ppo.GlamAgent(llm, tokenizer, glam_ppo.action_names("canonical")).to(args.device).eval()
+        for precision in ("fp32", "bf16"):
+            batch = prompts[: args.micro] if update else prompts
+            peak = measured_peak(agent, batch, update, precision == "bf16", args.device)
+            kind = "rollout" if not update else f"update_{precision}{'_ckpt' if checkpointing else ''}"
+            name = f"rollout_{precision}" if not update else kind
+            rows.append({"pass": name, "gb_per_unit": peak / len(batch) / 1e9})
+        del agent, llm
+        if args.device == "cuda":
+            torch.cuda.empty_cache()
+    return rows
+
+
+def planned(args: Args) -> dict:
+    if os.path.exists(args.planner_json):
+        with open(args.planner_json) as f:
+            for result in json.load(f)["results"]:
+                if result["shape"] == args.memory_shape:
+                    return result
+    return memory.plan_shape(args.memory_shape, memory.Args(shapes=[args.memory_shape], num_envs=args.num_prompts, micro=args.micro))
+
+
+def main(args: Args) -> dict:
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check.py: error: no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu for a dry run")
+    start = time.time()
+    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "shape": args.memory_shape}
+    report["equivalence"] = equivalence(args.device)
+    plan = planned(args)
+    report["memory"] = [
+        {**row, "planned_gb_per_unit": plan[f"{row['pass']}_gb_per_{'prompt' if row['pass'].startswith('rollout') else 'transition'}"]}
+        for row in memory_rows(args)
+    ]
+    report["seconds"] = time.time() - start
+    lines = [
+        f"# GPU check on {report['device']}", "",
+        "Largest |score difference| against one full forward pass per (prompt, action) pair (nats):", "",
+        "| model | fp32 (TF32 off) | bf16 autocast |", "|---|---:|---:|",
+        *[f"| {row['model']} | {row['fp32']:.1e} | {row['bf16']:.1e} |" for row in report["equivalence"]], "",
+        f"Memory of one pass at {args.memory_shape}'s shape, GB per prompt (rollout, {args.num_prompts} prompts) or per "
+        f"transition (update, {args.micro} transitions): measured, and predicted by benchmark/memory.py:", "",
+        "| pass | measured | predicted | predicted / measured |", "|---|---:|---:|---:|",
+        *[f"| {row['pass']} | {row['gb_per_unit']:.3f} | {row['planned_gb_per_unit']:.3f} | "
+          f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]],
+    ]
+    os.makedirs(args.out_dir, exist_ok=True)
+    with open(os.path.join(args.out_dir, "gpu_check.json"), "w") as f:
+        json.dump(report, f, indent=2)
+    with open(os.path.join(args.out_dir, "gpu_check.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    return report
+
+
+if __name__ == "__main__":
+    main(tyro.cli(Args))
