@@ -1161,7 +1161,8 @@ def main(args: Args):
     llm, tokenizer = load_policy_model(args, checkpoint)
     if args.gradient_checkpointing:
         checkpoint_activations(llm)
-    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space)
+    # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
+    envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
     agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, False, args.score_batch_size).to(device)
 
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.

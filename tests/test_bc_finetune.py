@@ -134,6 +134,11 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(t
     assert all(torch.equal(cloned[name], continued[name]) for name in cloned)
 
 
+def test_fewer_evaluation_episodes_than_envs(tmp_path):
+    result = run(tmp_path, *SMALL, "--num-transitions", "64", "--num-envs", "2", "--eval-episodes", "1")
+    assert "(1 episodes)" in result.stdout and "done: " in result.stdout
+
+
 def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path):
     zero_shot_eval.main(zero_shot_eval.parse_args([
         "--policy", "bot", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "6", "--num-envs", "3",
