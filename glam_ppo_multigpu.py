@@ -689,6 +689,12 @@ class GlamAgent(nn.Module):
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
         self.scoring, self.score_batch_size = scoring, score_batch_size
         self.is_encoder_decoder = llm.config.is_encoder_decoder
+        if llm.config._attn_implementation not in ("eager", "sdpa"):
+            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+            raise UsageError(
+                f"attention implementation {llm.config._attn_implementation!r} cannot take the block mask that scores a "
+                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
+            )
         hidden_size = llm.config.get_text_config().hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None

@@ -149,6 +149,13 @@ def test_a_tokenizer_that_merges_prompt_and_action_is_refused():
         g.GlamAgent(offline_models.tiny_llama(tokenizer), tokenizer, g.action_names("canonical"))
 
 
+def test_an_attention_implementation_without_4d_masks_is_refused():
+    llm, tokenizer = g.load_llm("tiny-causal")
+    llm.config._attn_implementation = "flash_attention_2"
+    with pytest.raises(g.UsageError, match="cannot take the block mask.*'sdpa'"):
+        g.GlamAgent(llm, tokenizer, g.action_names("canonical"))
+
+
 @torch.no_grad()
 def test_heads_run_in_float32_under_bf16_autocast(agent, prompts):
     with torch.autocast("cpu", dtype=torch.bfloat16):
