@@ -1216,6 +1216,13 @@ def main(args: Args):
     agent.train()  # dropout on while cloning, as in ordinary fine-tuning
     micro_size = args.grad_accum_batch or args.batch_size
     progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
+
+    def non_finite(what: str) -> FloatingPointError:
+        progress.close()
+        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.old"))
+        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+        return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
+
     start_time, start_global_step = time.time(), global_step
     while step < num_steps:
         # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the batches the straight run would.
@@ -1235,13 +1242,13 @@ def main(args: Args):
             total_nll += nll.item()
         bc_loss = total_nll / num_tokens
         if not math.isfinite(bc_loss):
-            progress.close()
-            raise FloatingPointError(
-                f"non-finite loss at step {step + 1}; the last good checkpoint is in {run_dir}/checkpoint. "
-                "Try a lower --learning-rate, or without --bf16."
-            )
-        nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)
+            raise non_finite("loss")
+        if not torch.isfinite(nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)):
+            raise non_finite("gradient")
         optimizer.step()
+        # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act or save with them.
+        if not torch.stack([torch.isfinite(p).all() for p in agent.llm.parameters()]).all():
+            raise non_finite("weights")
         scheduler.step()
         step += 1
         global_step += len(batch)

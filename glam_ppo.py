@@ -1108,6 +1108,15 @@ def main(args: Args):
         return run_state(envs, global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
 
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True)
+
+    def non_finite(what: str) -> FloatingPointError:
+        progress.close()
+        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.old"))
+        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+        return FloatingPointError(
+            f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
+        )
+
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
     start_time, start_step = time.time(), global_step
     for iteration in range(start_iteration, args.num_iterations + 1):
@@ -1206,15 +1215,16 @@ def main(args: Args):
                     entropy_loss = entropy.float().mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                     if not torch.isfinite(loss):
-                        progress.close()
-                        raise FloatingPointError(
-                            f"non-finite loss at update {iteration} ({global_step} frames); the last good checkpoint is in "
-                            f"{run_dir}/checkpoint. Try a lower --learning-rate, or without --bf16."
-                        )
+                        raise non_finite("loss")
                     # Micro-batches are weighted by their share of the minibatch: the sum is the minibatch's gradient.
                     (loss * len(inds) / len(mb_inds)).backward()
-                nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                if not torch.isfinite(nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)):
+                    raise non_finite("gradient")
                 optimizer.step()
+                # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
+                # or save with them.
+                if not torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all():
+                    raise non_finite("weights")
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break

@@ -180,6 +180,7 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
         (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
         (["--holdout-fraction", "1.5"], "--holdout-fraction must be between 0 and 1"),
         (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
+        (["--learning-rate", "inf"], "non-finite weights at step 1; no checkpoint was written"),
     ],
 )
 def test_bad_input_gets_a_one_line_error(tmp_path, flags, message):

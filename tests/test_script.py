@@ -156,6 +156,16 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert trainer["iteration"] == 1
 
 
+def test_infinite_learning_rate_stops_before_acting_or_saving_with_non_finite_weights(tmp_path):
+    result = run(tmp_path, *SMALL, "--total-timesteps", "64", "--learning-rate", "inf", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip().splitlines()[-1] == (
+        "glam_ppo.py: error: non-finite weights at update 1 (32 frames); no checkpoint was written. "
+        "Try a lower --learning-rate, or without --bf16."
+    )
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint*"))
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     args = g.parse_args([*SMALL, "--total-timesteps", "32"])
     llm, tokenizer = g.load_llm("tiny-t5")
