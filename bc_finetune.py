@@ -1119,17 +1119,22 @@ def load_policy_model(args: Args, checkpoint: str | None):
 
 
 class StopRequest:
-    """First Ctrl-C: finish the current step, save a checkpoint and exit; a second one stops at once."""
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, save a checkpoint and exit.
+    A second Ctrl-C stops at once; a second SIGTERM changes nothing, so that the save can finish."""
 
     def __init__(self):
         self.requested = False
         signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
         if self.requested:
-            raise KeyboardInterrupt
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
         self.requested = True
-        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        tqdm.write(f"{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
 
 
 def main(args: Args):

@@ -148,7 +148,8 @@ def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path):
     assert "held-out transitions from" in result.stdout and "done: " in result.stdout
 
 
-def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path, stop_signal):
     flags = [*SMALL, "--num-transitions", "480", "--eval-every", "96", "--eval-episodes", "1", "--num-envs", "1"]
     straight, split = tmp_path / "straight", tmp_path / "split"
     straight.mkdir(), split.mkdir()
@@ -159,7 +160,7 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     deadline = time.time() + 120
     while not glob.glob(str(split / "runs" / "*" / "checkpoint")) and time.time() < deadline:
         time.sleep(0.2)  # the first checkpoint is written at step 3 of 15; interrupt after it
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
     run_dir = only_run_dir(split)

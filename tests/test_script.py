@@ -117,7 +117,8 @@ def test_ctrl_c_during_a_rollout_resumes_as_the_straight_run(script, tmp_path, m
     assert [step for step, _ in scalars(split, "charts/SPS")] == [96, 192, 288]
 
 
-def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path):
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path, stop_signal):
     process = subprocess.Popen(
         [sys.executable, os.path.join(repo, "glam_ppo.py"), *SMALL, "--total-timesteps", "32000"],
         cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -125,7 +126,7 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path):
     deadline = time.time() + 120
     while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint")) and time.time() < deadline:
         time.sleep(0.5)  # wait until the first update has been saved, then interrupt mid-run
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop_signal)
     stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 0, stderr[-3000:]
     assert "saved" in stdout and "--resume" in stdout
