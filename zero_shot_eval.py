@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shlex
+import signal
 import socket
 import sys
 import time
@@ -1043,27 +1044,51 @@ def main(args: Args) -> list[dict]:
         return Policy(args, len(actions), with_actions(loaded[0], actions))
 
     rows, trajectories = [], []
-    progress = tqdm(total=args.episodes * len(args.probes), unit="episode", dynamic_ncols=True)
-    for name in args.probes:
-        progress.set_description(name)
-        row, saved = evaluate(args, PROBES[name], policy_for, progress)
-        rows.append(row)
-        trajectories += saved
-    progress.close()
 
+    def write_results(complete: bool):
+        # Rewritten after every probe, each file through a temporary one, so that a stop keeps what has finished.
+        record = {"command": args.command, "model": args.model, "policy": args.policy, "greedy": args.greedy,
+                  "seed": args.seed, "complete": complete, "rows": rows}
+        files = {"results.json": json.dumps(record, indent=2)}
+        if rows:
+            table = io.StringIO()
+            writer = csv.DictWriter(table, fieldnames=list(rows[0]), lineterminator="\n")
+            writer.writeheader()
+            writer.writerows(rows)
+            files["results.csv"] = table.getvalue()
+        if args.save_trajectories:
+            files["trajectories.jsonl"] = "".join(json.dumps(episode, ensure_ascii=False) + "\n" for episode in trajectories)
+        for file_name, text in files.items():
+            path = os.path.join(output_dir, file_name)
+            with open(path + ".tmp", "w", newline="") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt
+
+    previous_handler = signal.signal(signal.SIGTERM, stop)  # SLURM pre-emption or `timeout`: kept like a Ctrl-C
+    progress = tqdm(total=args.episodes * len(args.probes), unit="episode", dynamic_ncols=True)
+    try:
+        for name in args.probes:
+            progress.set_description(name)
+            row, saved = evaluate(args, PROBES[name], policy_for, progress)
+            rows.append(row)
+            trajectories += saved
+            write_results(complete=False)
+    except KeyboardInterrupt:
+        progress.close()
+        write_results(complete=False)
+        if rows:
+            print(format_table(rows))
+        raise UsageError(
+            f"stopped after {len(rows)} of {len(args.probes)} probes; their results, marked \"complete\": false, are in {output_dir}/"
+        ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    progress.close()
+    write_results(complete=True)
     print(format_table(rows))
-    record = {"command": args.command, "model": args.model, "policy": args.policy,
-              "greedy": args.greedy, "seed": args.seed, "rows": rows}
-    with open(os.path.join(output_dir, "results.json"), "w") as f:
-        json.dump(record, f, indent=2)
-    with open(os.path.join(output_dir, "results.csv"), "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    if args.save_trajectories:
-        with open(os.path.join(output_dir, "trajectories.jsonl"), "w") as f:
-            for episode in trajectories:
-                f.write(json.dumps(episode, ensure_ascii=False) + "\n")
     print(f"results in {output_dir}/")
     return rows
 

@@ -4,8 +4,10 @@ import csv
 import glob
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -124,3 +126,20 @@ def test_command_line_error_is_one_line(repo, tmp_path):
     )
     assert result.returncode != 0 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1].startswith("zero_shot_eval.py: error: cannot load model")
+
+
+def test_sigterm_keeps_the_finished_probes_marked_partial(repo, tmp_path):
+    command = [sys.executable, os.path.join(repo, "zero_shot_eval.py"), "--policy", "random", "--env-id", "BabyAI-GoToLocalS5N2-v0",
+               "--episodes", "400", "--probes", "no-change", "real-nouns", "--output-dir", str(tmp_path)]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while not (tmp_path / "results.json").exists() and time.time() < deadline:
+        time.sleep(0.1)  # written when the first probe finishes; the second is running
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 1 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("zero_shot_eval.py: error: stopped after 1 of 2 probes")
+    record = json.loads((tmp_path / "results.json").read_text())
+    assert record["complete"] is False and [row["probe"] for row in record["rows"]] == ["no-change"]
+    assert record["rows"][0]["episodes"] == 400
+    assert not glob.glob(str(tmp_path / "*.tmp"))
