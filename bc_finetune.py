@@ -1220,7 +1220,7 @@ def main(args: Args):
         evaluate()
     agent.train()  # dropout on while cloning, as in ordinary fine-tuning
     micro_size = args.grad_accum_batch or args.batch_size
-    progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True)
+    progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0)  # evaluations included
 
     def non_finite(what: str) -> FloatingPointError:
         progress.close()

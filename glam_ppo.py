@@ -1112,7 +1112,8 @@ def main(args: Args):
     def state_after(iteration):
         return run_state(envs, global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
 
-    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True)
+    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
 
     def non_finite(what: str) -> FloatingPointError:
         progress.close()

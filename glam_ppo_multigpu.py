@@ -1265,7 +1265,10 @@ def main(args: Args):
         if dist.is_initialized():
             dist.barrier()
 
-    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, disable=not is_main)
+    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
+    progress = tqdm(
+        total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0, disable=not is_main
+    )
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
     start_time, start_step = time.time(), global_step
     for iteration in range(start_iteration, args.num_iterations + 1):

@@ -1068,7 +1068,7 @@ def main(args: Args) -> list[dict]:
         raise KeyboardInterrupt
 
     previous_handler = signal.signal(signal.SIGTERM, stop)  # SLURM pre-emption or `timeout`: kept like a Ctrl-C
-    progress = tqdm(total=args.episodes * len(args.probes), unit="episode", dynamic_ncols=True)
+    progress = tqdm(total=args.episodes * len(args.probes), unit="episode", dynamic_ncols=True, smoothing=0)  # episodes end in bursts
     try:
         for name in args.probes:
             progress.set_description(name)

@@ -167,6 +167,32 @@ def test_infinite_learning_rate_stops_before_acting_or_saving_with_non_finite_we
     assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint*"))
 
 
+def test_progress_bar_rate_counts_the_updates_too(tmp_path, monkeypatch):
+    """The rate shown during a run is frames over all the time elapsed, not the burst of the last rollout steps."""
+    shown, compute_gae, env_step = [], g.compute_gae, g.TextVecEnv.step
+
+    def slow_step(self, actions):
+        time.sleep(0.1)  # every step refreshes the bar
+        return env_step(self, actions)
+
+    def slow_update(*args, **kwargs):
+        time.sleep(3.0)  # an update phase as long as the rollout, as with a real model
+        return compute_gae(*args, **kwargs)
+
+    class RecordingBar(g.tqdm):
+        def update(self, n=1):
+            super().update(n)
+            rate = self.format_dict["rate"] or self.n / self.format_dict["elapsed"]  # what format_meter displays
+            shown.append((rate, self.n / (time.time() - self.start_t)))
+
+    monkeypatch.setattr(g.TextVecEnv, "step", slow_step)
+    monkeypatch.setattr(g, "compute_gae", slow_update)
+    monkeypatch.setattr(g, "tqdm", RecordingBar)
+    run_in_process(g, tmp_path, [*SMALL, "--num-steps", "32", "--total-timesteps", "256"], monkeypatch)
+    displayed, overall = shown[-1]  # the second rollout's last step, after a 3 s update
+    assert displayed < 1.2 * overall, (displayed, overall)
+
+
 def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     args = g.parse_args([*SMALL, "--total-timesteps", "32"])
     llm, tokenizer = g.load_llm("tiny-t5")
