@@ -709,14 +709,16 @@ class GlamAgent(nn.Module):
         the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
         to split exactly after every `Action k: ` a prompt can end with.
         """
+        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
+        for k in range(3):
+            history = [self.actions[i % len(self.actions)] for i in range(k)]
+            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
+            contexts.append((context, self.tokenizer(context).input_ids))
         token_lists = []
         for action in self.actions:
             found = set()
-            for k in range(3):
-                history = [self.actions[i % len(self.actions)] for i in range(k)]
-                context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history)
-                context = context.removesuffix(" ")
-                context_ids, joint_ids = self.tokenizer(context).input_ids, self.tokenizer(f"{context} {action}").input_ids
+            for context, context_ids in contexts:
+                joint_ids = self.tokenizer(f"{context} {action}").input_ids
                 if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                     raise UsageError(
                         f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
@@ -1173,15 +1175,15 @@ def main(args: Args):
     if args.gradient_checkpointing:
         checkpoint_activations(llm)
     # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
-    envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
-    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, False, args.score_batch_size).to(device)
+    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
+    agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size).to(device)
 
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
     demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
     if args.demos is None and not os.path.exists(demos_path):
         write_demos(demos_path + ".tmp", generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed))
         os.rename(demos_path + ".tmp", demos_path)
-    train_set, holdout_set = split_demos(read_demos(demos_path, envs.actions), envs.actions, args.holdout_fraction, args.seed)
+    train_set, holdout_set = split_demos(read_demos(demos_path, eval_envs.actions), eval_envs.actions, args.holdout_fraction, args.seed)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
     num_steps = args.num_epochs * steps_per_epoch
 
@@ -1207,7 +1209,7 @@ def main(args: Args):
     def evaluate():
         agent.eval()
         accuracy = action_accuracy(agent, holdout_set, autocast)
-        episodes = evaluate_in_env(agent, envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast)
+        episodes = evaluate_in_env(agent, eval_envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast)
         success = np.mean([float(episode["success"]) for episode in episodes])
         writer.add_scalar("charts/action_accuracy", accuracy, global_step)
         writer.add_scalar("charts/success_rate", success, global_step)

@@ -661,14 +661,16 @@ class GlamAgent(nn.Module):
         the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
         to split exactly after every `Action k: ` a prompt can end with.
         """
+        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
+        for k in range(3):
+            history = [self.actions[i % len(self.actions)] for i in range(k)]
+            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
+            contexts.append((context, self.tokenizer(context).input_ids))
         token_lists = []
         for action in self.actions:
             found = set()
-            for k in range(3):
-                history = [self.actions[i % len(self.actions)] for i in range(k)]
-                context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history)
-                context = context.removesuffix(" ")
-                context_ids, joint_ids = self.tokenizer(context).input_ids, self.tokenizer(f"{context} {action}").input_ids
+            for context, context_ids in contexts:
+                joint_ids = self.tokenizer(f"{context} {action}").input_ids
                 if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                     raise UsageError(
                         f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
@@ -1075,7 +1077,7 @@ def main(args: Args) -> list[dict]:
             row, saved = evaluate(args, PROBES[name], policy_for, progress)
             rows.append(row)
             trajectories += saved
-            write_results(complete=False)
+            write_results(complete=len(rows) == len(args.probes))
     except KeyboardInterrupt:
         progress.close()
         write_results(complete=False)
@@ -1087,7 +1089,6 @@ def main(args: Args) -> list[dict]:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     progress.close()
-    write_results(complete=True)
     print(format_table(rows))
     print(f"results in {output_dir}/")
     return rows

@@ -34,6 +34,8 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    if args.levels < 1:
+        sys.exit(f"first_step_distribution.py: error: --levels {args.levels} must be at least 1")
     envs = z.TextVecEnv(args.env_id, 1, "canonical")
     prompts = []
     for level in range(args.levels):

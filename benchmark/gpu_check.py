@@ -15,6 +15,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import tyro
@@ -29,9 +30,9 @@ glam_ppo = memory.glam_ppo
 
 @dataclass
 class Args:
-    device: str = "cuda"
+    device: Literal["cuda", "cpu"] = "cuda"
     """where to run: cuda, or cpu for a dry run of the same checks"""
-    memory_shape: str = "flan-t5-large"
+    memory_shape: memory.ShapeName = "flan-t5-large"
     """the model shape whose passes are measured (a name of benchmark/memory.py)"""
     num_prompts: int = 32
     """prompts in the rollout pass (the paper's 32 envs)"""
@@ -108,6 +109,8 @@ def planned(args: Args) -> dict:
 
 
 def main(args: Args) -> dict:
+    if args.num_prompts < 1 or args.micro < 1:
+        sys.exit("gpu_check.py: error: --num-prompts and --micro must be at least 1")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check.py: error: no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu for a dry run")
     start = time.time()

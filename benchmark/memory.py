@@ -22,6 +22,7 @@ import os
 import sys
 import time
 from dataclasses import dataclass, field
+from typing import Literal
 
 import torch
 import tyro
@@ -45,13 +46,14 @@ SHAPES = {
     "llama-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                                num_key_value_heads=8, tie_word_embeddings=False, **LLAMA_COMMON)),
 }
+ShapeName = Literal[tuple(SHAPES)]
 GPU_SIZES_GB = (24, 40, 80)
 H100_BF16_DENSE_TFLOPS, H100_TF32_DENSE_TFLOPS = 989.0, 494.0  # NVIDIA's H100 SXM datasheet, dense
 
 
 @dataclass
 class Args:
-    shapes: list[str] = field(default_factory=lambda: list(SHAPES))
+    shapes: list[ShapeName] = field(default_factory=lambda: list(SHAPES))
     """model shapes to plan for"""
     num_envs: int = 32
     """prompts in one rollout pass (the paper's 32 envs)"""
@@ -231,9 +233,12 @@ def format_tables(results: list[dict], args: Args) -> str:
 
 
 def main(args: Args) -> list[dict]:
-    unknown = [shape for shape in args.shapes if shape not in SHAPES]
-    if unknown:
-        sys.exit(f"memory.py: error: unknown shape(s) {', '.join(unknown)}; choose from {', '.join(SHAPES)}")
+    for flag in ("num_envs", "minibatch", "micro", "update_epochs"):
+        if getattr(args, flag) < 1:
+            sys.exit(f"memory.py: error: --{flag.replace('_', '-')} {getattr(args, flag)} must be at least 1")
+    for flag in ("utilisation", "margin"):
+        if not 0 < getattr(args, flag) <= 1:
+            sys.exit(f"memory.py: error: --{flag} {getattr(args, flag)} must be in (0, 1]")
     results = []
     for shape in args.shapes:
         results.append(plan_shape(shape, args))

@@ -26,7 +26,7 @@ memory.glam_ppo = glam_ppo
 
 @dataclass
 class Args:
-    shape: str = "flan-t5-large"
+    shape: memory.ShapeName = "flan-t5-large"
     """a model shape of benchmark/memory.py"""
     num_prompts: int = 32
     """prompts in the rollout pass"""
@@ -35,6 +35,8 @@ class Args:
 
 
 def main(args: Args) -> dict:
+    if args.num_prompts < 1 or args.micro < 1:
+        sys.exit("memory_before_after.py: error: --num-prompts and --micro must be at least 1")
     prompts = memory.real_prompts(args.num_prompts)
     with FakeTensorMode(allow_non_fake_inputs=True):
         llm, tokenizer = memory.build_model(args.shape)
