@@ -28,6 +28,7 @@ import socket
 import sys
 import time
 import warnings
+import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
@@ -35,6 +36,7 @@ from urllib.parse import urlparse
 
 import gymnasium as gym
 import numpy as np
+import psutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -45,6 +47,8 @@ from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInst
 from minigrid.envs.babyai.goto import GoToLocal
 from minigrid.utils.baby_ai_bot import BabyAIBot
 from torch.distributions.categorical import Categorical
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 from transformers import get_cosine_schedule_with_warmup
 
@@ -77,8 +81,8 @@ class Args:
     """with --no-pretrained, copy the pretrained embedding weights"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score, for held-out accuracy and env evaluation (kept in the checkpoint)"""
-    score_batch_size: int = 1024
-    """most (prompt, action) pairs in one forward pass while scoring"""
+    score_batch_size: int | Literal["auto"] = "auto"
+    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
     bf16: bool = False
@@ -111,8 +115,8 @@ class Args:
     """passes over the training demonstrations"""
     batch_size: int = 64
     """transitions per optimizer step (not stated in the paper)"""
-    grad_accum_batch: int = 0
-    """transitions per forward/backward pass; a batch is split into these and gradients accumulated (0: all)"""
+    grad_accum_batch: int | Literal["auto"] = "auto"
+    """transitions per forward/backward pass, gradients accumulated over a batch (auto: the most that fit; 0: all)"""
     max_grad_norm: float = 1.0
     """the maximum norm for the gradient clipping"""
 
@@ -651,10 +655,13 @@ class GlamAgent(nn.Module):
     joint text `prompt + action` is made of (see `_joint_action_tokens`).
     """
 
-    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int = 1024):
+    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024):
         super().__init__()
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
         self.scoring, self.score_batch_size = scoring, score_batch_size
+        self.score_sizer = PassSizer(
+            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
+        )
         self.is_encoder_decoder = llm.config.is_encoder_decoder
         if llm.config._attn_implementation not in ("eager", "sdpa"):
             # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
@@ -665,6 +672,7 @@ class GlamAgent(nn.Module):
         hidden_size = llm.config.get_text_config().hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+        self.pairs_per_prompt = 1 if action_heads else len(self.actions)
 
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
         # action continues the prompt, with an </s> after it so that the whole action is scored.
@@ -802,8 +810,8 @@ class GlamAgent(nn.Module):
         finally:
             hook.remove()
 
-    def _score_chunk(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) for prompts whose pairs fit in one pass."""
+    def score_pass(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
         tokens = self.tokenize_prompts(prompts)
         if self.action_head is not None:
             return self._final_hidden(tokens), None
@@ -815,13 +823,19 @@ class GlamAgent(nn.Module):
         return hidden, scores
 
     def _hidden_and_scores(self, prompts):
-        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size`."""
-        pairs_per_prompt = 1 if self.action_head is not None else len(self.actions)
-        prompts_per_chunk = max(1, self.score_batch_size // pairs_per_prompt)
-        chunks = [self._score_chunk(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
+        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size` (or in memory: auto)."""
+        if self.score_batch_size == "auto":
+            prompts_per_chunk = self.score_sizer(prompts, self.device)
+        else:
+            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
+        chunks = [self.score_pass(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
         hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
+
+    @torch.no_grad()
+    def _scoring_probe(self, prompts):
+        self.score_pass(prompts)
 
     def forward(self, prompts):
         """(policy logits [B, A], values [B]) for a list of prompts."""
@@ -857,6 +871,110 @@ class GlamAgent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), value
+
+
+# Of the free memory, what an `auto` pass may take: the rest is room for the allocator's fragmentation and for the
+# temporaries of the optimizer's step.
+AUTO_MEMORY_MARGIN = 0.9
+
+
+def free_memory(device: torch.device) -> int:
+    """Bytes a new pass may use: the GPU's free memory plus what torch's cache holds unused; on CPU, the available RAM."""
+    if device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
+    return psutil.virtual_memory().available
+
+
+def optimizer_state_to_come(optimizer) -> int:
+    """Bytes that Adam's two moments will take at its first step, for the parameters that have none yet."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p not in optimizer.state]
+    # FSDP's parameters are DTensors: their local shard is what this process holds.
+    return sum(2 * local.numel() * local.element_size() for local in (p.to_local() if hasattr(p, "to_local") else p for p in params))
+
+
+class CreatedTensorBytes(TorchDispatchMode):
+    """The live bytes of the tensors created by ops while active, and their peak: the CPU allocator keeps no
+    statistics. A tensor that shares its storage with an input (a view, an in-place op) is not new memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.sizes = {}  # storage address -> bytes, for the storages created and not yet freed
+
+    def _freed(self, address: int):
+        self.live -= self.sizes.pop(address)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in pytree.tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            address, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or address in inputs or address in self.sizes:
+                continue
+            self.sizes[address] = size
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, address)
+        return out
+
+
+def peak_memory(run, device: torch.device) -> int:
+    """Peak bytes allocated while `run()` runs, above what was allocated when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    with CreatedTensorBytes() as counter:
+        run()
+    return counter.peak
+
+
+class PassSizer:
+    """What `auto` makes of a pass size (--score-batch-size, --grad-accum-minibatch): as few passes as fit `budget()`
+    bytes, of even sizes. It runs passes of one and two copies of the longest prompt seen and extrapolates (at a given
+    length, a pass's memory grows linearly with its prompts), and measures again when a longer prompt comes, so that
+    no pass holds more than the worst case measured. The probes leave the random number generators as they were.
+    `all_ranks_max` makes the processes of a distributed run probe together and agree on one size."""
+
+    def __init__(self, run_pass, tokenizer, budget, flag: str, unit: str, all_ranks_max=lambda value: value):
+        self.run_pass, self.tokenizer, self.budget = run_pass, tokenizer, budget
+        self.flag, self.unit, self.all_ranks_max = flag, unit, all_ranks_max
+        self.longest, self.fits = 0, None
+
+    def __call__(self, prompts, device: torch.device, total: int | None = None) -> int:
+        """The size of the passes that `total` prompts like these (all of them by default) are split into."""
+        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+        longest, changed = self.all_ranks_max(max(lengths)), False
+        if longest > self.longest:
+            prompt = prompts[int(np.argmax(lengths))]
+            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+                one = peak_memory(lambda: self.run_pass([prompt]), device)
+                two = peak_memory(lambda: self.run_pass([prompt, prompt]), device)
+            per_prompt, budget = max(two - one, 1), self.budget()
+            fits = -self.all_ranks_max(-int((budget - one) // per_prompt + 1))
+            if fits < 1:
+                # Scoring keeps no activations for a backward pass: only lower precision or a smaller model help it.
+                remedies = "--bf16" if self.unit == "prompt" else "--gradient-checkpointing, --bf16 or --lora-r 16"
+                raise UsageError(
+                    f"{self.flag} auto: one {self.unit} of {longest} tokens needs {one / 1e9:.3f} GB, and {budget / 1e9:.3f} GB "
+                    f"is free; add {remedies}, or take a smaller --model"
+                )
+            changed, self.longest, self.fits = fits != self.fits, longest, fits
+        total = len(prompts) if total is None else total
+        passes = -(-total // self.fits)
+        if changed and passes > 1:
+            tqdm.write(
+                f"{self.flag} auto: {total} {self.unit}s in {passes} passes, up to {self.fits} per pass ({per_prompt / 1e6:.1f} MB "
+                f"each at {longest} tokens, {budget / 1e9:.2f} GB free)"
+            )
+        return -(-total // passes)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1027,7 +1145,9 @@ def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_see
 # ---------------------------------------------------------------------------------------------------------------
 
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {"track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing"}
+RESUMABLE_CHANGES = {
+    "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
+}
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
 
 
@@ -1035,8 +1155,10 @@ def finish_args(args: Args) -> Args:
     """One clear error for every inconsistent combination."""
     if args.batch_size < 1 or args.num_epochs < 1 or args.num_envs < 1 or args.eval_every < 1 or args.eval_episodes < 1:
         raise UsageError("--batch-size, --num-epochs, --num-envs, --eval-every and --eval-episodes must be at least 1")
-    if args.grad_accum_batch < 0:
-        raise UsageError("--grad-accum-batch must be 0 (whole batch) or a positive number of transitions")
+    if args.grad_accum_batch != "auto" and args.grad_accum_batch < 0:
+        raise UsageError(f"--grad-accum-batch {args.grad_accum_batch}: give auto, 0 (the whole batch) or a number of transitions")
+    if args.score_batch_size != "auto" and args.score_batch_size < 1:
+        raise UsageError(f"--score-batch-size {args.score_batch_size}: give auto or at least 1")
     if not 0 < args.holdout_fraction < 1:
         raise UsageError("--holdout-fraction must be between 0 and 1")
     if args.demos is None and args.num_transitions < 2:
@@ -1221,7 +1343,18 @@ def main(args: Args):
     if step == 0:
         evaluate()
     agent.train()  # dropout on while cloning, as in ordinary fine-tuning
-    micro_size = args.grad_accum_batch or args.batch_size
+
+    def update_pass(prompts):
+        optimizer.zero_grad()
+        with autocast:
+            nll, _ = action_nll(agent, prompts, torch.zeros(len(prompts), dtype=torch.long, device=device))
+        nll.backward()
+        optimizer.zero_grad()
+
+    update_sizer = PassSizer(
+        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - optimizer_state_to_come(optimizer),
+        "--grad-accum-batch", "transition",
+    )
     progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0)  # evaluations included
 
     def non_finite(what: str) -> FloatingPointError:
@@ -1239,6 +1372,7 @@ def main(args: Args):
         prompts = [prompt for prompt, _ in batch]
         labels = torch.tensor([label for _, label in batch], device=device)
         num_tokens = int(agent.action_mask[labels].sum())
+        micro_size = update_sizer(prompts, device) if args.grad_accum_batch == "auto" else args.grad_accum_batch or len(batch)
         optimizer.zero_grad()
         total_nll = 0.0
         for start in range(0, len(batch), micro_size):

@@ -2,6 +2,7 @@
 
     python benchmark/memory.py                                    # every shape: takes a while (a minute or so each)
     python benchmark/memory.py --shapes flan-t5-large --out benchmark/memory_flan-t5-large.json
+    python benchmark/memory.py --tables-from benchmark/memory.json   # the tables again, from saved measurements
 
 glam_ppo.py's own GlamAgent runs on real MixedTrainLocal prompts (three observations, two actions; token counts of
 the word-level tokenizer of tiny-t5 / tiny-causal) with a randomly initialised model of the named shape, built under
@@ -65,10 +66,12 @@ class Args:
     """PPO epochs: update passes per transition"""
     utilisation: float = 0.4
     """fraction of the H100's dense peak assumed for the throughput prediction"""
-    margin: float = 0.9
-    """fraction of a GPU's memory a plan may use"""
+    margin: float = glam_ppo.AUTO_MEMORY_MARGIN
+    """fraction of a GPU's memory a plan may use (glam_ppo.py's auto uses this much of the free memory)"""
     out: str | None = None
     """also write the results here as JSON"""
+    tables_from: str | None = None
+    """print the tables from the results that --out saved (with this run's --margin), measuring nothing"""
 
 
 def real_prompts(count: int) -> list[str]:
@@ -180,6 +183,15 @@ def largest_pass(static_gb: float, per_unit_gb: float, gpu_gb: float, margin: fl
     return max(0, int((margin * gpu_gb - static_gb) // per_unit_gb))
 
 
+def auto_passes(static_gb: float, per_unit_gb: float, gpu_gb: float, margin: float, minibatch: int) -> tuple[int, int] | None:
+    """(passes, transitions per pass) that --grad-accum-minibatch auto splits a minibatch into; None if one does not fit."""
+    fits = largest_pass(static_gb, per_unit_gb, gpu_gb, margin)
+    if fits < 1:
+        return None
+    passes = -(-minibatch // min(fits, minibatch))
+    return passes, -(-minibatch // passes)
+
+
 def format_tables(results: list[dict], args: Args) -> str:
     lines = [
         f"Memory in GB (10^9 bytes) at the paper's batch ({args.num_envs} prompts per rollout pass, minibatch {args.minibatch}); "
@@ -217,6 +229,22 @@ def format_tables(results: list[dict], args: Args) -> str:
         lines.append(f"| {r['shape']} | " + " | ".join(cells) + f" | {fsdp} |")
     lines += [
         "",
+        f"At glam_ppo.py's defaults (fp32, no checkpointing, --grad-accum-minibatch auto): the passes that auto splits a minibatch "
+        f"of {args.minibatch} into on one GPU, and the predicted peak (static + a pass's activations); - where one transition "
+        "does not fit.",
+        "",
+        "| shape | " + " | ".join(f"{size} GB" for size in GPU_SIZES_GB) + " |",
+        "|---|" + "---|" * len(GPU_SIZES_GB),
+    ]
+    for r in results:
+        cells = []
+        for size in GPU_SIZES_GB:
+            plan = auto_passes(r["static_full_gb"], r["update_fp32_gb_per_transition"], size, args.margin, args.minibatch)
+            peak = plan and r["static_full_gb"] + plan[1] * r["update_fp32_gb_per_transition"]
+            cells.append(f"{plan[0]} x {plan[1]}: {peak:.1f} GB" if plan else "-")
+        lines.append(f"| {r['shape']} | " + " | ".join(cells) + " |")
+    lines += [
+        "",
         f"FLOPs per frame (one rollout pass, {args.update_epochs} update passes; --gradient-checkpointing adds one forward pass of the blocks) and the H100 throughput they predict at "
         f"{args.utilisation:.0%} of the dense peak ({H100_TF32_DENSE_TFLOPS:.0f} TFLOP/s TF32, {H100_BF16_DENSE_TFLOPS:.0f} bf16). "
         "Predictions, not measurements.",
@@ -239,6 +267,15 @@ def main(args: Args) -> list[dict]:
     for flag in ("utilisation", "margin"):
         if not 0 < getattr(args, flag) <= 1:
             sys.exit(f"memory.py: error: --{flag} {getattr(args, flag)} must be in (0, 1]")
+    if args.tables_from:
+        try:
+            with open(args.tables_from) as f:
+                saved = json.load(f)
+        except (OSError, json.JSONDecodeError) as error:
+            sys.exit(f"memory.py: error: --tables-from {args.tables_from}: {error}")
+        measured = {name: value for name, value in saved["args"].items() if name not in ("margin", "out", "tables_from")}
+        print(format_tables(saved["results"], Args(**{**vars(args), **measured})))
+        return saved["results"]
     results = []
     for shape in args.shapes:
         results.append(plan_shape(shape, args))

@@ -1,0 +1,127 @@
+"""`auto` pass sizes (--score-batch-size, --grad-accum-minibatch, --grad-accum-batch): the CPU's counter of tensor bytes
+agrees with torch's MemTracker, and a pass of the size that auto picks does not exceed the memory it was given."""
+
+import math
+
+import pytest
+import torch
+from torch.distributed._tools.mem_tracker import MemTracker
+
+import glam_ppo as g
+
+CPU = torch.device("cpu")
+
+
+def agent_and_prompts(model: str = "tiny-t5"):
+    """A tiny agent and 16 MixedTrainLocal prompts: the first steps' (short) and later ones (with history, longer)."""
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm(model)
+    envs = g.TextVecEnv("BabyAI-MixedTrainLocal-v0", 8, "canonical")
+    short = envs.reset(seed=0)
+    for step in range(3):
+        long, *_ = envs.step([(step + k) % 3 for k in range(8)])
+    return g.GlamAgent(llm, tokenizer, envs.actions).eval(), short + long
+
+
+def update_pass(agent):
+    def run(prompts):
+        _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long))
+        (logprob.sum() + entropy.sum() + value.sum()).backward()
+        agent.zero_grad(set_to_none=True)
+
+    return run
+
+
+def scoring_pass(agent):
+    def run(prompts):
+        with torch.no_grad():
+            agent.score_pass(prompts)
+
+    return run
+
+
+def tracked_peak(agent, run, prompts) -> int:
+    """The pass's peak above the weights, as torch's own MemTracker sees it: a measurement independent of ours."""
+    tracker = MemTracker()
+    tracker.track_external(agent)
+    with tracker:
+        run(prompts)
+    weights = sum(t.numel() * t.element_size() for t in [*agent.parameters(), *agent.buffers()])
+    return tracker.get_tracker_snapshot("peak")[CPU]["Total"] - weights
+
+
+def longest(agent, prompts) -> str:
+    return max(prompts, key=lambda prompt: len(agent.tokenizer(prompt).input_ids))
+
+
+@pytest.mark.parametrize("model", ["tiny-t5", "tiny-causal"])
+@pytest.mark.parametrize("kind", [update_pass, scoring_pass], ids=["update", "scoring"])
+def test_cpu_counter_agrees_with_mem_tracker(model, kind):
+    agent, prompts = agent_and_prompts(model)
+    run = kind(agent)
+    ours = g.peak_memory(lambda: run(prompts[8:]), CPU)
+    assert ours == pytest.approx(tracked_peak(agent, run, prompts[8:]), rel=0.02)
+
+
+@pytest.mark.parametrize("model", ["tiny-t5", "tiny-causal"])
+@pytest.mark.parametrize("budget", [40e6, 80e6])
+def test_auto_pass_fits_the_budget_in_as_few_passes_as_possible(model, budget):
+    agent, prompts = agent_and_prompts(model)
+    run, total = update_pass(agent), 64
+    size = g.PassSizer(run, agent.tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, CPU, total)
+    passes = math.ceil(total / size)
+    assert 1 < passes < total  # the budget splits the minibatch, so the test says something
+    worst = longest(agent, prompts)
+    assert tracked_peak(agent, run, [worst] * size) <= budget
+    # One pass fewer would not fit.
+    assert tracked_peak(agent, run, [worst] * math.ceil(total / (passes - 1))) > budget
+    # Passes of real, mixed prompts hold no more than the worst case.
+    for start in range(0, len(prompts), size):
+        assert tracked_peak(agent, run, prompts[start : start + size]) <= budget
+
+
+def test_a_longer_prompt_is_measured_again():
+    agent, prompts = agent_and_prompts()
+    run, budget = update_pass(agent), 60e6
+    sizer = g.PassSizer(run, agent.tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")
+    size_short = sizer(prompts[:8], CPU, total=64)
+    size_long = sizer(prompts[8:], CPU, total=64)
+    assert size_long < size_short
+    assert tracked_peak(agent, run, [longest(agent, prompts)] * size_long) <= budget
+
+
+def test_too_small_a_budget_is_one_clear_error():
+    agent, prompts = agent_and_prompts()
+    sizer = g.PassSizer(update_pass(agent), agent.tokenizer, lambda: 1e5, "--grad-accum-minibatch", "transition")
+    with pytest.raises(g.UsageError, match=r"--grad-accum-minibatch auto: one transition of \d+ tokens needs .*--gradient-checkpointing"):
+        sizer(prompts, CPU, total=64)
+
+
+def test_probes_leave_the_random_state_as_it_was():
+    agent, prompts = agent_and_prompts()
+    agent.train()  # dropout draws random numbers in every pass
+    sizer = g.PassSizer(update_pass(agent), agent.tokenizer, lambda: 60e6, "--grad-accum-minibatch", "transition")
+    before = torch.get_rng_state()
+    sizer(prompts, CPU, total=64)
+    assert torch.equal(torch.get_rng_state(), before)
+
+
+def test_auto_scoring_splits_a_large_batch_and_scores_alike():
+    agent, prompts = agent_and_prompts()
+    with torch.no_grad():
+        expected = agent.score_pass(prompts)[1]
+        agent.score_batch_size = "auto"
+        agent.score_sizer.budget = lambda: 25e6  # a few prompts per pass
+        scores = agent.score(prompts)
+    assert 1 < agent.score_sizer.fits < len(prompts)
+    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
+
+
+def test_optimizer_state_to_come_is_adams_two_moments_until_its_first_step():
+    agent, prompts = agent_and_prompts()
+    optimizer = torch.optim.Adam(agent.parameters())
+    assert g.optimizer_state_to_come(optimizer) == 8 * sum(p.numel() for p in agent.parameters())
+    update_pass(agent)(prompts[:2])
+    agent(prompts[:2])[1].sum().backward()
+    optimizer.step()
+    assert g.optimizer_state_to_come(optimizer) == 0
