@@ -14,6 +14,7 @@ Seeds: demonstration episode k is the level `reset(seed=args.seed + k)`; evaluat
 """
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import itertools
@@ -128,12 +129,49 @@ class Args:
     resume: str | None = None
     """continue the run saved in this folder (runs/<run>); only logging flags may change"""
 
+    # to be filled in runtime
+    resume_checkpoint: tyro.conf.Suppress[str | None] = None
+    """the checkpoint folder that --resume continues from (computed in runtime)"""
 
+
+# The range of every numeric flag, checked right after parsing.
+ARG_RANGES = {
+    "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_transitions": "[2, inf)", "num_envs": "[1, inf)",
+    "holdout_fraction": "(0, 1)", "learning_rate": "[0, inf)", "weight_decay": "[0, inf)", "warmup_fraction": "[0, 1]",
+    "num_epochs": "[1, inf)", "batch_size": "[1, inf)", "grad_accum_batch": "[0, inf)", "max_grad_norm": "(0, inf)",
+    "eval_every": "[1, inf)", "eval_episodes": "[1, inf)",
+}
 EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demonstration's level seed
 
 
 class UsageError(Exception):
-    """Bad input from the user; main() prints the message alone, without a traceback."""
+    """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
+
+
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is not writable")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -988,8 +1026,6 @@ def generate_demos(env_id: str, action_space: str, num_envs: int, num_transition
     Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
     """
     envs = TextVecEnv(env_id, num_envs, action_space)
-    if len(envs.actions) < len(ACTIONS["english"]):
-        raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
     level_seeds = itertools.count(seed)
     episodes, bots, total = [], [None] * num_envs, 0
 
@@ -1147,27 +1183,23 @@ def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_see
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
 RESUMABLE_CHANGES = {
     "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
+    "resume_checkpoint",
 }
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
 
 
 def finish_args(args: Args) -> Args:
-    """One clear error for every inconsistent combination."""
-    if args.batch_size < 1 or args.num_epochs < 1 or args.num_envs < 1 or args.eval_every < 1 or args.eval_episodes < 1:
-        raise UsageError("--batch-size, --num-epochs, --num-envs, --eval-every and --eval-episodes must be at least 1")
-    if args.grad_accum_batch != "auto" and args.grad_accum_batch < 0:
-        raise UsageError(f"--grad-accum-batch {args.grad_accum_batch}: give auto, 0 (the whole batch) or a number of transitions")
-    if args.score_batch_size != "auto" and args.score_batch_size < 1:
-        raise UsageError(f"--score-batch-size {args.score_batch_size}: give auto or at least 1")
-    if not 0 < args.holdout_fraction < 1:
-        raise UsageError("--holdout-fraction must be between 0 and 1")
-    if args.demos is None and args.num_transitions < 2:
-        raise UsageError("--num-transitions must be at least 2")
+    """One clear error for every flag out of range and every inconsistent combination."""
+    check_ranges(args, ARG_RANGES)
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
+        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
+    check_can_create(args.resume or "runs", "the run folder")
     if args.load_embedding and args.pretrained:
         raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise UsageError("--track needs Weights and Biases: pip install wandb")
-    action_names(args.action_space)
+    if args.demos is None and len(action_names(args.action_space)) < len(ACTIONS["english"]):
+        raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
     make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
     if args.demos is not None and not os.path.isfile(args.demos):
         raise UsageError(f"cannot read demonstrations {args.demos!r}: no such file")
@@ -1187,38 +1219,103 @@ def parse_args(argv=None) -> Args:
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    return finish_args(args)
+    args = finish_args(args)
+    args.resume_checkpoint = checkpoint
+    return args
 
 
 def find_checkpoint(run_dir: str) -> str:
-    """The run's checkpoint folder; a save killed between its two renames leaves the previous one as .old."""
-    for name in ("checkpoint", "checkpoint.old"):
-        path = os.path.join(run_dir, name)
-        if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
-            return path
-    raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
+    checkpoint = intact_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    return checkpoint
 
 
 def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, trainer_state: dict):
-    """Writes runs/<run>/checkpoint atomically, in glam_ppo.py's layout: model/, heads.pt, trainer.pt, args.json."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    """Writes runs/<run>/checkpoint in glam_ppo.py's layout: model/, heads.pt, trainer.pt, args.json."""
+
+    def write(folder):
+        agent.llm.save_pretrained(os.path.join(folder, "model"))
+        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
+        # The value head is not trained by cloning; it is kept so that PPO (glam_ppo.py --init-from) starts from it.
+        torch.save({"value_head": agent.value_head.state_dict()}, os.path.join(folder, "heads.pt"))
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        torch.save({**trainer_state, "rng": rng}, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    commit_checkpoint(run_dir, write, {"global_step": trainer_state["global_step"], "step": trainer_state["step"]})
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_checkpoint(run_dir: str, write, progress: dict):
+    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    and stops the run with one line; the checkpoints already written stay as they were."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    agent.llm.save_pretrained(os.path.join(temporary, "model"))
-    agent.tokenizer.save_pretrained(os.path.join(temporary, "model"))
-    # The value head is not trained by cloning; it is kept so that PPO (glam_ppo.py --init-from) starts from it.
-    torch.save({"value_head": agent.value_head.state_dict()}, os.path.join(temporary, "heads.pt"))
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    torch.save({**trainer_state, "rng": rng}, os.path.join(temporary, "trainer.pt"))
-    with open(os.path.join(temporary, "args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=2)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        files = {}
+        for folder, _, names in os.walk(temporary):
+            for name in names:
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        with open(os.path.join(temporary, "manifest.json"), "w") as f:
+            json.dump({"progress": progress, "files": files}, f, indent=2)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
     if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
-    shutil.rmtree(previous, ignore_errors=True)
+
+
+def checkpoint_damage(folder: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
+        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, expected in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
+            return f"{name} is not the file that was saved"
+    return None
+
+
+def intact_checkpoint(run_dir: str) -> str | None:
+    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
+    between its renames)."""
+    for name in ("checkpoint", "checkpoint.previous"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
+    return None
 
 
 def load_policy_model(args: Args, checkpoint: str | None):
@@ -1263,26 +1360,10 @@ class StopRequest:
 
 def main(args: Args):
     stop = StopRequest()
-    checkpoint = find_checkpoint(args.resume) if args.resume else None
+    checkpoint = args.resume_checkpoint
     trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
-    os.makedirs(run_dir, exist_ok=True)
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
-    from torch.utils.tensorboard import SummaryWriter
-
-    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
-    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
-    if trainer is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -1299,6 +1380,24 @@ def main(args: Args):
     # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
     eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
     agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size).to(device)
+
+    # The run folder only now, once everything that a bad flag could break has loaded.
+    os.makedirs(run_dir, exist_ok=True)
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
+    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
+    if trainer is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
 
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
     demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
@@ -1326,7 +1425,12 @@ def main(args: Args):
     print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
 
     def checkpoint_now():
-        save_checkpoint(run_dir, args, agent, {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step})
+        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step}
+        try:
+            save_checkpoint(run_dir, args, agent, state)
+        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
+            progress.close()
+            raise
 
     def evaluate():
         agent.eval()
@@ -1359,7 +1463,7 @@ def main(args: Args):
 
     def non_finite(what: str) -> FloatingPointError:
         progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.old"))
+        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
         kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
         return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
 

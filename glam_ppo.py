@@ -7,9 +7,11 @@ file knowingly differs from the original says so in a comment marked "Differs fr
 """
 
 import contextlib
+import hashlib
 import importlib.util
 import io
 import json
+import math
 import os
 import pickle
 import random
@@ -142,10 +144,48 @@ class Args:
     """the mini-batch size (computed in runtime)"""
     num_iterations: tyro.conf.Suppress[int] = 0
     """the number of iterations (computed in runtime)"""
+    resume_checkpoint: tyro.conf.Suppress[str | None] = None
+    """the checkpoint folder that --resume continues from (computed in runtime)"""
+
+
+# The range of every numeric flag, checked right after parsing.
+ARG_RANGES = {
+    "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_envs": "[1, inf)", "num_steps": "[1, inf)",
+    "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
+    "num_minibatches": "[1, inf)", "update_epochs": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)",
+    "max_grad_norm": "(0, inf)", "target_kl": "(0, inf)", "reward_scale": "(0, inf)", "grad_accum_minibatch": "[0, inf)",
+    "save_interval": "[1, inf)", "num_probe_prompts": "[1, inf)",
+}
 
 
 class UsageError(Exception):
-    """Bad input from the user; main() prints the message alone, without a traceback."""
+    """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
+
+
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is not writable")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1013,33 +1053,31 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
 RESUMABLE_CHANGES = {
     "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations", "tf32",
-    "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch",
+    "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch", "resume_checkpoint",
 }
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
 
 
 def finish_args(args: Args) -> Args:
-    """Derived fields, and one clear error for every inconsistent combination."""
+    """Derived fields, and one clear error for every flag out of range and every inconsistent combination."""
+    check_ranges(args, ARG_RANGES)
     args.batch_size = args.num_envs * args.num_steps
-    if args.num_envs < 1 or args.num_steps < 1:
-        raise UsageError("--num-envs and --num-steps must be at least 1")
-    if args.num_minibatches < 1 or args.batch_size % args.num_minibatches:
+    if args.batch_size % args.num_minibatches:
         raise UsageError(
             f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
             "transitions"
         )
     args.minibatch_size = args.batch_size // args.num_minibatches
-    if args.grad_accum_minibatch != "auto" and args.grad_accum_minibatch < 0:
-        raise UsageError(f"--grad-accum-minibatch {args.grad_accum_minibatch}: give auto, 0 (the whole minibatch) or a number of transitions")
+    if args.num_probe_prompts > args.num_envs:
+        raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
+        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
+    check_can_create(args.resume or "runs", "the run folder")
     if args.total_timesteps < args.batch_size:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
     args.num_iterations = args.total_timesteps // args.batch_size
     if args.load_embedding and args.pretrained:
         raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
-    if args.score_batch_size != "auto" and args.score_batch_size < 1:
-        raise UsageError(f"--score-batch-size {args.score_batch_size}: give auto or at least 1")
-    if args.save_interval < 1:
-        raise UsageError(f"--save-interval {args.save_interval} must be at least 1")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise UsageError("--track needs Weights and Biases: pip install wandb")
     if args.init_from is not None:
@@ -1066,16 +1104,23 @@ def parse_args(argv=None) -> Args:
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    return finish_args(args)
+    args = finish_args(args)
+    args.resume_checkpoint = checkpoint
+    progress = checkpoint_progress(checkpoint)
+    if progress is not None and progress["iteration"] >= args.num_iterations:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
+            "give more to continue it"
+        )
+    return args
 
 
 def find_checkpoint(run_dir: str) -> str:
-    """The run's checkpoint folder; a save killed between its two renames leaves the previous one as .old."""
-    for name in ("checkpoint", "checkpoint.old"):
-        path = os.path.join(run_dir, name)
-        if all(os.path.exists(os.path.join(path, f)) for f in (*CHECKPOINT_FILES, "args.json")):
-            return path
-    raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
+    checkpoint = intact_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    return checkpoint
 
 
 def find_init_checkpoint(path: str) -> str:
@@ -1095,27 +1140,100 @@ def run_state(envs: TextVecEnv, **counters) -> dict:
 
 
 def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict):
-    """Writes runs/<run>/checkpoint atomically: into a temporary folder, then two renames."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.old"))
+    """Writes runs/<run>/checkpoint: the weights, the heads, the optimizer, the envs, the RNG states and the args."""
+
+    def write(folder):
+        agent.llm.save_pretrained(os.path.join(folder, "model"))
+        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
+        heads = {"value_head": agent.value_head.state_dict()}
+        if agent.action_head is not None:
+            heads["action_head"] = agent.action_head.state_dict()
+        torch.save(heads, os.path.join(folder, "heads.pt"))
+        trainer = {name: value for name, value in state.items() if name != "envs"}
+        torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
+            f.write(state["envs"])
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_checkpoint(run_dir: str, write, progress: dict):
+    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    and stops the run with one line; the checkpoints already written stay as they were."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
-    os.makedirs(temporary)
-    agent.llm.save_pretrained(os.path.join(temporary, "model"))
-    agent.tokenizer.save_pretrained(os.path.join(temporary, "model"))
-    heads = {"value_head": agent.value_head.state_dict()}
-    if agent.action_head is not None:
-        heads["action_head"] = agent.action_head.state_dict()
-    torch.save(heads, os.path.join(temporary, "heads.pt"))
-    trainer = {name: value for name, value in state.items() if name != "envs"}
-    torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(temporary, "trainer.pt"))
-    with open(os.path.join(temporary, "envs.pkl"), "wb") as f:
-        f.write(state["envs"])
-    with open(os.path.join(temporary, "args.json"), "w") as f:
-        json.dump(asdict(args), f, indent=2)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        files = {}
+        for folder, _, names in os.walk(temporary):
+            for name in names:
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        with open(os.path.join(temporary, "manifest.json"), "w") as f:
+            json.dump({"progress": progress, "files": files}, f, indent=2)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
     if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
-    shutil.rmtree(previous, ignore_errors=True)
+
+
+def checkpoint_damage(folder: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
+        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, expected in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
+            return f"{name} is not the file that was saved"
+    return None
+
+
+def intact_checkpoint(run_dir: str) -> str | None:
+    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
+    between its renames)."""
+    for name in ("checkpoint", "checkpoint.previous"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
+    return None
+
+
+def checkpoint_progress(checkpoint: str) -> dict | None:
+    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
+    path = os.path.join(checkpoint, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["progress"]
 
 
 def load_policy_model(args: Args, checkpoint: str | None):
@@ -1160,25 +1278,10 @@ class StopRequest:
 
 def main(args: Args):
     stop = StopRequest()
-    checkpoint = find_checkpoint(args.resume) if args.resume else None
+    checkpoint = args.resume_checkpoint
     trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
-    if args.track:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
-    from torch.utils.tensorboard import SummaryWriter
-
-    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
-    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
-    if trainer is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -1192,9 +1295,6 @@ def main(args: Args):
     envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
     next_prompts = envs.reset(seed=args.seed)
     probe_prompts = next_prompts[: args.num_probe_prompts]
-    if trainer is None:
-        for index, prompt in enumerate(probe_prompts):
-            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
 
     llm, tokenizer = load_policy_model(args, checkpoint)
     if args.gradient_checkpointing:
@@ -1222,6 +1322,25 @@ def main(args: Args):
             envs = pickle.load(f)
         next_prompts = envs.prompts()
         probe_prompts = trainer["probe_prompts"]
+
+    # The run folder only now, once everything that a bad flag could break has loaded.
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
+    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
+    if trainer is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
+        for index, prompt in enumerate(probe_prompts):
+            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
     agent.eval()
@@ -1252,9 +1371,16 @@ def main(args: Args):
     # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
 
+    def save(state: dict):
+        try:
+            save_checkpoint(run_dir, args, agent, optimizer, state)
+        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
+            progress.close()
+            raise
+
     def non_finite(what: str) -> FloatingPointError:
         progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.old"))
+        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
         kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
         return FloatingPointError(
             f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
@@ -1293,7 +1419,7 @@ def main(args: Args):
             if stop.requested:
                 break
         if stop.requested:
-            save_checkpoint(run_dir, args, agent, optimizer, resume_point)
+            save(resume_point)
             progress.close()
             print(f"saved {run_dir}/checkpoint at {resume_point['global_step']} frames; continue with: python glam_ppo.py --resume {run_dir}")
             return
@@ -1404,7 +1530,7 @@ def main(args: Args):
             ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
         )
         if iteration % args.save_interval == 0 or iteration == args.num_iterations:
-            save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration))
+            save(state_after(iteration))
     progress.close()
     writer.close()
     print(f"done: {global_step} frames; checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")

@@ -13,6 +13,7 @@ import contextlib
 import csv
 import io
 import json
+import math
 import os
 import re
 import shlex
@@ -84,8 +85,38 @@ class Args:
     """the command line, filled in by parse_args and recorded in results.json"""
 
 
+# The range of every numeric flag, checked right after parsing.
+ARG_RANGES = {"episodes": "[1, inf)", "num_envs": "[1, inf)", "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)"}
+
+
 class UsageError(Exception):
-    """Bad input from the user; main() prints the message alone, without a traceback."""
+    """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
+
+
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is not writable")
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1138,10 +1169,10 @@ def parse_args(argv=None) -> Args:
     unknown = [name for name in probe_names if name not in PROBES]
     if unknown:
         raise UsageError(f"unknown probe {', '.join(unknown)}; probes: {', '.join(PROBES)}")
-    if args.episodes < 1 or args.num_envs < 1:
-        raise UsageError("--episodes and --num-envs must be at least 1")
-    if args.score_batch_size != "auto" and args.score_batch_size < 1:
-        raise UsageError(f"--score-batch-size {args.score_batch_size}: give auto or at least 1")
+    check_ranges(args, ARG_RANGES)
+    if not probe_names:
+        raise UsageError("--probes names no probe: give some (or a --suite)")
+    check_can_create(args.output_dir or "eval_runs", "--output-dir")
     for name in probe_names:
         make_env(PROBES[name].env_id or args.env_id)  # an unknown env id fails before any model is loaded
     args.probes = tuple(probe_names)
@@ -1153,7 +1184,6 @@ def main(args: Args) -> list[dict]:
     configure_matmul_precision(device, args.tf32)
     name = os.path.basename(os.path.normpath(args.model)) if args.policy == "llm" else args.policy
     output_dir = args.output_dir or os.path.join("eval_runs", f"{name}__{int(time.time())}")
-    os.makedirs(output_dir, exist_ok=True)
 
     loaded = []
 
@@ -1180,6 +1210,7 @@ def main(args: Args) -> list[dict]:
             files["results.csv"] = table.getvalue()
         if args.save_trajectories:
             files["trajectories.jsonl"] = "".join(json.dumps(episode, ensure_ascii=False) + "\n" for episode in trajectories)
+        os.makedirs(output_dir, exist_ok=True)  # only now: a run that fails before its first probe leaves no empty folder
         for file_name, text in files.items():
             path = os.path.join(output_dir, file_name)
             with open(path + ".tmp", "w", newline="") as f:

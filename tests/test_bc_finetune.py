@@ -117,7 +117,7 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(t
     assert len(accuracy) == 2 and accuracy[1] > 0.4
     for tag in ("charts/success_rate", "charts/episodic_return", "charts/episodic_length", "charts/learning_rate", "charts/SPS"):
         assert tag in events.Tags()["scalars"], tag
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["args.json", "heads.pt", "model", "trainer.pt"]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["args.json", "heads.pt", "manifest.json", "model", "trainer.pt"]
 
     rows = zero_shot_eval.main(zero_shot_eval.parse_args(["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0",
                                                           "--episodes", "4", "--num-envs", "4", "--output-dir", str(tmp_path / "eval")]))
@@ -179,12 +179,33 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
         (["--demos", "missing.jsonl"], "cannot read demonstrations 'missing.jsonl'"),
         (["--action-space", "restricted"], "need all six actions"),
         (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
-        (["--holdout-fraction", "1.5"], "--holdout-fraction must be between 0 and 1"),
+        (["--holdout-fraction", "1.5"], "--holdout-fraction 1.5 must be in (0, 1)"),
         (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
-        (["--learning-rate", "inf"], "non-finite weights at step 1; no checkpoint was written"),
     ],
 )
 def test_bad_input_gets_a_one_line_error(tmp_path, flags, message):
     result = run(tmp_path, *SMALL, "--num-transitions", "64", *flags, check=False)
     assert result.returncode == 1 and message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_non_finite_weights_stop_before_evaluating_or_saving(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    step = torch.optim.AdamW.step
+
+    def step_to_infinity(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", step_to_infinity)
+    previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
+    try:
+        with pytest.raises(FloatingPointError, match="non-finite weights at step 1; no checkpoint was written"):
+            bc.main(bc.parse_args([*SMALL, "--num-transitions", "64"]))
+    finally:
+        signal.signal(signal.SIGINT, previous_handlers[0])
+        signal.signal(signal.SIGTERM, previous_handlers[1])
+    assert not glob.glob("runs/*/checkpoint*")

@@ -1,0 +1,146 @@
+"""Every bad input, in every script, ends in one line on stderr that names the flag: no traceback, no folder left.
+
+The table holds every numeric flag of every script at 0, -1, nan, inf and past its upper bound, wherever that value
+is outside the flag's range, plus the other bad inputs that users have met. Each script runs its whole table in one
+process, through its own `if __name__ == "__main__":` block, so that the exit code and stderr are what a user sees.
+"""
+
+import dataclasses
+import json
+import math
+import os
+import subprocess
+import sys
+import typing
+
+import pytest
+
+import bc_finetune
+import glam_ppo
+import glam_ppo_multigpu
+import zero_shot_eval
+from script_runs import REPO, run_script
+
+SCRIPTS = {"glam_ppo.py": glam_ppo, "glam_ppo_multigpu.py": glam_ppo_multigpu, "bc_finetune.py": bc_finetune, "zero_shot_eval.py": zero_shot_eval}
+BASE = {name: ["--model", "tiny-t5"] for name in SCRIPTS}
+BASE["zero_shot_eval.py"] += ["--suite", "none", "--probes", "no-change"]
+
+# Runs each case of a table through the script's __main__ block; prints [exit code, stderr, folders made] per case.
+RUNNER = """
+import contextlib, io, json, os, runpy, sys, traceback, warnings
+warnings.simplefilter("ignore")
+script, cases = sys.argv[1], json.loads(sys.argv[2])
+results = []
+for argv in cases:
+    sys.argv = [script, *argv]
+    stderr, code = io.StringIO(), 0
+    with contextlib.redirect_stderr(stderr):
+        try:
+            runpy.run_path(script, run_name="__main__")
+        except SystemExit as exit:
+            code = exit.code if isinstance(exit.code, int) else (print(exit.code, file=sys.stderr) or 1)
+        except BaseException:
+            traceback.print_exc()
+            code = -1
+    results.append([code, stderr.getvalue(), sorted(os.listdir("."))])
+print(json.dumps(results))
+"""
+
+
+def flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def out_of_range(interval: str, is_int: bool) -> list[str]:
+    """The values among 0, -1, nan, inf and just past the upper bound that the interval excludes."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    candidates = [0, -1] + ([] if is_int else [math.nan, math.inf]) + ([] if high == math.inf else [high + 1 if is_int else high + 0.5])
+    outside = []
+    for value in candidates:
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            outside.append(str(int(value)) if is_int else str(value))
+    return outside
+
+
+def numeric_fields(module) -> dict[str, bool]:
+    """The user-facing numeric flags of a script's Args: name -> is an int."""
+    fields = {}
+    for field in dataclasses.fields(module.Args):
+        hint = typing.get_type_hints(module.Args, include_extras=True)[field.name]
+        if "Suppress" in str(hint):
+            continue
+        types = set(typing.get_args(hint)) | {hint}
+        if int in types or float in types:
+            fields[field.name] = float not in types
+    return fields
+
+
+def table(script: str) -> list[tuple[list[str], str]]:
+    """(argv, what the one line must contain) for every bad input of the script."""
+    module = SCRIPTS[script]
+    cases = []
+    for name, interval in module.ARG_RANGES.items():
+        for value in out_of_range(interval, numeric_fields(module)[name]):
+            cases.append(([flag(name), value], f"{flag(name)} {value}"))
+    if script != "zero_shot_eval.py":
+        cases += [
+            (["--exp-name", "a/b"], "--exp-name 'a/b'"),
+            (["--resume", "runs/nothing"], "no checkpoint written by"),
+            (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
+        ]
+    if script in ("glam_ppo.py", "glam_ppo_multigpu.py"):
+        cases += [
+            (["--num-probe-prompts", "99"], "--num-probe-prompts 99 must be at most --num-envs 32"),
+            (["--num-minibatches", "7"], "--num-minibatches 7 must divide"),
+            (["--total-timesteps", "100"], "--total-timesteps 100 is less than one batch"),
+        ]
+    if script == "zero_shot_eval.py":
+        cases += [
+            (["--probes"], "--probes names no probe"),
+            (["--probes", "nope"], "unknown probe nope"),
+            (["--output-dir", "a_file/results"], "cannot write --output-dir a_file/results"),
+        ]
+    return cases
+
+
+def test_every_numeric_flag_has_a_range():
+    for script, module in SCRIPTS.items():
+        assert set(numeric_fields(module)) == set(module.ARG_RANGES), script
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_bad_input_is_one_line_naming_the_flag(tmp_path, script):
+    (tmp_path / "a_file").write_text("")
+    cases = table(script)
+    argvs = [[*BASE[script], *argv] for argv, _ in cases]
+    process = subprocess.run(
+        [sys.executable, "-c", RUNNER, os.path.join(REPO, script), json.dumps(argvs)],
+        cwd=tmp_path, capture_output=True, text=True, timeout=600,
+    )
+    assert process.returncode == 0, process.stderr[-3000:]
+    results = json.loads(process.stdout.strip().splitlines()[-1])
+    for (argv, expected), (code, stderr, folders) in zip(cases, results):
+        lines = stderr.strip().splitlines()
+        assert code not in (0, -1) and "Traceback" not in stderr, (argv, stderr)
+        assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and expected in lines[0], (argv, stderr)
+        assert folders == ["a_file"], (argv, folders)  # no run or results folder left behind
+
+
+def test_a_run_folder_under_a_file_is_refused(tmp_path):
+    (tmp_path / "runs").write_text("")
+    result = run_script("glam_ppo.py", tmp_path, "--model", "tiny-t5", check=False)
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.strip() == f"glam_ppo.py: error: cannot write the run folder runs: {tmp_path / 'runs'} is a file"
+
+
+@pytest.mark.parametrize("argv, expected", [(["--gamma", "1.5"], "--gamma 1.5 must be in (0, 1]"), (["--exp-name", "a/b"], "--exp-name 'a/b'")])
+def test_under_torchrun_one_rank_says_it_once(tmp_path, argv, expected):
+    result = run_script("glam_ppo_multigpu.py", tmp_path, "--model", "tiny-t5", *argv, processes=2, check=False)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("glam_ppo_multigpu.py: error:")]
+    assert len(ours) == 1 and expected in ours[0], result.stderr[-3000:]
+    # torchrun reports a failed worker with a traceback of its own launcher; none comes from the script.
+    assert "glam_ppo_multigpu.py\", line" not in result.stderr
+    assert sorted(os.listdir(tmp_path)) == []
