@@ -1185,15 +1185,14 @@ def main(args: Args) -> list[dict]:
     name = os.path.basename(os.path.normpath(args.model)) if args.policy == "llm" else args.policy
     output_dir = args.output_dir or os.path.join("eval_runs", f"{name}__{int(time.time())}")
 
-    loaded = []
+    # Loaded once, before any output (a bad --model is then one line), and shared by every probe, whatever action
+    # strings it offers.
+    agent = load_agent(args, action_names(args.action_space), device) if args.policy == "llm" else None
 
     def policy_for(actions):
-        # Loaded once, then shared by every probe, whatever action strings it offers.
-        if args.policy != "llm":
+        if agent is None:
             return Policy(args, len(actions))
-        if not loaded:
-            loaded.append(load_agent(args, actions, device))
-        return Policy(args, len(actions), with_actions(loaded[0], actions))
+        return Policy(args, len(actions), with_actions(agent, actions))
 
     rows, trajectories = [], []
 
