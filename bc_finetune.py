@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import sys
+import textwrap
 import time
 import warnings
 import weakref
@@ -46,6 +47,7 @@ from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
 from minigrid.envs.babyai.goto import GoToLocal
+from PIL import Image, ImageDraw, ImageFont
 from minigrid.utils.baby_ai_bot import BabyAIBot
 from torch.distributions.categorical import Categorical
 from torch.utils import _pytree as pytree
@@ -126,6 +128,12 @@ class Args:
     """training transitions between evaluations and checkpoints (also before the first step and after the last)"""
     eval_episodes: int = 100
     """episodes per env evaluation, sampled from the scored policy"""
+    capture_video: bool = False
+    """record an episode of an evaluation env every --video-interval optimizer steps, to videos/{run_name} and TensorBoard"""
+    video_interval: int = 1000
+    """optimizer steps between two recorded episodes"""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """mp4 (H.264, through imageio-ffmpeg) or gif"""
     resume: str | None = None
     """continue the run saved in this folder (runs/<run>); only logging flags may change"""
 
@@ -139,7 +147,7 @@ ARG_RANGES = {
     "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_transitions": "[2, inf)", "num_envs": "[1, inf)",
     "holdout_fraction": "(0, 1)", "learning_rate": "[0, inf)", "weight_decay": "[0, inf)", "warmup_fraction": "[0, 1]",
     "num_epochs": "[1, inf)", "batch_size": "[1, inf)", "grad_accum_batch": "[0, inf)", "max_grad_norm": "(0, inf)",
-    "eval_every": "[1, inf)", "eval_episodes": "[1, inf)",
+    "eval_every": "[1, inf)", "eval_episodes": "[1, inf)", "video_interval": "[1, inf)",
 }
 EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demonstration's level seed
 
@@ -444,8 +452,14 @@ class TextVecEnv:
     episode start (reference section 4).
     """
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
+    final_frames = False  # give a finished episode its last image of the level, for videos (the env restarts at once)
+
+    def __init__(
+        self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False,
+        **env_kwargs,
+    ):
         self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
+        self.final_frames = final_frames
         self.language = self.envs[0].language
         # The action strings the prompt offers; by default the action space's names in the env's language.
         self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
@@ -472,6 +486,10 @@ class TextVecEnv:
             self.start_episode(index, None if seed is None else seed + index)
         return self.prompts()
 
+    def frame(self, index: int) -> np.ndarray:
+        """The level as minigrid draws it, the agent's view highlighted: [H, W, 3] uint8."""
+        return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
+
     def prompts(self) -> list[str]:
         return [
             build_prompt(mission, self.actions, obs_history, action_history, self.language)
@@ -493,6 +511,8 @@ class TextVecEnv:
                 finished.append(
                     {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
                 )
+                if self.final_frames:
+                    finished[-1]["frame"] = self.frame(index)
                 self.start_episode(index)
             else:
                 self.obs_histories[index].append(obs["sentences"])
@@ -1177,13 +1197,131 @@ def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_see
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Videos: the level, what the model read, and where its probability mass sat when it chose
+# ---------------------------------------------------------------------------------------------------------------
+
+VIDEO_SIZE = (1024, 576)  # (width, height) of every frame, whatever the level's size; even sides, as H.264 needs
+VIDEO_FPS = 4
+BAR_COLOURS = {"chosen": (214, 69, 65), "other": (90, 125, 200)}
+
+
+class EpisodeVideo:
+    """The frames of one episode: at each step, the level as minigrid draws it (the agent's view highlighted) beside a
+    panel with the goal, the observation sentences, the policy's probability of every action as bars (the chosen one
+    marked), the step and the return; then a last frame with the outcome. `probs` and `chosen` keep the numbers that
+    each step's bars were drawn from."""
+
+    def __init__(self, actions):
+        self.actions, self.frames, self.probs, self.chosen = list(actions), [], [], []
+        self.font, self.banner_font = ImageFont.load_default(size=15), ImageFont.load_default(size=34)
+
+    def add_step(self, level: np.ndarray, goal: str, sentences, probs, chosen: int, step: int, episode_return: float):
+        self.probs.append([float(p) for p in probs])
+        self.chosen.append(int(chosen))
+        image, draw, y = self._start_frame(level, goal, sentences, step, episode_return)
+        draw.text((VIDEO_SIZE[1] + 20, y), "Action probabilities:", font=self.font, fill="black")
+        for action, prob in zip(self.actions, self.probs[-1]):
+            y += 24
+            is_chosen = action == self.actions[self.chosen[-1]]
+            draw.text((VIDEO_SIZE[1] + 20, y), ("> " if is_chosen else "  ") + action, font=self.font, fill="black")
+            left = VIDEO_SIZE[1] + 190
+            draw.rectangle((left, y + 2, left + round(160 * prob), y + 16), fill=BAR_COLOURS["chosen" if is_chosen else "other"])
+            draw.text((left + 166, y), f"{prob:.2f}", font=self.font, fill="black")
+        self.frames.append(np.asarray(image))
+
+    def add_end(self, level: np.ndarray, goal: str, success: bool, steps: int, episode_return: float):
+        image, draw, y = self._start_frame(level, goal, [], steps, episode_return)
+        text, colour = ("SUCCESS", (30, 140, 60)) if success else ("FAILURE", (200, 40, 40))
+        draw.text((VIDEO_SIZE[1] + 20, y + 40), text, font=self.banner_font, fill=colour)
+        self.frames.append(np.asarray(image))
+
+    def _start_frame(self, level: np.ndarray, goal: str, sentences, step: int, episode_return: float):
+        """A frame with the level, the goal, the sentences, the step and the return; the y where the rest goes."""
+        image = Image.new("RGB", VIDEO_SIZE, "white")
+        side = VIDEO_SIZE[1]
+        grid = Image.fromarray(level)
+        scale = side / max(grid.size)
+        grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.NEAREST)
+        image.paste(grid, ((side - grid.width) // 2, (side - grid.height) // 2))
+        draw = ImageDraw.Draw(image)
+        lines = [*textwrap.wrap(f"Goal: {goal}", 58, subsequent_indent="    "), "", f"Step {step}    return {episode_return:.2f}", ""]
+        if sentences:
+            lines.append("Observation:")
+            lines += [line for sentence in sentences for line in textwrap.wrap(sentence, 58, initial_indent="  ", subsequent_indent="    ")]
+        lines = lines[:14] + (["  ..."] if len(lines) > 14 else [])  # room left for nine action bars
+        y = 16
+        for line in lines:
+            draw.text((side + 20, y), line, font=self.font, fill="black")
+            y += 20
+        return image, draw, y + 12
+
+
+def check_video_output(video_format: str):
+    check_can_create("videos", "the video folder")
+    if video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise UsageError("--video-format mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or give --video-format gif")
+
+
+def gif_bytes(frames) -> bytes:
+    first, *rest = (Image.fromarray(frame) for frame in frames)
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
+    return buffer.getvalue()
+
+
+def write_video(frames, path: str):
+    """An MP4 (H.264, through the ffmpeg that imageio-ffmpeg ships) or, for a .gif path, a GIF."""
+    if path.endswith(".gif"):
+        with open(path, "wb") as f:
+            f.write(gif_bytes(frames))
+        return
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(path, VIDEO_SIZE, fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
+
+VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
+
+
+@torch.no_grad()
+def record_episode(agent: GlamAgent, env: TextVecEnv, level_seed: int, autocast) -> tuple[EpisodeVideo, dict]:
+    """One episode of a one-env TextVecEnv (made with final_frames=True) on level `level_seed`, its actions sampled from
+    the scored policy with a generator of its own, so that the training run's random streams are left as they were."""
+    generator = torch.Generator().manual_seed(level_seed)
+    env.start_episode(0, level_seed)
+    goal, video = env.missions[0], EpisodeVideo(env.actions)
+    while True:
+        with autocast:
+            logits, _ = agent(env.prompts())
+        probs = logits[0].float().softmax(-1).cpu()
+        action = int(torch.multinomial(probs, 1, generator=generator))
+        video.add_step(env.frame(0), goal, env.obs_histories[0][-1], probs.tolist(), action, int(env.episode_lengths[0]), float(env.episode_returns[0]))
+        _, _, _, finished = env.step([action])
+        if finished:
+            episode = finished[0]
+            video.add_end(episode.pop("frame"), goal, episode["success"], episode["length"], float(episode["return"]))
+            return video, episode
+
+
+def log_video(writer, tag: str, frames, step: int):
+    """An animated GIF among TensorBoard's images, as SummaryWriter.add_video makes one, without its moviepy."""
+    from tensorboard.compat.proto.summary_pb2 import Summary
+
+    image = Summary.Image(height=VIDEO_SIZE[1], width=VIDEO_SIZE[0], colorspace=3, encoded_image_string=gif_bytes(frames))
+    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Run set-up, checkpoints and resume
 # ---------------------------------------------------------------------------------------------------------------
 
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
 RESUMABLE_CHANGES = {
     "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
-    "resume_checkpoint",
+    "resume_checkpoint", "capture_video", "video_interval", "video_format",
 }
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
 
@@ -1194,6 +1332,8 @@ def finish_args(args: Args) -> Args:
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
     check_can_create(args.resume or "runs", "the run folder")
+    if args.capture_video:
+        check_video_output(args.video_format)
     if args.load_embedding and args.pretrained:
         raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
     if args.track and importlib.util.find_spec("wandb") is None:
@@ -1422,6 +1562,7 @@ def main(args: Args):
             torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
         step, global_step = trainer["step"], trainer["global_step"]
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True) if args.capture_video else None
     print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
 
     def checkpoint_now():
@@ -1504,6 +1645,18 @@ def main(args: Args):
         writer.add_scalar("charts/SPS", sps, global_step)
         progress.update(1)
         progress.set_postfix(loss=f"{bc_loss:.3f}", SPS=sps)
+        if args.capture_video and step % args.video_interval == 0:
+            agent.eval()
+            level_seed = args.seed + VIDEO_SEED_OFFSET + step
+            video, episode = record_episode(agent, video_env, level_seed, autocast)
+            agent.train()
+            os.makedirs(os.path.join("videos", run_name), exist_ok=True)
+            outcome = "success" if episode["success"] else "failure"
+            path = os.path.join("videos", run_name, f"step{step}__seed{level_seed}__{outcome}.{args.video_format}")
+            write_video(video.frames, path)
+            log_video(writer, "videos/episode", video.frames, global_step)
+            if args.track:
+                wandb.log({"videos/episode": wandb.Video(path)})
         if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
             evaluate()
             checkpoint_now()

@@ -479,8 +479,14 @@ class TextVecEnv:
     episode start (reference section 4).
     """
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
+    final_frames = False  # give a finished episode its last image of the level, for videos (the env restarts at once)
+
+    def __init__(
+        self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False,
+        **env_kwargs,
+    ):
         self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
+        self.final_frames = final_frames
         self.language = self.envs[0].language
         # The action strings the prompt offers; by default the action space's names in the env's language.
         self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
@@ -507,6 +513,10 @@ class TextVecEnv:
             self.start_episode(index, None if seed is None else seed + index)
         return self.prompts()
 
+    def frame(self, index: int) -> np.ndarray:
+        """The level as minigrid draws it, the agent's view highlighted: [H, W, 3] uint8."""
+        return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
+
     def prompts(self) -> list[str]:
         return [
             build_prompt(mission, self.actions, obs_history, action_history, self.language)
@@ -528,6 +538,8 @@ class TextVecEnv:
                 finished.append(
                     {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
                 )
+                if self.final_frames:
+                    finished[-1]["frame"] = self.frame(index)
                 self.start_episode(index)
             else:
                 self.obs_histories[index].append(obs["sentences"])

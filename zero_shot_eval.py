@@ -11,6 +11,7 @@ own sampling is seeded by `--seed` too, so two runs of the same command give the
 
 import contextlib
 import csv
+import importlib.util
 import io
 import json
 import math
@@ -20,6 +21,7 @@ import shlex
 import signal
 import socket
 import sys
+import textwrap
 import time
 import warnings
 import weakref
@@ -38,6 +40,7 @@ from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
 from minigrid.envs.babyai.goto import GoToLocal
+from PIL import Image, ImageDraw, ImageFont
 from minigrid.utils.baby_ai_bot import BabyAIBot
 from torch.distributions.categorical import Categorical
 from torch.utils import _pytree as pytree
@@ -81,12 +84,20 @@ class Args:
     """where results.json, results.csv (and trajectories.jsonl) go; default eval_runs/<model>__<policy>__<time>"""
     save_trajectories: bool = False
     """also write every episode's prompts and chosen actions to trajectories.jsonl (for behavioural cloning)"""
+    capture_video: bool = False
+    """record the first --video-episodes episodes of every probe to videos/<output folder name>/"""
+    video_episodes: int = 3
+    """episodes recorded per probe with --capture-video"""
+    video_format: Literal["mp4", "gif"] = "mp4"
+    """mp4 (H.264, through imageio-ffmpeg) or gif"""
     command: tyro.conf.Suppress[str] = ""
     """the command line, filled in by parse_args and recorded in results.json"""
 
 
 # The range of every numeric flag, checked right after parsing.
-ARG_RANGES = {"episodes": "[1, inf)", "num_envs": "[1, inf)", "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)"}
+ARG_RANGES = {
+    "episodes": "[1, inf)", "num_envs": "[1, inf)", "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "video_episodes": "[1, inf)",
+}
 
 
 class UsageError(Exception):
@@ -389,8 +400,14 @@ class TextVecEnv:
     episode start (reference section 4).
     """
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, **env_kwargs):
+    final_frames = False  # give a finished episode its last image of the level, for videos (the env restarts at once)
+
+    def __init__(
+        self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False,
+        **env_kwargs,
+    ):
         self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
+        self.final_frames = final_frames
         self.language = self.envs[0].language
         # The action strings the prompt offers; by default the action space's names in the env's language.
         self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
@@ -417,6 +434,10 @@ class TextVecEnv:
             self.start_episode(index, None if seed is None else seed + index)
         return self.prompts()
 
+    def frame(self, index: int) -> np.ndarray:
+        """The level as minigrid draws it, the agent's view highlighted: [H, W, 3] uint8."""
+        return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
+
     def prompts(self) -> list[str]:
         return [
             build_prompt(mission, self.actions, obs_history, action_history, self.language)
@@ -438,6 +459,8 @@ class TextVecEnv:
                 finished.append(
                     {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
                 )
+                if self.final_frames:
+                    finished[-1]["frame"] = self.frame(index)
                 self.start_episode(index)
             else:
                 self.obs_histories[index].append(obs["sentences"])
@@ -1079,16 +1102,106 @@ class Policy:
             self.bots[index] = BabyAIBot(env.unwrapped)
 
     @torch.no_grad()
-    def act(self, indices, prompts) -> list[int]:
+    def act(self, indices, prompts) -> tuple[list[int], np.ndarray]:
+        """The actions, and the distribution [len(indices), num_actions] each was drawn from (the bot's is one-hot)."""
         if self.kind == "random":
-            return self.rng.integers(self.num_actions, size=len(indices)).tolist()
+            return self.rng.integers(self.num_actions, size=len(indices)).tolist(), np.full((len(indices), self.num_actions), 1 / self.num_actions)
         if self.kind == "bot":
-            return [int(self.bots[index].replan()) for index in indices]
+            actions = [int(self.bots[index].replan()) for index in indices]
+            return actions, np.eye(self.num_actions)[actions]
         with self.autocast:
             logits, _ = self.agent(prompts)
-        if self.greedy:
-            return logits.argmax(-1).tolist()
-        return Categorical(logits=logits.float()).sample().tolist()
+        policy = Categorical(logits=logits.float())
+        actions = logits.argmax(-1) if self.greedy else policy.sample()
+        return actions.tolist(), policy.probs.cpu().numpy()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Videos: the level, what the model read, and where its probability mass sat when it chose
+# ---------------------------------------------------------------------------------------------------------------
+
+VIDEO_SIZE = (1024, 576)  # (width, height) of every frame, whatever the level's size; even sides, as H.264 needs
+VIDEO_FPS = 4
+BAR_COLOURS = {"chosen": (214, 69, 65), "other": (90, 125, 200)}
+
+
+class EpisodeVideo:
+    """The frames of one episode: at each step, the level as minigrid draws it (the agent's view highlighted) beside a
+    panel with the goal, the observation sentences, the policy's probability of every action as bars (the chosen one
+    marked), the step and the return; then a last frame with the outcome. `probs` and `chosen` keep the numbers that
+    each step's bars were drawn from."""
+
+    def __init__(self, actions):
+        self.actions, self.frames, self.probs, self.chosen = list(actions), [], [], []
+        self.font, self.banner_font = ImageFont.load_default(size=15), ImageFont.load_default(size=34)
+
+    def add_step(self, level: np.ndarray, goal: str, sentences, probs, chosen: int, step: int, episode_return: float):
+        self.probs.append([float(p) for p in probs])
+        self.chosen.append(int(chosen))
+        image, draw, y = self._start_frame(level, goal, sentences, step, episode_return)
+        draw.text((VIDEO_SIZE[1] + 20, y), "Action probabilities:", font=self.font, fill="black")
+        for action, prob in zip(self.actions, self.probs[-1]):
+            y += 24
+            is_chosen = action == self.actions[self.chosen[-1]]
+            draw.text((VIDEO_SIZE[1] + 20, y), ("> " if is_chosen else "  ") + action, font=self.font, fill="black")
+            left = VIDEO_SIZE[1] + 190
+            draw.rectangle((left, y + 2, left + round(160 * prob), y + 16), fill=BAR_COLOURS["chosen" if is_chosen else "other"])
+            draw.text((left + 166, y), f"{prob:.2f}", font=self.font, fill="black")
+        self.frames.append(np.asarray(image))
+
+    def add_end(self, level: np.ndarray, goal: str, success: bool, steps: int, episode_return: float):
+        image, draw, y = self._start_frame(level, goal, [], steps, episode_return)
+        text, colour = ("SUCCESS", (30, 140, 60)) if success else ("FAILURE", (200, 40, 40))
+        draw.text((VIDEO_SIZE[1] + 20, y + 40), text, font=self.banner_font, fill=colour)
+        self.frames.append(np.asarray(image))
+
+    def _start_frame(self, level: np.ndarray, goal: str, sentences, step: int, episode_return: float):
+        """A frame with the level, the goal, the sentences, the step and the return; the y where the rest goes."""
+        image = Image.new("RGB", VIDEO_SIZE, "white")
+        side = VIDEO_SIZE[1]
+        grid = Image.fromarray(level)
+        scale = side / max(grid.size)
+        grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.NEAREST)
+        image.paste(grid, ((side - grid.width) // 2, (side - grid.height) // 2))
+        draw = ImageDraw.Draw(image)
+        lines = [*textwrap.wrap(f"Goal: {goal}", 58, subsequent_indent="    "), "", f"Step {step}    return {episode_return:.2f}", ""]
+        if sentences:
+            lines.append("Observation:")
+            lines += [line for sentence in sentences for line in textwrap.wrap(sentence, 58, initial_indent="  ", subsequent_indent="    ")]
+        lines = lines[:14] + (["  ..."] if len(lines) > 14 else [])  # room left for nine action bars
+        y = 16
+        for line in lines:
+            draw.text((side + 20, y), line, font=self.font, fill="black")
+            y += 20
+        return image, draw, y + 12
+
+
+def check_video_output(video_format: str):
+    check_can_create("videos", "the video folder")
+    if video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise UsageError("--video-format mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or give --video-format gif")
+
+
+def gif_bytes(frames) -> bytes:
+    first, *rest = (Image.fromarray(frame) for frame in frames)
+    buffer = io.BytesIO()
+    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
+    return buffer.getvalue()
+
+
+def write_video(frames, path: str):
+    """An MP4 (H.264, through the ffmpeg that imageio-ffmpeg ships) or, for a .gif path, a GIF."""
+    if path.endswith(".gif"):
+        with open(path, "wb") as f:
+            f.write(gif_bytes(frames))
+        return
+    import imageio_ffmpeg
+
+    writer = imageio_ffmpeg.write_frames(path, VIDEO_SIZE, fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
+    writer.send(None)
+    for frame in frames:
+        writer.send(np.ascontiguousarray(frame))
+    writer.close()
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -1096,17 +1209,18 @@ class Policy:
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def evaluate(args: Args, probe: Probe, policy_for, progress) -> tuple[dict, list[dict]]:
-    """Runs episodes with level seeds args.seed .. args.seed + episodes - 1; returns (table row, trajectories)."""
+def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> tuple[dict, list[dict]]:
+    """Runs episodes with level seeds args.seed .. args.seed + episodes - 1; returns (table row, trajectories).
+    With --capture-video, the first --video-episodes of them are recorded to video_dir."""
     env_id = probe.env_id or args.env_id
-    envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions)
+    envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions, final_frames=args.capture_video)
     if args.policy == "bot" and len(envs.actions) < len(ACTIONS["english"]):
         raise UsageError("--policy bot needs all six actions; use --action-space canonical or augmented")
     policy = policy_for(envs.actions)
     torch.manual_seed(args.seed)  # each row is the same whether its probe runs alone or in a suite
     seeds = iter(range(args.seed, args.seed + args.episodes))
     episode_seed = [None] * len(envs)
-    trajectories = {}
+    trajectories, videos = {}, {}
 
     def start(index):
         episode_seed[index] = next(seeds, None)
@@ -1114,6 +1228,8 @@ def evaluate(args: Args, probe: Probe, policy_for, progress) -> tuple[dict, list
             envs.start_episode(index, episode_seed[index])
             policy.start(index, envs.envs[index])
             trajectories[episode_seed[index]] = {"prompts": [], "actions": []}
+            if args.capture_video and episode_seed[index] < args.seed + args.video_episodes:
+                videos[index] = EpisodeVideo(envs.actions)
 
     for index in range(len(envs)):
         start(index)
@@ -1123,15 +1239,30 @@ def evaluate(args: Args, probe: Probe, policy_for, progress) -> tuple[dict, list
         prompts = envs.prompts()
         active_prompts = [substitute(prompts[index], probe.substitutions) for index in active]
         actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
-        actions[active] = policy.act(active, active_prompts)
+        actions[active], probs = policy.act(active, active_prompts)
+        for index, prompt, distribution in zip(active, active_prompts, probs):
+            if index in videos:  # what the model read: the goal and sentences with the probe's substitutions
+                sentences = [substitute(sentence, probe.substitutions) for sentence in envs.obs_histories[index][-1]]
+                videos[index].add_step(
+                    envs.frame(index), substitute(envs.missions[index], probe.substitutions), sentences, distribution,
+                    actions[index], int(envs.episode_lengths[index]), float(envs.episode_returns[index]),
+                )
         if args.save_trajectories:
             for index, prompt in zip(active, active_prompts):
                 trajectories[episode_seed[index]]["prompts"].append(prompt)
                 trajectories[episode_seed[index]]["actions"].append(envs.actions[actions[index]])
+        goals = [substitute(mission, probe.substitutions) for mission in envs.missions]  # before the finished envs restart
         _, _, dones, finished = envs.step(actions)
         for index, episode in zip(np.flatnonzero(dones), finished):
+            level = episode.pop("frame", None)
             if episode_seed[index] is None:
                 continue
+            if index in videos:
+                video = videos.pop(index)
+                video.add_end(level, goals[index], episode["success"], episode["length"], float(episode["return"]))
+                outcome = "success" if episode["success"] else "failure"
+                os.makedirs(video_dir, exist_ok=True)
+                write_video(video.frames, os.path.join(video_dir, f"{probe.name}__{env_id}__seed{episode_seed[index]}__{outcome}.{args.video_format}"))
             episodes.append({"seed": episode_seed[index], **episode})
             progress.update(1)
             start(index)
@@ -1173,6 +1304,8 @@ def parse_args(argv=None) -> Args:
     if not probe_names:
         raise UsageError("--probes names no probe: give some (or a --suite)")
     check_can_create(args.output_dir or "eval_runs", "--output-dir")
+    if args.capture_video:
+        check_video_output(args.video_format)
     for name in probe_names:
         make_env(PROBES[name].env_id or args.env_id)  # an unknown env id fails before any model is loaded
     args.probes = tuple(probe_names)
@@ -1224,7 +1357,7 @@ def main(args: Args) -> list[dict]:
     try:
         for name in args.probes:
             progress.set_description(name)
-            row, saved = evaluate(args, PROBES[name], policy_for, progress)
+            row, saved = evaluate(args, PROBES[name], policy_for, progress, os.path.join("videos", os.path.basename(os.path.normpath(output_dir))))
             rows.append(row)
             trajectories += saved
             write_results(complete=len(rows) == len(args.probes))

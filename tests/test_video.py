@@ -1,0 +1,178 @@
+"""Episode videos: one frame per step plus the outcome's, decodable, of one size; bars drawn from the distribution the
+action was sampled from; and recording leaves a training run exactly as it is without."""
+
+import glob
+import inspect
+import json
+import os
+
+import imageio_ffmpeg
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import bc_finetune
+import glam_ppo as g
+import zero_shot_eval
+from script_runs import checkpoint_weights, only_run_dir, run_script
+
+LEVEL = "BabyAI-GoToLocalS5N2-v0"
+SMALL = ["--model", "tiny-t5", "--env-id", LEVEL, "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--learning-rate", "3e-4"]
+
+
+@pytest.fixture(scope="module")
+def recorded():
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm("tiny-t5")
+    env = g.TextVecEnv(LEVEL, 1, "canonical", final_frames=True)
+    agent = g.GlamAgent(llm, tokenizer, env.actions).eval()
+    video, episode = g.record_episode(agent, env, level_seed=3, autocast=torch.autocast("cpu", enabled=False))
+    return agent, video, episode
+
+
+def decoded_mp4(path):
+    frames = imageio_ffmpeg.read_frames(path)
+    meta = next(frames)
+    width, height = meta["size"]
+    return [np.frombuffer(frame, np.uint8).reshape(height, width, 3) for frame in frames]
+
+
+def test_one_frame_per_step_and_one_for_the_outcome_all_of_one_size(recorded):
+    _, video, episode = recorded
+    assert len(video.frames) == episode["length"] + 1 == len(video.probs) + 1
+    assert {frame.shape for frame in video.frames} == {(g.VIDEO_SIZE[1], g.VIDEO_SIZE[0], 3)}
+    assert all(frame.dtype == np.uint8 for frame in video.frames)
+
+
+def test_the_bars_are_the_distribution_each_action_was_sampled_from(recorded):
+    agent, video, episode = recorded
+    replay = g.TextVecEnv(LEVEL, 1, "canonical")
+    replay.start_episode(0, 3)
+    for probs, chosen in zip(video.probs, video.chosen):
+        with torch.no_grad():
+            expected = agent(replay.prompts())[0][0].softmax(-1)
+        np.testing.assert_allclose(probs, expected.numpy(), rtol=0, atol=1e-6)
+        *_, finished = replay.step([chosen])
+    # The chosen actions replay the recorded episode to its end.
+    assert finished and finished[0]["length"] == episode["length"] and finished[0]["return"] == pytest.approx(episode["return"])
+
+
+@pytest.mark.parametrize("video_format", ["mp4", "gif"])
+def test_a_written_video_decodes_to_its_frames(recorded, tmp_path, video_format):
+    _, video, _ = recorded
+    path = str(tmp_path / f"episode.{video_format}")
+    g.write_video(video.frames, path)
+    if video_format == "mp4":
+        frames = decoded_mp4(path)
+        assert len(frames) == len(video.frames)
+        assert np.abs(frames[1].astype(int) - video.frames[1].astype(int)).mean() < 8  # H.264 is lossy
+    else:
+        with Image.open(path) as gif:
+            assert gif.n_frames == len(video.frames) and gif.size == g.VIDEO_SIZE
+
+
+def test_zero_shot_policies_return_the_distribution_they_draw_from():
+    torch.manual_seed(0)
+    llm, tokenizer = g.load_llm("tiny-t5")
+    envs = zero_shot_eval.TextVecEnv(LEVEL, 3, "canonical")
+    prompts = envs.reset(seed=0)
+    agent = zero_shot_eval.GlamAgent(llm, tokenizer, envs.actions).eval()
+    args = zero_shot_eval.parse_args(["--model", "tiny-t5"])
+    actions, probs = zero_shot_eval.Policy(args, 6, agent).act([0, 1, 2], prompts)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, agent(prompts)[0].softmax(-1).numpy(), rtol=0, atol=1e-6)
+    assert len(actions) == 3
+    args.policy = "random"
+    assert np.allclose(zero_shot_eval.Policy(args, 6).act([0, 1], prompts[:2])[1], 1 / 6)
+    args.policy = "bot"
+    bot = zero_shot_eval.Policy(args, 6)
+    for index, env in enumerate(envs.envs):
+        bot.start(index, env)
+    actions, probs = bot.act([0, 1, 2], prompts)
+    assert (probs == np.eye(6)[actions]).all()
+
+
+def test_recording_leaves_the_training_run_as_it_is(tmp_path):
+    plain, recording = tmp_path / "plain", tmp_path / "recording"
+    run_script("glam_ppo.py", plain, *SMALL, "--total-timesteps", "64")
+    run_script("glam_ppo.py", recording, *SMALL, "--total-timesteps", "64", "--capture-video", "--video-interval", "1")
+    expected, recorded_run = checkpoint_weights(only_run_dir(plain)), checkpoint_weights(only_run_dir(recording))
+    for name in expected:
+        torch.testing.assert_close(recorded_run[name], expected[name], rtol=0, atol=0)
+    logged = []  # every scalar but the timings: losses, KL, the probe prompts' action distributions
+    for run_dir in (only_run_dir(plain), only_run_dir(recording)):
+        events = EventAccumulator(run_dir, size_guidance={"images": 0, "scalars": 0}).Reload()
+        tags = [tag for tag in events.Tags()["scalars"] if "SPS" not in tag]
+        logged.append({tag: [(event.step, event.value) for event in events.Scalars(tag)] for tag in tags})
+    assert logged[0] == logged[1] and len(logged[0]) > 10
+    videos = sorted(glob.glob(str(recording / "videos" / "*" / "*.mp4")))
+    assert [os.path.basename(path).split("__")[0] for path in videos] == ["update1", "update2"]
+    images = events.Images("videos/episode")
+    assert len(images) == 2 and (images[0].width, images[0].height) == g.VIDEO_SIZE
+    for path in videos:
+        assert len(decoded_mp4(path)) >= 2
+
+
+def test_bc_recording_leaves_the_cloning_as_it_is(tmp_path):
+    flags = ["--model", "tiny-t5", "--env-id", LEVEL, "--num-transitions", "96", "--num-envs", "2", "--eval-episodes", "2", "--batch-size", "32"]
+    run_script("bc_finetune.py", tmp_path / "plain", *flags)
+    run_script("bc_finetune.py", tmp_path / "recording", *flags, "--capture-video", "--video-interval", "2", "--video-format", "gif")
+    expected, recorded_run = checkpoint_weights(only_run_dir(tmp_path / "plain")), checkpoint_weights(only_run_dir(tmp_path / "recording"))
+    for name in expected:
+        torch.testing.assert_close(recorded_run[name], expected[name], rtol=0, atol=0)
+    assert [os.path.basename(path).split("__")[0] for path in glob.glob(str(tmp_path / "recording" / "videos" / "*" / "*.gif"))] == ["step2"]
+
+
+def test_zero_shot_records_the_first_episodes_of_each_probe_and_plays_them_unchanged(tmp_path):
+    flags = ["--model", "tiny-t5", "--env-id", LEVEL, "--episodes", "3", "--num-envs", "2", "--suite", "none", "--probes", "no-change", "invented-nouns"]
+    plain = run_script("zero_shot_eval.py", tmp_path / "plain", *flags, "--output-dir", "out")
+    recording = run_script("zero_shot_eval.py", tmp_path / "recording", *flags, "--output-dir", "out", "--capture-video", "--video-episodes", "2")
+    assert plain.stdout.splitlines()[-4:-1] == recording.stdout.splitlines()[-4:-1]  # the same table
+    with open(tmp_path / "recording" / "out" / "results.json") as f:
+        assert len(json.load(f)["rows"]) == 2
+    names = sorted(os.path.basename(path).rsplit("__", 1)[0] for path in glob.glob(str(tmp_path / "recording" / "videos" / "out" / "*.mp4")))
+    assert names == [f"{probe}__{LEVEL}__seed{seed}" for probe in ("invented-nouns", "no-change") for seed in (1, 2)]
+
+
+def test_with_track_the_video_goes_to_weights_and_biases(tmp_path):
+    fake = tmp_path / "fake" / "wandb"
+    fake.mkdir(parents=True)
+    (fake / "__init__.py").write_text(
+        "import json\n"
+        "def init(**kwargs): pass\n"
+        "class Video:\n"
+        "    def __init__(self, path): self.path = path\n"
+        "def log(data):\n"
+        "    with open('wandb_log.jsonl', 'a') as f:\n"
+        "        f.write(json.dumps({k: v.path for k, v in data.items()}) + '\\n')\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "fake")}
+    import subprocess
+    import sys
+
+    from script_runs import REPO
+
+    result = subprocess.run(
+        [sys.executable, os.path.join(REPO, "glam_ppo.py"), *SMALL, "--total-timesteps", "32", "--track", "--capture-video", "--video-interval", "1"],
+        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    (logged,) = [json.loads(line) for line in (tmp_path / "wandb_log.jsonl").read_text().splitlines()]
+    assert logged["videos/episode"].startswith("videos/") and os.path.exists(tmp_path / logged["videos/episode"])
+
+
+def test_a_bad_video_folder_is_one_line(tmp_path):
+    (tmp_path / "videos").write_text("")
+    for script in ("glam_ppo.py", "bc_finetune.py", "zero_shot_eval.py"):
+        result = run_script(script, tmp_path, "--model", "tiny-t5", "--capture-video", check=False)
+        assert result.returncode == 1 and "Traceback" not in result.stderr
+        assert result.stderr.strip() == f"{script}: error: cannot write the video folder videos: {tmp_path / 'videos'} is a file"
+
+
+def test_video_code_is_the_same_in_every_script():
+    names = {"EpisodeVideo", "check_video_output", "gif_bytes", "write_video"}
+    for copy in (bc_finetune, zero_shot_eval):
+        for name in names | ({"record_episode", "log_video"} if copy is bc_finetune else set()):
+            assert inspect.getsource(getattr(copy, name)) == inspect.getsource(getattr(g, name)), (copy.__name__, name)
