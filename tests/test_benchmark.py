@@ -15,7 +15,9 @@ import gpu_check  # noqa: E402
 import memory  # noqa: E402
 import plot  # noqa: E402
 import scoring_speed  # noqa: E402
+import still_frame  # noqa: E402
 import train_speed  # noqa: E402
+import video_cost  # noqa: E402
 
 
 @pytest.mark.parametrize("name", ["tiny-t5", "tiny-causal"])
@@ -86,3 +88,21 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
     assert passes["update_fp32_ckpt"]["gb_per_unit"] < passes["update_fp32"]["gb_per_unit"]
     assert all(row["planned_gb_per_unit"] == 0.5 for row in report["memory"])
     assert "| update_fp32_ckpt |" in (tmp_path / "gpu_check.md").read_text()
+
+
+def test_video_cost_and_a_still_frame(tmp_path):
+    seconds = video_cost.main(video_cost.Args(steps=3))
+    assert set(seconds) == {"draw", "mp4", "gif"} and all(value > 0 for value in seconds.values())
+    video = video_cost.glam_ppo.EpisodeVideo(["a", "b"])
+    env = video_cost.glam_ppo.TextVecEnv("BabyAI-GoToLocalS5N2-v0", 1, "canonical")
+    env.start_episode(0, 0)
+    for step in range(3):
+        video.add_step(env.frame(0), env.missions[0], env.obs_histories[0][-1], [0.25, 0.75], step % 2, step, 0.0)
+    video_cost.glam_ppo.write_video(video.frames, str(tmp_path / "v.mp4"))
+    still_frame.main(still_frame.Args(video=str(tmp_path / "v.mp4"), frame=2, out=str(tmp_path / "still.png")))
+    from PIL import Image
+
+    with Image.open(tmp_path / "still.png") as image:
+        assert image.size == video_cost.glam_ppo.VIDEO_SIZE
+    with pytest.raises(SystemExit, match="the video has 3 frames"):
+        still_frame.main(still_frame.Args(video=str(tmp_path / "v.mp4"), frame=9, out=str(tmp_path / "x.png")))
