@@ -12,11 +12,13 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
 
 
-def run_script(script, cwd, *flags, processes=0, check=True):
+def run_script(script, cwd, *flags, processes=0, check=True, env=None):
     """`python <script> flags` in cwd, or under torchrun with that many processes; the run must succeed if check."""
     launcher = [sys.executable] if processes == 0 else [*TORCHRUN, "--nproc_per_node", str(processes)]
     os.makedirs(cwd, exist_ok=True)
-    result = subprocess.run([*launcher, os.path.join(REPO, script), *flags], cwd=cwd, capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [*launcher, os.path.join(REPO, script), *flags], cwd=cwd, capture_output=True, text=True, timeout=300, env=env
+    )
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
