@@ -2,6 +2,7 @@
 # Everything to measure on a CUDA GPU, in one command of under 10 minutes (random weights of the real shapes: no hub):
 #   1. gpu_check.py: the scorer against naive scoring on the device (fp32, bf16); the memory of the rollout and update
 #      passes at flan-t5-large's shape (torch.cuda.max_memory_allocated) next to benchmark/memory.py's prediction;
+#      what --grad-accum-minibatch auto picks on the device, and the measured peak of a pass of that size;
 #   2. scoring_speed.py on the device, up to flan-t5-large's shape;
 #   3. train_speed.py: glam_ppo.py at flan-t5-large's shape with the paper's batch (32 envs x 40 steps, minibatch 64).
 # Results go to benchmark/gpu/ as JSON and markdown.

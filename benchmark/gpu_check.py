@@ -1,5 +1,6 @@
-"""On a GPU: the scorer against naive scoring on the device (fp32 and bf16), and the memory that GLAM's passes really
-take at flan-t5-large's shape next to what benchmark/memory.py predicts for them. benchmark/gpu.sh runs it.
+"""On a GPU: the scorer against naive scoring on the device (fp32 and bf16), the memory that GLAM's passes really
+take at flan-t5-large's shape next to what benchmark/memory.py predicts for them, and the pass size that
+--grad-accum-minibatch auto picks there with the measured peak of such a pass. benchmark/gpu.sh runs it.
 
     python benchmark/gpu_check.py --out-dir benchmark/gpu                 # writes gpu_check.json and gpu_check.md
     python benchmark/gpu_check.py --device cpu --memory-shape flan-t5-small --num-prompts 4   # the same checks on a CPU
@@ -42,6 +43,10 @@ class Args:
     """benchmark/memory.py's results to compare with; the shape is planned afresh if they lack it"""
     out_dir: str = os.path.join(HERE, "gpu")
     """where gpu_check.json and gpu_check.md are written"""
+    minibatch: int = 64
+    """the minibatch that --grad-accum-minibatch auto splits (the paper's 64)"""
+    auto_budget_gb: float | None = None
+    """the memory auto may use (default: what glam_ppo.py gives it, 90% of the free memory less Adam's moments)"""
 
 
 @torch.no_grad()
@@ -99,6 +104,29 @@ def memory_rows(args: Args) -> list[dict]:
     return rows
 
 
+def auto_row(args: Args) -> dict:
+    """What --grad-accum-minibatch auto picks at the shape on this device, and the measured peak of a pass of that size
+    over copies of the longest prompt (the worst case auto plans for), against the budget it was given."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    llm, tokenizer = memory.build_model(args.memory_shape)
+    agent = glam_ppo.GlamAgent(llm, tokenizer, glam_ppo.action_names("canonical")).to(device).eval()
+    optimizer = torch.optim.Adam(agent.parameters())
+    if args.auto_budget_gb is None:
+        budget = glam_ppo.AUTO_MEMORY_MARGIN * glam_ppo.free_memory(device) - glam_ppo.optimizer_state_to_come(optimizer)
+    else:
+        budget = args.auto_budget_gb * 1e9
+
+    def update_pass(prompts):
+        memory.run_pass(agent, prompts, update=True, bf16=False, device_type=args.device)
+
+    prompts = memory.real_prompts(args.num_prompts)
+    size = glam_ppo.PassSizer(update_pass, tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, device, args.minibatch)
+    longest = max(prompts, key=lambda prompt: len(tokenizer(prompt).input_ids))
+    peak = glam_ppo.peak_memory(lambda: update_pass([longest] * size), device)
+    return {"budget_gb": budget / 1e9, "pass_size": size, "passes": -(-args.minibatch // size), "peak_gb": peak / 1e9}
+
+
 def planned(args: Args) -> dict:
     if os.path.exists(args.planner_json):
         with open(args.planner_json) as f:
@@ -109,8 +137,10 @@ def planned(args: Args) -> dict:
 
 
 def main(args: Args) -> dict:
-    if args.num_prompts < 1 or args.micro < 1:
-        sys.exit("gpu_check.py: error: --num-prompts and --micro must be at least 1")
+    if args.num_prompts < 1 or args.micro < 1 or args.minibatch < 1:
+        sys.exit("gpu_check.py: error: --num-prompts, --micro and --minibatch must be at least 1")
+    if args.auto_budget_gb is not None and not 0 < args.auto_budget_gb < float("inf"):
+        sys.exit(f"gpu_check.py: error: --auto-budget-gb {args.auto_budget_gb} must be a positive number")
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check.py: error: no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu for a dry run")
     start = time.time()
@@ -121,6 +151,7 @@ def main(args: Args) -> dict:
         {**row, "planned_gb_per_unit": plan[f"{row['pass']}_gb_per_{'prompt' if row['pass'].startswith('rollout') else 'transition'}"]}
         for row in memory_rows(args)
     ]
+    report["auto"] = auto = auto_row(args)
     report["seconds"] = time.time() - start
     lines = [
         f"# GPU check on {report['device']}", "",
@@ -131,7 +162,10 @@ def main(args: Args) -> dict:
         f"transition (update, {args.micro} transitions): measured, and predicted by benchmark/memory.py:", "",
         "| pass | measured | predicted | predicted / measured |", "|---|---:|---:|---:|",
         *[f"| {row['pass']} | {row['gb_per_unit']:.3f} | {row['planned_gb_per_unit']:.3f} | "
-          f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]],
+          f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]], "",
+        f"--grad-accum-minibatch auto at {args.memory_shape}'s shape: a minibatch of {args.minibatch} in {auto['passes']} passes of "
+        f"{auto['pass_size']}; a pass of {auto['pass_size']} copies of the longest prompt peaked at {auto['peak_gb']:.2f} GB of the "
+        f"{auto['budget_gb']:.2f} GB budget ({'within' if auto['peak_gb'] <= auto['budget_gb'] else 'OVER'} it).",
     ]
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "gpu_check.json"), "w") as f:

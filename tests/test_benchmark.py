@@ -78,7 +78,8 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
     keys += [f"update_{kind}_gb_per_transition" for kind in ("fp32", "fp32_ckpt", "bf16", "bf16_ckpt")]
     (tmp_path / "memory.json").write_text(json.dumps({"results": [{"shape": "flan-t5-small", **{key: 0.5 for key in keys}}]}))
     args = gpu_check.Args(
-        device="cpu", memory_shape="flan-t5-small", num_prompts=2, micro=1, planner_json=str(tmp_path / "memory.json"), out_dir=str(tmp_path)
+        device="cpu", memory_shape="flan-t5-small", num_prompts=2, micro=1, planner_json=str(tmp_path / "memory.json"), out_dir=str(tmp_path),
+        minibatch=8, auto_budget_gb=0.9,
     )
     report = gpu_check.main(args)
     assert [row["model"] for row in report["equivalence"]] == ["tiny-t5", "tiny-causal", "t5-small-shape"]
@@ -88,6 +89,8 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
     assert passes["update_fp32_ckpt"]["gb_per_unit"] < passes["update_fp32"]["gb_per_unit"]
     assert all(row["planned_gb_per_unit"] == 0.5 for row in report["memory"])
     assert "| update_fp32_ckpt |" in (tmp_path / "gpu_check.md").read_text()
+    auto = report["auto"]
+    assert 1 < auto["passes"] < 8 and auto["peak_gb"] <= auto["budget_gb"] == 0.9
 
 
 def test_video_cost_and_a_still_frame(tmp_path):
