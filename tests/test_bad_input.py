@@ -19,13 +19,14 @@ import bc_finetune
 import glam_ppo
 import glam_ppo_multigpu
 import zero_shot_eval
-from script_runs import REPO, run_script
+from script_runs import REPO, TORCHRUN, run_script
 
 SCRIPTS = {"glam_ppo.py": glam_ppo, "glam_ppo_multigpu.py": glam_ppo_multigpu, "bc_finetune.py": bc_finetune, "zero_shot_eval.py": zero_shot_eval}
 BASE = {name: ["--model", "tiny-t5"] for name in SCRIPTS}
 BASE["zero_shot_eval.py"] += ["--suite", "none", "--probes", "no-change"]
 
-# Runs each case of a table through the script's __main__ block; prints [exit code, stderr, folders made] per case.
+# Runs each case of a table through the script's __main__ block; writes [exit code, stderr, folders made] per case to
+# results_<rank>.json (rank 0 without torchrun).
 RUNNER = """
 import contextlib, io, json, os, runpy, sys, traceback, warnings
 warnings.simplefilter("ignore")
@@ -42,8 +43,9 @@ for argv in cases:
         except BaseException:
             traceback.print_exc()
             code = -1
-    results.append([code, stderr.getvalue(), sorted(os.listdir("."))])
-print(json.dumps(results))
+    results.append([code, stderr.getvalue(), sorted(name for name in os.listdir(".") if not name.startswith("results_"))])
+with open(f"results_{os.environ.get('RANK', '0')}.json", "w") as f:
+    json.dump(results, f)
 """
 
 
@@ -113,20 +115,27 @@ def test_every_numeric_flag_has_a_range():
 
 @pytest.mark.parametrize("script", SCRIPTS)
 def test_bad_input_is_one_line_naming_the_flag(tmp_path, script):
+    """glam_ppo_multigpu.py's table runs under torchrun with 2 gloo ranks: rank 0 says it, rank 1 says nothing."""
     (tmp_path / "a_file").write_text("")
+    (tmp_path / "runner.py").write_text(RUNNER)
     cases = table(script)
     argvs = [[*BASE[script], *argv] for argv, _ in cases]
+    ranks = 2 if script == "glam_ppo_multigpu.py" else 1
+    launcher = [*TORCHRUN, "--nproc_per_node", "2"] if ranks == 2 else [sys.executable]
     process = subprocess.run(
-        [sys.executable, "-c", RUNNER, os.path.join(REPO, script), json.dumps(argvs)],
+        [*launcher, str(tmp_path / "runner.py"), os.path.join(REPO, script), json.dumps(argvs)],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
-    results = json.loads(process.stdout.strip().splitlines()[-1])
-    for (argv, expected), (code, stderr, folders) in zip(cases, results):
+    results = [json.loads((tmp_path / f"results_{rank}.json").read_text()) for rank in range(ranks)]
+    for case, (argv, expected) in enumerate(cases):
+        code, stderr, folders = results[0][case]
         lines = stderr.strip().splitlines()
         assert code not in (0, -1) and "Traceback" not in stderr, (argv, stderr)
         assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and expected in lines[0], (argv, stderr)
-        assert folders == ["a_file"], (argv, folders)  # no run or results folder left behind
+        assert sorted(set(folders) - {"runner.py"}) == ["a_file"], (argv, folders)  # no run or results folder left behind
+        for other_rank in results[1:]:
+            assert other_rank[case][0] not in (0, -1) and other_rank[case][1] == "", (argv, other_rank[case])
 
 
 def test_a_run_folder_under_a_file_is_refused(tmp_path):
@@ -136,12 +145,11 @@ def test_a_run_folder_under_a_file_is_refused(tmp_path):
     assert result.stderr.strip() == f"glam_ppo.py: error: cannot write the run folder runs: {tmp_path / 'runs'} is a file"
 
 
-@pytest.mark.parametrize("argv, expected", [(["--gamma", "1.5"], "--gamma 1.5 must be in (0, 1]"), (["--exp-name", "a/b"], "--exp-name 'a/b'")])
-def test_under_torchrun_one_rank_says_it_once(tmp_path, argv, expected):
-    result = run_script("glam_ppo_multigpu.py", tmp_path, "--model", "tiny-t5", *argv, processes=2, check=False)
+def test_under_torchrun_one_rank_says_it_once_and_every_rank_fails(tmp_path):
+    result = run_script("glam_ppo_multigpu.py", tmp_path, "--model", "tiny-t5", "--gamma", "1.5", processes=2, check=False)
     assert result.returncode != 0
     ours = [line for line in result.stderr.splitlines() if line.startswith("glam_ppo_multigpu.py: error:")]
-    assert len(ours) == 1 and expected in ours[0], result.stderr[-3000:]
+    assert ours == ["glam_ppo_multigpu.py: error: --gamma 1.5 must be in (0, 1]"], result.stderr[-3000:]
     # torchrun reports a failed worker with a traceback of its own launcher; none comes from the script.
     assert "glam_ppo_multigpu.py\", line" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == []
