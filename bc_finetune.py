@@ -1361,6 +1361,12 @@ def parse_args(argv=None) -> Args:
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
     args = finish_args(args)
     args.resume_checkpoint = checkpoint
+    progress = checkpoint_progress(checkpoint)
+    if progress is not None and progress.get("num_steps") is not None and progress["step"] >= progress["num_steps"]:
+        raise UsageError(
+            f"{args.resume} has made all its {progress['num_steps']} optimizer steps: nothing to resume (evaluate it with "
+            f"zero_shot_eval.py --model {args.resume})"
+        )
     return args
 
 
@@ -1387,7 +1393,8 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, trainer_state: d
         with open(os.path.join(folder, "args.json"), "w") as f:
             json.dump(asdict(args), f, indent=2)
 
-    commit_checkpoint(run_dir, write, {"global_step": trainer_state["global_step"], "step": trainer_state["step"]})
+    progress = {name: trainer_state[name] for name in ("global_step", "step", "num_steps")}
+    commit_checkpoint(run_dir, write, progress)
 
 
 def file_sha256(path: str) -> str:
@@ -1456,6 +1463,15 @@ def intact_checkpoint(run_dir: str) -> str | None:
         if os.environ.get("RANK", "0") == "0":  # once under torchrun
             print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
     return None
+
+
+def checkpoint_progress(checkpoint: str) -> dict | None:
+    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
+    path = os.path.join(checkpoint, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["progress"]
 
 
 def load_policy_model(args: Args, checkpoint: str | None):
@@ -1566,7 +1582,10 @@ def main(args: Args):
     print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
 
     def checkpoint_now():
-        state = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step}
+        state = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step,
+            "num_steps": num_steps,
+        }
         try:
             save_checkpoint(run_dir, args, agent, state)
         except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen

@@ -170,6 +170,12 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     expected, resumed = checkpoint_weights(only_run_dir(straight)), checkpoint_weights(run_dir)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
+    if stop_signal == signal.SIGINT:  # a finished run has nothing left to resume
+        again = run(split, "--resume", run_dir, check=False)
+        assert again.returncode == 1 and again.stderr.strip() == (
+            f"bc_finetune.py: error: {run_dir} has made all its 15 optimizer steps: nothing to resume (evaluate it with "
+            f"zero_shot_eval.py --model {run_dir})"
+        )
 
 
 @pytest.mark.parametrize(

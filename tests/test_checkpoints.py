@@ -102,5 +102,5 @@ def test_a_full_disk_stops_the_run_with_its_last_good_checkpoint(tmp_path, monke
 
 @pytest.mark.parametrize("copy", [glam_ppo_multigpu, bc_finetune], ids=lambda m: m.__name__)
 def test_checkpoint_code_is_the_same_in_every_training_script(copy):
-    for name in ("file_sha256", "commit_checkpoint", "checkpoint_damage", "intact_checkpoint"):
+    for name in ("file_sha256", "commit_checkpoint", "checkpoint_damage", "intact_checkpoint", "checkpoint_progress"):
         assert inspect.getsource(getattr(copy, name)) == inspect.getsource(getattr(g, name)), name
