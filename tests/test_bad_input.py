@@ -99,6 +99,8 @@ def table(script: str) -> list[tuple[list[str], str]]:
             (["--num-minibatches", "7"], "--num-minibatches 7 must divide"),
             (["--total-timesteps", "100"], "--total-timesteps 100 is less than one batch"),
         ]
+    if script != "glam_ppo_multigpu.py":  # `videos` is a file in the test's folder
+        cases.append((["--capture-video"], f"cannot write the video folder videos: {os.path.abspath('videos')} is a file"))
     if script == "zero_shot_eval.py":
         cases += [
             (["--probes"], "--probes names no probe"),
@@ -114,10 +116,12 @@ def test_every_numeric_flag_has_a_range():
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_input_is_one_line_naming_the_flag(tmp_path, script):
+def test_bad_input_is_one_line_naming_the_flag(tmp_path, monkeypatch, script):
     """glam_ppo_multigpu.py's table runs under torchrun with 2 gloo ranks: rank 0 says it, rank 1 says nothing."""
-    (tmp_path / "a_file").write_text("")
+    for name in ("a_file", "videos"):
+        (tmp_path / name).write_text("")
     (tmp_path / "runner.py").write_text(RUNNER)
+    monkeypatch.chdir(tmp_path)  # the table names paths in it
     cases = table(script)
     argvs = [[*BASE[script], *argv] for argv, _ in cases]
     ranks = 2 if script == "glam_ppo_multigpu.py" else 1
@@ -133,7 +137,7 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, script):
         lines = stderr.strip().splitlines()
         assert code not in (0, -1) and "Traceback" not in stderr, (argv, stderr)
         assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and expected in lines[0], (argv, stderr)
-        assert sorted(set(folders) - {"runner.py"}) == ["a_file"], (argv, folders)  # no run or results folder left behind
+        assert sorted(set(folders) - {"runner.py"}) == ["a_file", "videos"], (argv, folders)  # no run or results folder left
         for other_rank in results[1:]:
             assert other_rank[case][0] not in (0, -1) and other_rank[case][1] == "", (argv, other_rank[case])
 
