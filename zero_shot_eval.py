@@ -1319,7 +1319,8 @@ def main(args: Args) -> list[dict]:
     output_dir = args.output_dir or os.path.join("eval_runs", f"{name}__{int(time.time())}")
 
     # Loaded once, before any output (a bad --model is then one line), and shared by every probe, whatever action
-    # strings it offers.
+    # strings it offers. Seeded first: a model of random weights (tiny-t5, tiny-causal) is then the same in every run.
+    torch.manual_seed(args.seed)
     agent = load_agent(args, action_names(args.action_space), device) if args.policy == "llm" else None
 
     def policy_for(actions):

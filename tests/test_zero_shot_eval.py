@@ -143,3 +143,16 @@ def test_sigterm_keeps_the_finished_probes_marked_partial(repo, tmp_path):
     assert record["complete"] is False and [row["probe"] for row in record["rows"]] == ["no-change"]
     assert record["rows"][0]["episodes"] == 400
     assert not glob.glob(str(tmp_path / "*.tmp"))
+
+
+def test_random_weights_come_from_the_seed_whatever_the_generator_held(monkeypatch, tmp_path):
+    loaded, load_agent = [], z.load_agent
+    monkeypatch.setattr(z, "load_agent", lambda *args: loaded.append(load_agent(*args)) or loaded[-1])
+    for noise in (1, 2):
+        torch.manual_seed(noise)  # what the process did before: it must not matter
+        z.main(z.parse_args([
+            "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "1", "--num-envs", "1",
+            "--suite", "none", "--probes", "no-change", "--output-dir", str(tmp_path / str(noise)),
+        ]))
+    for first, second in zip(loaded[0].parameters(), loaded[1].parameters(), strict=True):
+        assert torch.equal(first, second)
