@@ -46,6 +46,7 @@ from torch.distributions.categorical import Categorical
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
+from transformers import BatchEncoding
 
 
 @dataclass
@@ -818,26 +819,40 @@ class GlamAgent(nn.Module):
 
     def score_pass(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        tokens = self.tokenize_prompts(prompts)
+        return self._score_tokens(self.tokenize_prompts(prompts))
+
+    def _score_tokens(self, tokens):
         if self.action_head is not None:
             return self._final_hidden(tokens), None
         hidden, logits = self._scoring_pass(tokens)
         # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
         source, targets = self.score_source.reshape(-1), self.action_ids.reshape(-1)
         token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
-        scores = (token_logprobs.view(len(prompts), *self.action_ids.shape) * self.action_mask).sum(-1)
+        scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
         return hidden, scores
 
     def _hidden_and_scores(self, prompts):
-        """Chunks of prompts small enough that their (prompt, action) pairs fit in `score_batch_size` (or in memory: auto)."""
+        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
+        `score_batch_size` (or in memory: auto)."""
+        tokens = self.tokenize_prompts(prompts)
+        lengths = tokens.attention_mask.sum(-1).tolist()
         if self.score_batch_size == "auto":
-            prompts_per_chunk = self.score_sizer(prompts, self.device)
+            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
         else:
             prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
-        chunks = [self.score_pass(prompts[i : i + prompts_per_chunk]) for i in range(0, len(prompts), prompts_per_chunk)]
+        chunks = [
+            self._score_tokens(self._rows(tokens, lengths, start, start + prompts_per_chunk))
+            for start in range(0, len(prompts), prompts_per_chunk)
+        ]
         hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
+
+    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
+        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
+        width = max(lengths[start:stop])
+        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
+        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
 
     @torch.no_grad()
     def _scoring_probe(self, prompts):
@@ -954,9 +969,11 @@ class PassSizer:
         self.flag, self.unit, self.all_ranks_max = flag, unit, all_ranks_max
         self.longest, self.fits = 0, None
 
-    def __call__(self, prompts, device: torch.device, total: int | None = None) -> int:
-        """The size of the passes that `total` prompts like these (all of them by default) are split into."""
-        lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+    def __call__(self, prompts, device: torch.device, total: int | None = None, lengths=None) -> int:
+        """The size of the passes that `total` prompts like these (all of them by default) are split into; `lengths`,
+        the prompts' token counts, when the caller has them already."""
+        if lengths is None:
+            lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
         longest, changed = self.all_ranks_max(max(lengths)), False
         if longest > self.longest:
             prompt = prompts[int(np.argmax(lengths))]
@@ -1251,7 +1268,8 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
             for index, prompt in zip(active, active_prompts):
                 trajectories[episode_seed[index]]["prompts"].append(prompt)
                 trajectories[episode_seed[index]]["actions"].append(envs.actions[actions[index]])
-        goals = [substitute(mission, probe.substitutions) for mission in envs.missions]  # before the finished envs restart
+        # The recorded episodes' goals, read before their envs restart.
+        goals = {index: substitute(envs.missions[index], probe.substitutions) for index in videos}
         _, _, dones, finished = envs.step(actions)
         for index, episode in zip(np.flatnonzero(dones), finished):
             level = episode.pop("frame", None)

@@ -35,3 +35,16 @@ def checkpoint_weights(run_dir):
     value_head = torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))["value_head"]
     state.update({f"value_head.{name}": value for name, value in value_head.items()})
     return state
+
+
+def steps_write_infinity(monkeypatch, optimizer_class):
+    """What an overflowing update would do: every step of `optimizer_class` leaves an infinite weight."""
+    step = optimizer_class.step
+
+    def step_to_infinity(self, *args, **kwargs):
+        result = step(self, *args, **kwargs)
+        with torch.no_grad():
+            self.param_groups[0]["params"][0].fill_(float("inf"))
+        return result
+
+    monkeypatch.setattr(optimizer_class, "step", step_to_infinity)

@@ -16,7 +16,7 @@ import bc_finetune as bc
 import glam_ppo
 import offline_models
 import zero_shot_eval
-from script_runs import checkpoint_weights, only_run_dir, run_script
+from script_runs import checkpoint_weights, only_run_dir, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--batch-size", "32",
@@ -194,15 +194,7 @@ def test_bad_input_gets_a_one_line_error(tmp_path, flags, message):
 
 def test_non_finite_weights_stop_before_evaluating_or_saving(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    step = torch.optim.AdamW.step
-
-    def step_to_infinity(self, *args, **kwargs):
-        result = step(self, *args, **kwargs)
-        with torch.no_grad():
-            self.param_groups[0]["params"][0].fill_(float("inf"))
-        return result
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", step_to_infinity)
+    steps_write_infinity(monkeypatch, torch.optim.AdamW)
     previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(FloatingPointError, match="non-finite weights at step 1; no checkpoint was written"):

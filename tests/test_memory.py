@@ -125,3 +125,17 @@ def test_optimizer_state_to_come_is_adams_two_moments_until_its_first_step():
     agent(prompts[:2])[1].sum().backward()
     optimizer.step()
     assert g.optimizer_state_to_come(optimizer) == 0
+
+
+def test_scoring_tokenizes_each_prompt_once_however_it_is_chunked(monkeypatch):
+    agent, prompts = agent_and_prompts()
+    agent.score_batch_size = "auto"
+    agent.score_sizer.budget = lambda: 25e6  # a few prompts per pass
+    with torch.no_grad():
+        agent.score(prompts)  # measures the passes' memory first
+        calls, tokenize = [], type(agent.tokenizer).__call__
+        monkeypatch.setattr(type(agent.tokenizer), "__call__", lambda self, texts, **kwargs: calls.append(len(texts)) or tokenize(self, texts, **kwargs))
+        chunked = agent.score(prompts)
+        assert calls == [len(prompts)] and 1 < agent.score_sizer.fits < len(prompts)
+        monkeypatch.setattr(type(agent.tokenizer), "__call__", tokenize)
+        torch.testing.assert_close(chunked, agent.score_pass(prompts)[1], rtol=0, atol=1e-5)

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import glam_ppo as g
 import glam_ppo_multigpu
-from script_runs import checkpoint_weights, only_run_dir, run_script
+from script_runs import checkpoint_weights, only_run_dir, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -160,15 +160,7 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
 
 def test_non_finite_weights_stop_before_acting_or_saving(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    step = torch.optim.Adam.step
-
-    def step_to_infinity(self, *args, **kwargs):  # what an overflowing update would do
-        result = step(self, *args, **kwargs)
-        with torch.no_grad():
-            self.param_groups[0]["params"][0].fill_(float("inf"))
-        return result
-
-    monkeypatch.setattr(torch.optim.Adam, "step", step_to_infinity)
+    steps_write_infinity(monkeypatch, torch.optim.Adam)
     previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(FloatingPointError, match=r"non-finite weights at update 1 \(32 frames\); no checkpoint was written"):
