@@ -829,13 +829,17 @@ class GlamAgent(nn.Module):
     def device(self):
         return self.value_head[0].weight.device
 
-    def tokenize_prompts(self, prompts):
-        """The prompts as the model reads them: decoder-only ones left-padded, so that they all end at the last
-        position, and without the trailing space, which belongs to the action's first token (`_joint_action_tokens`)."""
+    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
+        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
+        that they all end at the last position, and without the trailing space, which belongs to the action's first
+        token (`_joint_action_tokens`)."""
         if self.is_encoder_decoder:
-            return self.tokenizer(prompts, return_tensors="pt", padding=True, padding_side="right").to(self.device)
-        texts = [prompt.removesuffix(" ") for prompt in prompts]
-        return self.tokenizer(texts, return_tensors="pt", padding=True, padding_side="left").to(self.device)
+            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
+        else:
+            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
+        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        lengths = [sum(mask) for mask in tokens.attention_mask]
+        return tokens.convert_to_tensors("pt").to(self.device), lengths
 
     def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
@@ -898,7 +902,7 @@ class GlamAgent(nn.Module):
 
     def score_pass(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts))
+        return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
     def _score_tokens(self, tokens):
         if self.action_head is not None:
@@ -913,8 +917,7 @@ class GlamAgent(nn.Module):
     def _hidden_and_scores(self, prompts):
         """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
         `score_batch_size` (or in memory: auto)."""
-        tokens = self.tokenize_prompts(prompts)
-        lengths = tokens.attention_mask.sum(-1).tolist()
+        tokens, lengths = self.tokenize_prompts(prompts)
         if self.score_batch_size == "auto":
             prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
         else:

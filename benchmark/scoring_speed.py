@@ -87,7 +87,7 @@ def naive_scores(agent, prompts) -> torch.Tensor:
     llm = agent.llm
     scores = torch.zeros(len(prompts), len(agent.actions))
     for p, prompt in enumerate(prompts):
-        prompt_ids = agent.tokenize_prompts([prompt]).input_ids  # decoder-only: the action's tokens start at the space
+        prompt_ids = agent.tokenize_prompts([prompt])[0].input_ids  # decoder-only: the action's tokens start at the space
         for a in range(len(agent.actions)):
             target = action_tokens(agent, a)[None]
             if agent.is_encoder_decoder:
@@ -107,11 +107,11 @@ def authors_scores(agent, prompts, pairs_per_pass: int = 3) -> torch.Tensor:
     target_mask = agent.action_mask.repeat(len(prompts), 1)
     if agent.is_encoder_decoder:
         decoder_input_ids = llm.prepare_decoder_input_ids_from_labels(labels=targets.masked_fill(target_mask == 0, -100))
-        tokens = agent.tokenize_prompts(prompts)
+        tokens, _ = agent.tokenize_prompts(prompts)
         encoded = llm.get_encoder()(**tokens).last_hidden_state.repeat_interleave(num_actions, 0)
         prompt_mask = tokens.attention_mask.repeat_interleave(num_actions, 0)
     else:
-        prompt_ids = [agent.tokenize_prompts([prompt]).input_ids[0].tolist() for prompt in prompts]
+        prompt_ids = [agent.tokenize_prompts([prompt])[0].input_ids[0].tolist() for prompt in prompts]
         sequences = [prompt_ids[p] + action_tokens(agent, a).tolist() for p, a in pairs]
     scores = []
     for start in range(0, len(pairs), pairs_per_pass):

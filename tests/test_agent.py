@@ -126,7 +126,7 @@ def test_action_heads_replace_scoring_without_a_vocabulary_projection(kind, prom
         assert not projections  # NPAE reads the decoder state only: no logits over the vocabulary, no cache
         scoring_agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical")).eval()
         scoring_agent.value_head = agent.value_head
-        hidden = torch.stack([scoring_agent._scoring_pass(scoring_agent.tokenize_prompts([p]))[0][0] for p in prompts[:3]])
+        hidden = torch.stack([scoring_agent._scoring_pass(scoring_agent.tokenize_prompts([p])[0])[0][0] for p in prompts[:3]])
     assert logits.shape == (3, 6)
     torch.testing.assert_close(logits, agent.action_head(hidden), atol=1e-5, rtol=0)
     torch.testing.assert_close(values, agent.value_head(hidden).squeeze(-1), atol=1e-5, rtol=0)
@@ -139,7 +139,7 @@ def test_decoder_only_actions_are_the_joint_texts_tokens():
     turn_left = agent.action_ids[0][agent.action_mask[0].bool()].tolist()
     assert tokenizer.convert_ids_to_tokens(turn_left) == ["Ġturn", "Ġleft", "<|endoftext|>"]
     prompt = g.build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]], [])
-    prompt_ids = agent.tokenize_prompts([prompt]).input_ids[0].tolist()
+    prompt_ids = agent.tokenize_prompts([prompt])[0].input_ids[0].tolist()
     assert prompt_ids + turn_left[:-1] == tokenizer(prompt + "turn left").input_ids
 
 
