@@ -158,13 +158,14 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monk
     assert trainer["iteration"] == 1
 
 
-def test_non_finite_weights_stop_before_acting_or_saving(tmp_path, monkeypatch):
+@pytest.mark.parametrize("script", [g, glam_ppo_multigpu], ids=lambda m: m.__name__)
+def test_non_finite_weights_stop_before_acting_or_saving(script, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     steps_write_infinity(monkeypatch, torch.optim.Adam)
     previous_handlers = signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)
     try:
         with pytest.raises(FloatingPointError, match=r"non-finite weights at update 1 \(32 frames\); no checkpoint was written"):
-            g.main(g.parse_args([*SMALL, "--total-timesteps", "64"]))
+            script.main(script.parse_args([*SMALL, "--total-timesteps", "64"]))
     finally:
         signal.signal(signal.SIGINT, previous_handlers[0])
         signal.signal(signal.SIGTERM, previous_handlers[1])
