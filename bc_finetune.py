@@ -27,6 +27,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import textwrap
 import time
 import warnings
@@ -172,14 +173,23 @@ def check_ranges(args, ranges: dict[str, str]):
 
 
 def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into."""
-    existing = os.path.abspath(folder)
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: the folders it
+    lacks are made, a file is written in it, and what was made is removed again."""
+    missing, existing = [], os.path.abspath(folder)
     while not os.path.exists(existing):
+        missing.append(existing)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is not writable")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+    finally:
+        for made in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -701,6 +711,14 @@ def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Seq
     )
 
 
+# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
+# any other is checked when its agent is built.
+TESTED_FAMILIES = {
+    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
+    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
+}
+
+
 class GlamAgent(nn.Module):
     """An LLM policy over action strings and a value head, both reading the same decoder state.
 
@@ -727,7 +745,25 @@ class GlamAgent(nn.Module):
                 f"attention implementation {llm.config._attn_implementation!r} cannot take the block mask that scores a "
                 "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
             )
-        hidden_size = llm.config.get_text_config().hidden_size
+        text_config, self.family = llm.config.get_text_config(), llm.config.model_type
+        layer_types = getattr(text_config, "layer_types", None)
+        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
+        if other_layers:
+            raise UsageError(
+                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
+                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
+                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            )
+        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
+        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
+        self.sliding_window = getattr(text_config, "sliding_window", None)
+        if layer_types is not None and "sliding_attention" not in layer_types:
+            self.sliding_window = None
+        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
+        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
+        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
+        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
+        hidden_size = text_config.hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
@@ -766,6 +802,32 @@ class GlamAgent(nn.Module):
         self.register_buffer("packed_blocks", torch.tensor([a for a, block in enumerate(blocks) for _ in block]), persistent=False)
         self.register_buffer("packed_offsets", torch.tensor([j for block in blocks for j in range(len(block))]), persistent=False)
         self.register_buffer("score_source", score_source, persistent=False)
+        # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
+        self.register_buffer("pair_source", torch.arange(len(token_lists) * width).view(len(token_lists), width), persistent=False)
+        if self.action_head is None and self.family not in TESTED_FAMILIES:
+            self._check_scoring()
+
+    @torch.no_grad()
+    def _check_scoring(self):
+        """A family the tests have not covered: two real prompts scored together as the agent will score them (padded
+        to one length), and each alone one (prompt, action) pair at a time; a difference refuses the model, so that no
+        architecture is ever trained on wrong scores silently."""
+        sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
+        prompts = [build_prompt("go to the red key", self.actions, [sentences] * k, self.actions[: k - 1]) for k in (1, 3)]
+        was_training = self.llm.training
+        self.to(next(self.llm.parameters()).device).llm.eval()
+        with torch.autocast(self.device.type, enabled=False):
+            hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
+            alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+        self.llm.train(was_training)
+        pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
+        error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
+        if not error <= 1e-3:
+            raise UsageError(
+                f"model family {self.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
+                f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
+                "on wrong scores; use a tested family (README: model families) or --action-heads"
+            )
 
     def _joint_action_tokens(self) -> list[list[int]]:
         """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
@@ -819,6 +881,16 @@ class GlamAgent(nn.Module):
             return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
         return allowed[:, None]
 
+    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
+        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
+        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        if self.sliding_window is None:
+            return self._attention_mask(allowed)
+        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
+        if not self.mask_per_layer_type:
+            return windowed
+        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
+
     def _packed_attention(self, num_rows: int) -> torch.Tensor:
         """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
         same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
@@ -836,17 +908,23 @@ class GlamAgent(nn.Module):
         out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
 
-    def _scoring_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass.
-
-        The heads' input is read off the decoder module's output, so the model is asked for no other layer's states.
-        """
-        num_rows, prompt_length = tokens.input_ids.shape
-        num_packed = len(self.packed_ids)
-        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+    @contextlib.contextmanager
+    def _decoder_states(self):
+        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
+        the model is asked for no other layer's states."""
         captured = []
         hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
         try:
+            yield captured
+        finally:
+            hook.remove()
+
+    def _packed_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
+        num_rows, prompt_length = tokens.input_ids.shape
+        num_packed = len(self.packed_ids)
+        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+        with self._decoder_states() as captured, self._block_positions():
             if self.is_encoder_decoder:
                 encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
                 out = self.llm(
@@ -860,28 +938,73 @@ class GlamAgent(nn.Module):
             prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
             packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
             positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            packed_positions = tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets
+            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
             out = self.llm(
                 input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
-                attention_mask=self._attention_mask(torch.cat([prompt_rows, packed_rows], 1)),
-                position_ids=torch.cat([positions, packed_positions], 1), use_cache=False,
+                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
+                position_ids=positions, use_cache=False,
                 # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
                 logits_to_keep=num_packed + 1,
             )
             return captured[0][:, prompt_length - 1], out.logits
+
+    @contextlib.contextmanager
+    def _block_positions(self):
+        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
+        from 0, as if it were alone; T5's relative position bias needs nothing."""
+        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
+        if embed_positions is None:
+            yield
+            return
+        hook = embed_positions.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
+        )
+        try:
+            yield
         finally:
             hook.remove()
+
+    def _pair_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
+        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
+        scorer of ALiBi models and what packed scoring is checked against."""
+        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
+        width = self.action_ids.shape[1]
+        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
+        with self._decoder_states() as captured:
+            if self.is_encoder_decoder:
+                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
+                out = self.llm(
+                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
+                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
+                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
+                )
+                hidden = captured[0][::num_actions, 0]
+            else:
+                # The prompt's last token and the action's tokens but its last predict the action's tokens.
+                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
+                out = self.llm(
+                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
+                )
+                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
+        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
 
     def score_pass(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
         return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
-    def _score_tokens(self, tokens):
+    def _score_tokens(self, tokens, packed: bool | None = None):
+        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        hidden, logits = self._scoring_pass(tokens)
+        if self.packed if packed is None else packed:
+            (hidden, logits), source = self._packed_pass(tokens), self.score_source
+        else:
+            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
         # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
-        source, targets = self.score_source.reshape(-1), self.action_ids.reshape(-1)
+        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
         token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
         scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
         return hidden, scores
@@ -895,8 +1018,7 @@ class GlamAgent(nn.Module):
         else:
             prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
         chunks = [
-            self._score_tokens(self._rows(tokens, lengths, start, start + prompts_per_chunk))
-            for start in range(0, len(prompts), prompts_per_chunk)
+            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
         ]
         hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
@@ -933,8 +1055,8 @@ class GlamAgent(nn.Module):
             return scores / self.action_words
         if self.scoring == "legacy-paper":
             # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
-            probs = scores.exp()
-            return probs / probs.max(-1, keepdim=True).values
+            # P / max P as exp(score - max score): the same number, with no 0 / 0 where every P underflows (scores < -104).
+            return (scores - scores.max(-1, keepdim=True).values).exp()
         return scores
 
     def get_value(self, prompts):
@@ -961,11 +1083,13 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def optimizer_state_to_come(optimizer) -> int:
-    """Bytes that Adam's two moments will take at its first step, for the parameters that have none yet."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p not in optimizer.state]
+def training_memory_to_come(optimizer, gradients: bool = False) -> int:
+    """Bytes that training has yet to allocate for good: Adam's two moments at its first step, for the parameters that
+    have none yet, and with `gradients` the gradients not made yet (those of an update stay through the next rollout)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     # FSDP's parameters are DTensors: their local shard is what this process holds.
-    return sum(2 * local.numel() * local.element_size() for local in (p.to_local() if hasattr(p, "to_local") else p for p in params))
+    size = {p: (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in params}
+    return sum(2 * size[p] for p in params if p not in optimizer.state) + sum(size[p] for p in params if gradients and p.grad is None)
 
 
 class CreatedTensorBytes(TorchDispatchMode):
@@ -1054,15 +1178,23 @@ class PassSizer:
         return -(-total // passes)
 
 
+def even_split(total: int, most: int) -> list[slice]:
+    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
+    passes = -(-total // most)
+    bounds = [total * k // passes for k in range(passes + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Demonstrations
 # ---------------------------------------------------------------------------------------------------------------
 
 
-def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int) -> list[dict]:
+def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int, stop=lambda: False) -> list[dict]:
     """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
 
     Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
+    When `stop()` turns true, the episodes finished so far.
     """
     envs = TextVecEnv(env_id, num_envs, action_space)
     level_seeds = itertools.count(seed)
@@ -1076,7 +1208,7 @@ def generate_demos(env_id: str, action_space: str, num_envs: int, num_transition
 
     running = [start(index) for index in range(num_envs)]
     progress = tqdm(total=num_transitions, unit="transition", desc="bot demonstrations", dynamic_ncols=True)
-    while total < num_transitions:
+    while total < num_transitions and not stop():
         prompts = envs.prompts()
         actions = [int(bot.replan()) for bot in bots]
         for episode, prompt, action in zip(running, prompts, actions):
@@ -1176,18 +1308,34 @@ def action_nll(agent: GlamAgent, prompts, action_indices: torch.Tensor) -> tuple
     return nll, int(target_mask.sum())
 
 
-@torch.no_grad()
-def action_accuracy(agent: GlamAgent, transitions, autocast) -> float:
-    """How often the policy's most likely action is the demonstrated one."""
-    prompts, labels = zip(*transitions)
-    with autocast:
-        logits, _ = agent(list(prompts))
-    return (logits.argmax(-1).cpu() == torch.tensor(labels)).float().mean().item()
+def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
+    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
+    rate, spread = successes / episodes, z * z / episodes
+    centre = (rate + spread / 2) / (1 + spread)
+    half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))
+    # At 0 and at n successes a bound is exactly 0 or 1, which rounding would miss by an ulp.
+    return (0.0 if successes == 0 else centre - half_width), (1.0 if successes == episodes else centre + half_width)
 
 
 @torch.no_grad()
-def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_seed: int, autocast) -> list[dict]:
-    """Episodes on levels first_seed, first_seed + 1, ..., actions sampled from the scored policy (as in the paper)."""
+def action_accuracy(agent: GlamAgent, transitions, autocast, stop=lambda: False) -> float | None:
+    """How often the policy's most likely action is the demonstrated one (None if `stop()` turns true first: the
+    transitions are scored a few at a time, so that a stop is seen within seconds)."""
+    correct = 0
+    for start in range(0, len(transitions), 64):
+        if stop():
+            return None
+        prompts, labels = zip(*transitions[start : start + 64])
+        with autocast:
+            logits, _ = agent(list(prompts))
+        correct += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
+    return correct / len(transitions)
+
+
+@torch.no_grad()
+def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_seed: int, autocast, stop=lambda: False) -> list[dict]:
+    """Episodes on levels first_seed, first_seed + 1, ..., actions sampled from the scored policy (as in the paper);
+    those finished so far when `stop()` turns true."""
     generator = torch.Generator().manual_seed(first_seed)  # its own stream: evaluating never shifts training's
     seeds = iter(range(first_seed, first_seed + episodes))
     active = [False] * len(envs)
@@ -1195,7 +1343,7 @@ def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_see
         envs.start_episode(index, next(seeds))
         active[index] = True
     results = []
-    while any(active):
+    while any(active) and not stop():
         indices = [index for index in range(len(envs)) if active[index]]
         prompts = envs.prompts()
         with autocast:
@@ -1426,8 +1574,8 @@ def file_sha256(path: str) -> str:
 
 def commit_checkpoint(run_dir: str, write, progress: dict):
     """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous
+    (unless it is damaged: then the previous one stays), so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
     and stops the run with one line; the checkpoints already written stay as they were."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
@@ -1445,7 +1593,9 @@ def commit_checkpoint(run_dir: str, write, progress: dict):
         shutil.rmtree(temporary, ignore_errors=True)
         kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
         raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
+    if os.path.exists(final) and os.path.exists(previous) and checkpoint_damage(final) is not None:
+        shutil.rmtree(final)  # damaged (the run went back to checkpoint.previous): the good copy stays the previous one
+    elif os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
@@ -1515,8 +1665,9 @@ def load_policy_model(args: Args, checkpoint: str | None):
 
 
 class StopRequest:
-    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, save a checkpoint and exit.
-    A second Ctrl-C stops at once; a second SIGTERM changes nothing, so that the save can finish."""
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, or abandon the demonstrations or
+    the evaluation being made, keep what is done (a checkpoint, the finished demonstrations) and exit. A second Ctrl-C
+    stops at once; a second SIGTERM changes nothing, so that the save can finish."""
 
     def __init__(self):
         self.requested = False
@@ -1530,7 +1681,7 @@ class StopRequest:
             return
         self.requested = True
         name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        tqdm.write(f"{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+        tqdm.write(f"{name}: stopping after this step, keeping what is done (Ctrl-C again to quit at once)")
 
 
 def main(args: Args):
@@ -1577,7 +1728,14 @@ def main(args: Args):
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
     demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
     if args.demos is None and not os.path.exists(demos_path):
-        write_demos(demos_path + ".tmp", generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed))
+        episodes = generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed, lambda: stop.requested)
+        if stop.requested:  # the finished episodes are kept, as a file that --demos reads
+            partial_path = os.path.join(run_dir, "demos.partial.jsonl")
+            write_demos(partial_path, episodes)
+            made = sum(len(episode["actions"]) for episode in episodes)
+            print(f"stopped making demonstrations: the {made} transitions made are in {partial_path} (train on them with --demos {partial_path})")
+            return
+        write_demos(demos_path + ".tmp", episodes)
         os.rename(demos_path + ".tmp", demos_path)
     train_set, holdout_set = split_demos(read_demos(demos_path, eval_envs.actions), eval_envs.actions, args.holdout_fraction, args.seed)
     steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
@@ -1585,6 +1743,8 @@ def main(args: Args):
 
     optimizer = torch.optim.AdamW(agent.llm.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup_fraction * num_steps), num_steps)
+    # Scoring makes no gradients, but it must leave room for those of the updates and for AdamW's state from the start.
+    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
     step, global_step = 0, 0
     if checkpoint is not None:
         agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)["value_head"])
@@ -1612,16 +1772,24 @@ def main(args: Args):
             raise
 
     def evaluate():
+        """Logs the held-out accuracy and the success rate in the env; a stop abandons the evaluation, logging nothing."""
         agent.eval()
-        accuracy = action_accuracy(agent, holdout_set, autocast)
-        episodes = evaluate_in_env(agent, eval_envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast)
-        success = np.mean([float(episode["success"]) for episode in episodes])
+        accuracy = action_accuracy(agent, holdout_set, autocast, lambda: stop.requested)
+        episodes = evaluate_in_env(agent, eval_envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast, lambda: stop.requested)
+        agent.train()
+        if stop.requested:
+            return
+        successes = sum(bool(episode["success"]) for episode in episodes)
+        success = successes / len(episodes)
         writer.add_scalar("charts/action_accuracy", accuracy, global_step)
         writer.add_scalar("charts/success_rate", success, global_step)
         writer.add_scalar("charts/episodic_return", np.mean([episode["return"] for episode in episodes]), global_step)
         writer.add_scalar("charts/episodic_length", np.mean([episode["length"] for episode in episodes]), global_step)
-        tqdm.write(f"{global_step} transitions: held-out action accuracy {accuracy:.3f}, success rate {success:.3f} ({len(episodes)} episodes)")
-        agent.train()
+        low, high = success_interval(successes, len(episodes))
+        tqdm.write(
+            f"{global_step} transitions: held-out action accuracy {accuracy:.3f}, success rate {success:.3f} [{low:.3f}, {high:.3f}] "
+            f"(99% interval, {len(episodes)} episodes)"
+        )
 
     if step == 0:
         evaluate()
@@ -1635,7 +1803,7 @@ def main(args: Args):
         optimizer.zero_grad()
 
     update_sizer = PassSizer(
-        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - optimizer_state_to_come(optimizer),
+        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
         "--grad-accum-batch", "transition",
     )
     progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0)  # evaluations included
@@ -1647,7 +1815,7 @@ def main(args: Args):
         return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
 
     start_time, start_global_step = time.time(), global_step
-    while step < num_steps:
+    while step < num_steps and not stop.requested:
         # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the batches the straight run would.
         epoch, position = divmod(step, steps_per_epoch)
         order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set))
@@ -1658,9 +1826,9 @@ def main(args: Args):
         micro_size = update_sizer(prompts, device) if args.grad_accum_batch == "auto" else args.grad_accum_batch or len(batch)
         optimizer.zero_grad()
         total_nll = 0.0
-        for start in range(0, len(batch), micro_size):
+        for micro in even_split(len(batch), micro_size):
             with autocast:
-                nll, _ = action_nll(agent, prompts[start : start + micro_size], labels[start : start + micro_size])
+                nll, _ = action_nll(agent, prompts[micro], labels[micro])
             # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
             (nll / num_tokens).backward()
             total_nll += nll.item()
@@ -1698,11 +1866,11 @@ def main(args: Args):
         if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
             evaluate()
             checkpoint_now()
-        if stop.requested and step < num_steps:
-            checkpoint_now()
-            progress.close()
-            print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
-            return
+    if stop.requested and step < num_steps:
+        checkpoint_now()
+        progress.close()
+        print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
+        return
     progress.close()
     writer.close()
     print(

@@ -31,6 +31,7 @@ import shutil
 import signal
 import socket
 import sys
+import tempfile
 import time
 import warnings
 import weakref
@@ -124,8 +125,8 @@ class Args:
     """the discount factor gamma"""
     gae_lambda: float = 0.99
     """the lambda for the general advantage estimation"""
-    num_minibatches: int = 20
-    """the number of mini-batches (20 gives the paper's 64 transitions)"""
+    num_minibatches: int | None = None
+    """the number of mini-batches (default: the paper's 20, of 64 transitions, or the most under 20 that split the batch)"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = False
@@ -151,7 +152,7 @@ class Args:
     save_interval: int = 50
     """write a checkpoint every this many updates (and always at the end)"""
     num_probe_prompts: int = 3
-    """fixed prompts whose action distribution is logged every update"""
+    """fixed prompts whose action distribution is logged every update (at most one per env)"""
     resume: str | None = None
     """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
 
@@ -200,14 +201,23 @@ def check_ranges(args, ranges: dict[str, str]):
 
 
 def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into."""
-    existing = os.path.abspath(folder)
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: the folders it
+    lacks are made, a file is written in it, and what was made is removed again."""
+    missing, existing = [], os.path.abspath(folder)
     while not os.path.exists(existing):
+        missing.append(existing)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is not writable")
+    try:
+        os.makedirs(folder, exist_ok=True)
+        tempfile.TemporaryFile(dir=folder).close()
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+    finally:
+        for made in missing:  # innermost first
+            with contextlib.suppress(OSError):
+                os.rmdir(made)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -729,6 +739,14 @@ def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Seq
     )
 
 
+# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
+# any other is checked when its agent is built.
+TESTED_FAMILIES = {
+    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
+    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
+}
+
+
 class GlamAgent(nn.Module):
     """An LLM policy over action strings and a value head, both reading the same decoder state.
 
@@ -755,7 +773,25 @@ class GlamAgent(nn.Module):
                 f"attention implementation {llm.config._attn_implementation!r} cannot take the block mask that scores a "
                 "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
             )
-        hidden_size = llm.config.get_text_config().hidden_size
+        text_config, self.family = llm.config.get_text_config(), llm.config.model_type
+        layer_types = getattr(text_config, "layer_types", None)
+        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
+        if other_layers:
+            raise UsageError(
+                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
+                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
+                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            )
+        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
+        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
+        self.sliding_window = getattr(text_config, "sliding_window", None)
+        if layer_types is not None and "sliding_attention" not in layer_types:
+            self.sliding_window = None
+        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
+        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
+        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
+        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
+        hidden_size = text_config.hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
@@ -794,6 +830,32 @@ class GlamAgent(nn.Module):
         self.register_buffer("packed_blocks", torch.tensor([a for a, block in enumerate(blocks) for _ in block]), persistent=False)
         self.register_buffer("packed_offsets", torch.tensor([j for block in blocks for j in range(len(block))]), persistent=False)
         self.register_buffer("score_source", score_source, persistent=False)
+        # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
+        self.register_buffer("pair_source", torch.arange(len(token_lists) * width).view(len(token_lists), width), persistent=False)
+        if self.action_head is None and self.family not in TESTED_FAMILIES:
+            self._check_scoring()
+
+    @torch.no_grad()
+    def _check_scoring(self):
+        """A family the tests have not covered: two real prompts scored together as the agent will score them (padded
+        to one length), and each alone one (prompt, action) pair at a time; a difference refuses the model, so that no
+        architecture is ever trained on wrong scores silently."""
+        sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
+        prompts = [build_prompt("go to the red key", self.actions, [sentences] * k, self.actions[: k - 1]) for k in (1, 3)]
+        was_training = self.llm.training
+        self.to(next(self.llm.parameters()).device).llm.eval()
+        with torch.autocast(self.device.type, enabled=False):
+            hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
+            alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+        self.llm.train(was_training)
+        pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
+        error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
+        if not error <= 1e-3:
+            raise UsageError(
+                f"model family {self.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
+                f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
+                "on wrong scores; use a tested family (README: model families) or --action-heads"
+            )
 
     def _joint_action_tokens(self) -> list[list[int]]:
         """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
@@ -847,6 +909,16 @@ class GlamAgent(nn.Module):
             return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
         return allowed[:, None]
 
+    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
+        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
+        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        if self.sliding_window is None:
+            return self._attention_mask(allowed)
+        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
+        if not self.mask_per_layer_type:
+            return windowed
+        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
+
     def _packed_attention(self, num_rows: int) -> torch.Tensor:
         """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
         same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
@@ -864,17 +936,23 @@ class GlamAgent(nn.Module):
         out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
 
-    def _scoring_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass.
-
-        The heads' input is read off the decoder module's output, so the model is asked for no other layer's states.
-        """
-        num_rows, prompt_length = tokens.input_ids.shape
-        num_packed = len(self.packed_ids)
-        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+    @contextlib.contextmanager
+    def _decoder_states(self):
+        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
+        the model is asked for no other layer's states."""
         captured = []
         hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
         try:
+            yield captured
+        finally:
+            hook.remove()
+
+    def _packed_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
+        num_rows, prompt_length = tokens.input_ids.shape
+        num_packed = len(self.packed_ids)
+        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+        with self._decoder_states() as captured, self._block_positions():
             if self.is_encoder_decoder:
                 encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
                 out = self.llm(
@@ -888,28 +966,73 @@ class GlamAgent(nn.Module):
             prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
             packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
             positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            packed_positions = tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets
+            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
             out = self.llm(
                 input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
-                attention_mask=self._attention_mask(torch.cat([prompt_rows, packed_rows], 1)),
-                position_ids=torch.cat([positions, packed_positions], 1), use_cache=False,
+                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
+                position_ids=positions, use_cache=False,
                 # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
                 logits_to_keep=num_packed + 1,
             )
             return captured[0][:, prompt_length - 1], out.logits
+
+    @contextlib.contextmanager
+    def _block_positions(self):
+        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
+        from 0, as if it were alone; T5's relative position bias needs nothing."""
+        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
+        if embed_positions is None:
+            yield
+            return
+        hook = embed_positions.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
+        )
+        try:
+            yield
         finally:
             hook.remove()
+
+    def _pair_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
+        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
+        scorer of ALiBi models and what packed scoring is checked against."""
+        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
+        width = self.action_ids.shape[1]
+        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
+        with self._decoder_states() as captured:
+            if self.is_encoder_decoder:
+                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
+                out = self.llm(
+                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
+                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
+                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
+                )
+                hidden = captured[0][::num_actions, 0]
+            else:
+                # The prompt's last token and the action's tokens but its last predict the action's tokens.
+                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
+                out = self.llm(
+                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
+                )
+                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
+        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
 
     def score_pass(self, prompts):
         """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
         return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
-    def _score_tokens(self, tokens):
+    def _score_tokens(self, tokens, packed: bool | None = None):
+        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        hidden, logits = self._scoring_pass(tokens)
+        if self.packed if packed is None else packed:
+            (hidden, logits), source = self._packed_pass(tokens), self.score_source
+        else:
+            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
         # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
-        source, targets = self.score_source.reshape(-1), self.action_ids.reshape(-1)
+        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
         token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
         scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
         return hidden, scores
@@ -923,8 +1046,7 @@ class GlamAgent(nn.Module):
         else:
             prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
         chunks = [
-            self._score_tokens(self._rows(tokens, lengths, start, start + prompts_per_chunk))
-            for start in range(0, len(prompts), prompts_per_chunk)
+            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
         ]
         hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
@@ -961,8 +1083,8 @@ class GlamAgent(nn.Module):
             return scores / self.action_words
         if self.scoring == "legacy-paper":
             # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
-            probs = scores.exp()
-            return probs / probs.max(-1, keepdim=True).values
+            # P / max P as exp(score - max score): the same number, with no 0 / 0 where every P underflows (scores < -104).
+            return (scores - scores.max(-1, keepdim=True).values).exp()
         return scores
 
     def get_value(self, prompts):
@@ -989,11 +1111,13 @@ def free_memory(device: torch.device) -> int:
     return psutil.virtual_memory().available
 
 
-def optimizer_state_to_come(optimizer) -> int:
-    """Bytes that Adam's two moments will take at its first step, for the parameters that have none yet."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad and p not in optimizer.state]
+def training_memory_to_come(optimizer, gradients: bool = False) -> int:
+    """Bytes that training has yet to allocate for good: Adam's two moments at its first step, for the parameters that
+    have none yet, and with `gradients` the gradients not made yet (those of an update stay through the next rollout)."""
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     # FSDP's parameters are DTensors: their local shard is what this process holds.
-    return sum(2 * local.numel() * local.element_size() for local in (p.to_local() if hasattr(p, "to_local") else p for p in params))
+    size = {p: (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in params}
+    return sum(2 * size[p] for p in params if p not in optimizer.state) + sum(size[p] for p in params if gradients and p.grad is None)
 
 
 class CreatedTensorBytes(TorchDispatchMode):
@@ -1082,6 +1206,13 @@ class PassSizer:
         return -(-total // passes)
 
 
+def even_split(total: int, most: int) -> list[slice]:
+    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
+    passes = -(-total // most)
+    bounds = [total * k // passes for k in range(passes + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
+
+
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
     """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
     num_steps = rewards.shape[0]
@@ -1112,17 +1243,23 @@ RESUMABLE_CHANGES = {
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
 
 
-def finish_args(args: Args) -> Args:
-    """Derived fields, and one clear error for every flag out of range and every inconsistent combination."""
+def finish_args(args: Args, given: set[str]) -> Args:
+    """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
+    `given` on the command line."""
     check_ranges(args, ARG_RANGES)
     args.batch_size = args.num_envs * args.num_steps
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
+    if args.num_minibatches is None:
+        args.num_minibatches = max(
+            [n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n % args.world_size == 0], default=1
+        )
     if args.batch_size % args.num_minibatches:
         raise UsageError(
             f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
             "transitions"
         )
     args.minibatch_size = args.batch_size // args.num_minibatches
-    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
     if args.num_envs % args.world_size or args.minibatch_size % args.world_size:
         raise UsageError(
             f"--num-envs {args.num_envs} and the minibatch of {args.minibatch_size} transitions must both be divisible by "
@@ -1131,8 +1268,10 @@ def finish_args(args: Args) -> Args:
     args.local_num_envs = args.num_envs // args.world_size
     if args.fsdp and args.lora_r:
         raise UsageError("--fsdp and --lora-r together are not supported; LoRA's small gradients need no sharding, drop --fsdp")
-    if args.num_probe_prompts > args.num_envs:
-        raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
+    if args.num_probe_prompts > args.num_envs:  # probes are first prompts of the envs
+        if {"num_probe_prompts", "num_envs"} <= given:
+            raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
+        args.num_probe_prompts = args.num_envs
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
     check_can_create(args.resume or "runs", "the run folder")
@@ -1156,9 +1295,11 @@ def finish_args(args: Args) -> Args:
 
 def parse_args(argv=None) -> Args:
     """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
     args = tyro.cli(Args, args=argv)
     if args.resume is None:
-        return finish_args(args)
+        return finish_args(args, given)
     checkpoint = find_checkpoint(args.resume)
     with open(os.path.join(checkpoint, "args.json")) as f:
         saved = Args(**json.load(f))
@@ -1167,7 +1308,7 @@ def parse_args(argv=None) -> Args:
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args)
+    args = finish_args(args, given)
     args.resume_checkpoint = checkpoint
     progress = checkpoint_progress(checkpoint)
     if progress is not None and progress["iteration"] >= args.num_iterations:
@@ -1324,8 +1465,8 @@ def file_sha256(path: str) -> str:
 
 def commit_checkpoint(run_dir: str, write, progress: dict):
     """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous
+    (unless it is damaged: then the previous one stays), so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
     and stops the run with one line; the checkpoints already written stay as they were."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
@@ -1343,7 +1484,9 @@ def commit_checkpoint(run_dir: str, write, progress: dict):
         shutil.rmtree(temporary, ignore_errors=True)
         kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
         raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
+    if os.path.exists(final) and os.path.exists(previous) and checkpoint_damage(final) is not None:
+        shutil.rmtree(final)  # damaged (the run went back to checkpoint.previous): the good copy stays the previous one
+    elif os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
@@ -1528,9 +1671,11 @@ def main(args: Args):
         optimizer.zero_grad()
 
     update_sizer = PassSizer(
-        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - optimizer_state_to_come(optimizer),
+        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
         "--grad-accum-minibatch", "transition", all_ranks_max,
     )
+    # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
+    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
 
     # ALGO Logic: Storage setup (this rank's envs)
     obs = [[""] * args.local_num_envs for _ in range(args.num_steps)]
@@ -1653,8 +1798,9 @@ def main(args: Args):
                 optimizer.zero_grad()
                 # sums over this rank's transitions of: policy loss, value loss, entropy, old and new approx KL, clipped
                 sums = torch.zeros(6, device=device)
-                for micro_start in range(0, len(local_inds), micro_size):
-                    inds = local_inds[micro_start : micro_start + micro_size]
+                non_finite_losses = 0
+                for micro in even_split(len(local_inds), micro_size):
+                    inds = local_inds[micro]
                     with autocast:
                         _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
                     logratio = newlogprob.float() - b_logprobs[inds]
@@ -1682,8 +1828,7 @@ def main(args: Args):
                     entropies = entropy.float()
                     # The minibatch's mean loss is the sum over all ranks' transitions divided by the minibatch size.
                     loss = (pg_losses - args.ent_coef * entropies + v_losses * args.vf_coef).sum() / args.minibatch_size
-                    if not torch.isfinite(loss):
-                        raise non_finite("loss")
+                    non_finite_losses += not torch.isfinite(loss)
                     loss.backward()
                     with torch.no_grad():
                         # calculate approx_kl http://joschu.net/blog/kl-approx.html
@@ -1691,6 +1836,10 @@ def main(args: Args):
                             pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
                             ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
                         ])
+                # Every rank stops together, before any of them steps: a rank that stopped alone would leave the others
+                # waiting in the next collective.
+                if all_reduce_sum(torch.tensor([float(non_finite_losses)], device=device)).item():
+                    raise non_finite("loss")
                 if not args.fsdp:
                     all_reduce_gradients(agent.parameters())
                 # The norm is over all ranks' gradients (a DTensor under FSDP): every rank sees the same and stops together.

@@ -113,7 +113,7 @@ def auto_row(args: Args) -> dict:
     agent = glam_ppo.GlamAgent(llm, tokenizer, glam_ppo.action_names("canonical")).to(device).eval()
     optimizer = torch.optim.Adam(agent.parameters())
     if args.auto_budget_gb is None:
-        budget = glam_ppo.AUTO_MEMORY_MARGIN * glam_ppo.free_memory(device) - glam_ppo.optimizer_state_to_come(optimizer)
+        budget = glam_ppo.AUTO_MEMORY_MARGIN * glam_ppo.free_memory(device) - glam_ppo.training_memory_to_come(optimizer)
     else:
         budget = args.auto_budget_gb * 1e9
 

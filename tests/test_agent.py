@@ -44,8 +44,11 @@ def naive_scores(agent, prompts):
                 prompt_ids = tokenizer(prompt.removesuffix(" ")).input_ids
                 joint_ids = tokenizer(prompt + action).input_ids + [tokenizer.eos_token_id]
                 assert joint_ids[: len(prompt_ids)] == prompt_ids
-                logprobs = llm(input_ids=torch.tensor([joint_ids])).logits.log_softmax(-1)[0]
-                scores[b, a] = sum(logprobs[k - 1, joint_ids[k]] for k in range(len(prompt_ids), len(joint_ids)))
+                # The logits of the last positions only: those of the prompt's last token and the action's tokens.
+                kept = len(joint_ids) - len(prompt_ids) + 1
+                logprobs = llm(input_ids=torch.tensor([joint_ids]), logits_to_keep=kept).logits.log_softmax(-1)[0]
+                first = len(joint_ids) - kept
+                scores[b, a] = sum(logprobs[k - 1 - first, joint_ids[k]] for k in range(len(prompt_ids), len(joint_ids)))
     return scores
 
 
@@ -126,7 +129,7 @@ def test_action_heads_replace_scoring_without_a_vocabulary_projection(kind, prom
         assert not projections  # NPAE reads the decoder state only: no logits over the vocabulary, no cache
         scoring_agent = g.GlamAgent(llm, tokenizer, g.action_names("canonical")).eval()
         scoring_agent.value_head = agent.value_head
-        hidden = torch.stack([scoring_agent._scoring_pass(scoring_agent.tokenize_prompts([p])[0])[0][0] for p in prompts[:3]])
+        hidden = torch.stack([scoring_agent._packed_pass(scoring_agent.tokenize_prompts([p])[0])[0][0] for p in prompts[:3]])
     assert logits.shape == (3, 6)
     torch.testing.assert_close(logits, agent.action_head(hidden), atol=1e-5, rtol=0)
     torch.testing.assert_close(values, agent.value_head(hidden).squeeze(-1), atol=1e-5, rtol=0)
@@ -275,3 +278,14 @@ def test_gae_matches_the_definition():
     advantages, returns = g.compute_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95)
     torch.testing.assert_close(advantages, reference_gae(rewards, values, dones, next_value, next_done, 0.99, 0.95))
     torch.testing.assert_close(returns, advantages + values)
+
+
+def test_legacy_paper_rule_survives_scores_whose_probabilities_underflow():
+    """exp(score) is 0 in float32 below about -104: P / max P was 0 / 0 there, and Categorical raised."""
+    llm, tokenizer = g.load_llm("tiny-t5")
+    agent = g.GlamAgent(llm, tokenizer, g.action_names("restricted"), scoring="legacy-paper")
+    scores = torch.tensor([[-120.0, -130.0, -104.5], [-0.5, -2.0, -3.0]])
+    logits = agent.policy_logits(scores)
+    probs = scores.double().exp()  # float64 holds these probabilities
+    torch.testing.assert_close(logits, (probs / probs.max(-1, keepdim=True).values).float())
+    assert torch.distributions.Categorical(logits=logits).sample().shape == (2,)

@@ -95,7 +95,7 @@ def table(script: str) -> list[tuple[list[str], str]]:
         ]
     if script in ("glam_ppo.py", "glam_ppo_multigpu.py"):
         cases += [
-            (["--num-probe-prompts", "99"], "--num-probe-prompts 99 must be at most --num-envs 32"),
+            (["--num-probe-prompts", "99", "--num-envs", "32"], "--num-probe-prompts 99 must be at most --num-envs 32"),
             (["--num-minibatches", "7"], "--num-minibatches 7 must divide"),
             (["--total-timesteps", "100"], "--total-timesteps 100 is less than one batch"),
         ]
@@ -106,6 +106,8 @@ def table(script: str) -> list[tuple[list[str], str]]:
             (["--probes"], "--probes names no probe"),
             (["--probes", "nope"], "unknown probe nope"),
             (["--output-dir", "a_file/results"], "cannot write --output-dir a_file/results"),
+            # /proc exists and is writable by root, yet no folder can be made in it: found before any episode is played
+            (["--output-dir", "/proc/nope/out"], "cannot write --output-dir /proc/nope/out: No such file or directory"),
         ]
     return cases
 
@@ -157,3 +159,17 @@ def test_under_torchrun_one_rank_says_it_once_and_every_rank_fails(tmp_path):
     # torchrun reports a failed worker with a traceback of its own launcher; none comes from the script.
     assert "glam_ppo_multigpu.py\", line" not in result.stderr
     assert sorted(os.listdir(tmp_path)) == []
+
+
+@pytest.mark.parametrize("module", [glam_ppo, glam_ppo_multigpu], ids=lambda m: m.__name__)
+def test_defaults_adapt_to_the_flags_a_user_sets(module, tmp_path, monkeypatch):
+    """A default never makes a valid setting of another flag an error; a pair of flags both typed is checked."""
+    monkeypatch.chdir(tmp_path)
+    args = module.parse_args(["--model", "tiny-t5", "--num-envs", "2"])  # 3 probes by default, 2 envs
+    assert (args.num_probe_prompts, args.num_minibatches, args.minibatch_size) == (2, 20, 4)
+    args = module.parse_args(["--model", "tiny-t5", "--num-envs", "4", "--num-steps", "8"])  # 32 transitions: not 20 x
+    assert (args.num_minibatches, args.minibatch_size) == (16, 2)
+    assert module.parse_args(["--model", "tiny-t5", "--num-probe-prompts", "40"]).num_probe_prompts == 32
+    assert module.parse_args(["--model", "tiny-t5"]).num_minibatches == 20  # the paper's 64 transitions
+    with pytest.raises(module.UsageError, match="--num-probe-prompts 5 must be at most --num-envs 2"):
+        module.parse_args(["--model", "tiny-t5", "--num-envs=2", "--num-probe-prompts", "5"])

@@ -138,7 +138,7 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(t
 
 def test_fewer_evaluation_episodes_than_envs(tmp_path):
     result = run(tmp_path, *SMALL, "--num-transitions", "64", "--num-envs", "2", "--eval-episodes", "1")
-    assert "(1 episodes)" in result.stdout and "done: " in result.stdout
+    assert "(99% interval, 1 episodes)" in result.stdout and "done: " in result.stdout
 
 
 def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path):
@@ -203,3 +203,47 @@ def test_non_finite_weights_stop_before_evaluating_or_saving(tmp_path, monkeypat
         signal.signal(signal.SIGINT, previous_handlers[0])
         signal.signal(signal.SIGTERM, previous_handlers[1])
     assert not glob.glob("runs/*/checkpoint*")
+
+
+def interrupt_once(repo, cwd, flags, ready: str, stop_signal=signal.SIGTERM):
+    """bc_finetune.py run with `flags` in cwd, sent `stop_signal` one second after the path pattern `ready` exists:
+    (seconds from the signal to the exit, stdout, stderr)."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
+    deadline = time.time() + 120
+    while not glob.glob(str(cwd / ready)) and time.time() < deadline:
+        time.sleep(0.1)
+    time.sleep(1.0)
+    process.send_signal(stop_signal)
+    sent = time.time()
+    try:
+        stdout, stderr = process.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"still running 60 s after {signal.Signals(stop_signal).name}")
+    assert process.returncode == 0, stderr[-3000:]
+    return time.time() - sent, stdout, stderr
+
+
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_a_stop_while_making_demonstrations_keeps_them_for_demos(repo, tmp_path, stop_signal):
+    """400,000 transitions take minutes to make: the stop is seen within seconds, and the finished episodes are kept."""
+    elapsed, stdout, _ = interrupt_once(repo, tmp_path, [*SMALL, "--num-transitions", "400000"], "runs/*/events.*", stop_signal)
+    assert elapsed < 10
+    partial = os.path.join(os.path.relpath(only_run_dir(tmp_path), tmp_path), "demos.partial.jsonl")
+    made = sum(len(episode["actions"]) for episode in bc.read_demos(str(tmp_path / partial), bc.action_names("canonical")))
+    assert 0 < made < 400_000 and f"the {made} transitions made are in {partial} (train on them with --demos {partial})" in stdout
+    assert not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint"))
+
+
+def test_a_stop_during_an_evaluation_abandons_it_and_saves(repo, tmp_path):
+    """The first evaluation, of 5,000 episodes, is abandoned within seconds; the run saves its step and can resume."""
+    flags = [*SMALL, "--num-transitions", "64", "--eval-episodes", "5000"]
+    elapsed, stdout, _ = interrupt_once(repo, tmp_path, flags, "runs/*/demos.jsonl")
+    assert elapsed < 10
+    run_dir = only_run_dir(tmp_path)
+    assert f"saved {os.path.relpath(run_dir, tmp_path)}/checkpoint at step 0; continue with" in stdout
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    assert "charts/success_rate" not in events.Tags()["scalars"]  # nothing of the abandoned evaluation is logged

@@ -65,11 +65,14 @@ def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_damaged(t
     shutil.copytree(two_checkpoints, run_dir)
     with open(os.path.join(run_dir, "checkpoint", "trainer.pt"), "r+b") as f:
         f.truncate(100)
-    result = run_script("glam_ppo.py", tmp_path, "--resume", run_dir, "--total-timesteps", "96")
+    result = run_script("glam_ppo.py", tmp_path, "--resume", run_dir, "--total-timesteps", "64")
     assert f"{run_dir}/checkpoint is damaged (trainer.pt is not the file that was saved)" in result.stderr
-    # From update 1 to update 3: the new checkpoint is sealed, the one it replaced kept as the previous.
-    assert progress(os.path.join(run_dir, "checkpoint"))["iteration"] == 3
+    # Update 2 again: the new checkpoint is sealed, and the good one the run went back to stays the previous (the
+    # damaged one is dropped, never kept in place of a good one).
+    assert progress(os.path.join(run_dir, "checkpoint"))["iteration"] == 2
     assert g.checkpoint_damage(os.path.join(run_dir, "checkpoint")) is None
+    assert progress(os.path.join(run_dir, "checkpoint.previous"))["iteration"] == 1
+    assert g.checkpoint_damage(os.path.join(run_dir, "checkpoint.previous")) is None
 
 
 def test_a_full_disk_stops_the_run_with_its_last_good_checkpoint(tmp_path, monkeypatch):

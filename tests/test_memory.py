@@ -1,8 +1,11 @@
 """`auto` pass sizes (--score-batch-size, --grad-accum-minibatch, --grad-accum-batch): the CPU's counter of tensor bytes
 agrees with torch's MemTracker, and a pass of the size that auto picks does not exceed the memory it was given."""
 
+import importlib
 import math
+import signal
 
+import numpy as np
 import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -117,14 +120,43 @@ def test_auto_scoring_splits_a_large_batch_and_scores_alike():
     torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
 
 
-def test_optimizer_state_to_come_is_adams_two_moments_until_its_first_step():
+def test_training_memory_to_come_is_adams_two_moments_and_the_gradients_until_they_exist():
     agent, prompts = agent_and_prompts()
     optimizer = torch.optim.Adam(agent.parameters())
-    assert g.optimizer_state_to_come(optimizer) == 8 * sum(p.numel() for p in agent.parameters())
+    parameter_bytes = 4 * sum(p.numel() for p in agent.parameters())
+    assert g.training_memory_to_come(optimizer) == 2 * parameter_bytes
+    assert g.training_memory_to_come(optimizer, gradients=True) == 3 * parameter_bytes
     update_pass(agent)(prompts[:2])
     agent(prompts[:2])[1].sum().backward()
     optimizer.step()
-    assert g.optimizer_state_to_come(optimizer) == 0
+    assert g.training_memory_to_come(optimizer) == 0 and g.training_memory_to_come(optimizer, gradients=True) == 0
+
+
+@pytest.mark.parametrize("script", ["glam_ppo", "bc_finetune"])
+def test_scoring_budget_leaves_room_for_the_training_state_from_the_first_rollout(script, tmp_path, monkeypatch):
+    """The first scoring pass comes before any gradient or Adam moment exists: its budget must count them already."""
+    module = importlib.import_module(script)
+    monkeypatch.setattr(module, "free_memory", lambda device: 10e9)
+    budgets, call = [], module.PassSizer.__call__
+
+    def recording_call(self, *args, **kwargs):
+        budgets.append((self.flag, self.budget()))
+        return call(self, *args, **kwargs)
+
+    monkeypatch.setattr(module.PassSizer, "__call__", recording_call)
+    flags = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "2"]
+    flags += ["--num-steps", "2", "--total-timesteps", "4"] if script == "glam_ppo" else ["--num-transitions", "40", "--eval-episodes", "1"]
+    monkeypatch.chdir(tmp_path)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        module.main(module.parse_args(flags))
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    llm, _ = module.load_llm("tiny-t5")
+    trained = sum(p.numel() for p in llm.parameters()) + (sum(p.numel() for p in module.glam_head(64, 1).parameters()) if script == "glam_ppo" else 0)
+    first_scoring_budget = next(budget for flag, budget in budgets if flag == "--score-batch-size")
+    assert first_scoring_budget == pytest.approx(module.AUTO_MEMORY_MARGIN * 10e9 - 3 * 4 * trained)
 
 
 def test_scoring_tokenizes_each_prompt_once_however_it_is_chunked(monkeypatch):
@@ -139,3 +171,12 @@ def test_scoring_tokenizes_each_prompt_once_however_it_is_chunked(monkeypatch):
         assert calls == [len(prompts)] and 1 < agent.score_sizer.fits < len(prompts)
         monkeypatch.setattr(type(agent.tokenizer), "__call__", tokenize)
         torch.testing.assert_close(chunked, agent.score_pass(prompts)[1], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("total, most", [(64, 7), (16, 5), (64, 64), (7, 1), (10, 3), (1, 4)])
+def test_passes_are_as_few_as_fit_and_differ_by_at_most_one(total, most):
+    """64 transitions where 7 fit: ten passes of 6 or 7, not nine of 7 and one of 1 (a statistic of one transition)."""
+    passes = g.even_split(total, most)
+    sizes = [len(range(total)[part]) for part in passes]
+    assert sum(sizes) == total and [part.start for part in passes] == [0, *np.cumsum(sizes)[:-1]]
+    assert len(passes) == math.ceil(total / most) and max(sizes) <= most and max(sizes) - min(sizes) <= 1

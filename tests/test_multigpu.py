@@ -106,3 +106,33 @@ def test_ctrl_c_stops_every_rank_and_saves(repo, tmp_path):
     assert "saved" in stdout and "--resume" in stdout, stderr[-3000:]
     trainer = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "trainer.pt"), weights_only=False)
     assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * trainer["iteration"]
+
+
+# Runs glam_ppo_multigpu.py's own __main__ block with rank 1's update passes giving a non-finite log-probability.
+ONE_RANK_NON_FINITE = """
+import os, sys
+sys.path.insert(0, {repo!r})
+import glam_ppo_multigpu as script
+if os.environ["RANK"] == "1":
+    get_action_and_value = script.GlamAgent.get_action_and_value
+
+    def non_finite_when_evaluating(self, prompts, action=None):
+        action, logprob, entropy, value = get_action_and_value(self, prompts, action)
+        return action, logprob * float("nan"), entropy, value
+
+    script.GlamAgent.get_action_and_value = non_finite_when_evaluating
+source = open(script.__file__).read()
+main_block = source[source.index('if __name__ == "__main__":'):]
+exec(compile(main_block, script.__file__, "exec"), {{**vars(script), "__name__": "__main__"}})
+"""
+
+
+def test_a_non_finite_loss_on_one_rank_stops_every_rank_with_one_line(repo, tmp_path):
+    (tmp_path / "runner.py").write_text(ONE_RANK_NON_FINITE.format(repo=repo))
+    command = [*TORCHRUN, "--nproc_per_node", "2", str(tmp_path / "runner.py"), *SMALL, "--total-timesteps", "32"]
+    result = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode != 0
+    ours = [line for line in result.stderr.splitlines() if line.startswith("glam_ppo_multigpu.py: error:")]
+    assert ours == ["glam_ppo_multigpu.py: error: non-finite loss at update 1 (32 frames); no checkpoint was written. "
+                    "Try a lower --learning-rate, or without --bf16."], result.stderr[-3000:]
+    assert "glam_ppo_multigpu.py\", line" not in result.stderr and "Connection closed" not in result.stderr

@@ -128,7 +128,9 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path, stop_signal):
     while not glob.glob(str(tmp_path / "runs" / "*" / "checkpoint")) and time.time() < deadline:
         time.sleep(0.5)  # wait until the first update has been saved, then interrupt mid-run
     process.send_signal(stop_signal)
+    sent = time.time()
     stdout, stderr = process.communicate(timeout=120)
+    assert time.time() - sent < 20  # the rollout stops after its current step (or the update in progress, then one step)
     assert process.returncode == 0, stderr[-3000:]
     assert "saved" in stdout and "--resume" in stdout
     run_dir = only_run_dir(tmp_path)
@@ -302,13 +304,14 @@ def test_unknown_action_space_lists_the_choices(tmp_path):
 @pytest.mark.parametrize(
     "common, variant",
     [
-        ([], ["--grad-accum-minibatch", "5"]),  # 16 = 5 + 5 + 5 + 1
+        ([], ["--grad-accum-minibatch", "5"]),  # 16 = 4 + 4 + 4 + 4
         (["--norm-adv"], ["--grad-accum-minibatch", "5"]),  # advantages normalised over the minibatch, not each pass
         ([], ["--gradient-checkpointing"]),
     ],
     ids=["accumulation", "accumulation-norm-adv", "checkpointing"],
 )
 def test_accumulated_or_recomputed_update_is_the_same_update(tmp_path, common, variant):
+    """The same weights, and the same statistics logged (those of the whole minibatch, not of its last pass)."""
     whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
     whole.mkdir(), accumulated.mkdir()
     run(whole, *SMALL, "--total-timesteps", "32", *common)
@@ -316,6 +319,14 @@ def test_accumulated_or_recomputed_update_is_the_same_update(tmp_path, common, v
     reference = checkpoint_weights(only_run_dir(whole))
     for name, weight in checkpoint_weights(only_run_dir(accumulated)).items():
         torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
+    logged = {}
+    for folder in (whole, accumulated):
+        events = EventAccumulator(only_run_dir(folder))
+        events.Reload()
+        logged[folder] = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("losses/")}
+    assert len(logged[whole]) == 7
+    for tag, value in logged[whole].items():
+        assert logged[accumulated][tag] == pytest.approx(value, rel=1e-4, abs=1e-9), tag
 
 
 def test_lora_run_saves_an_adapter_and_resumes(tmp_path):

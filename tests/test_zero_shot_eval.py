@@ -2,7 +2,9 @@
 
 import csv
 import glob
+import inspect
 import json
+import math
 import os
 import signal
 import subprocess
@@ -12,6 +14,7 @@ import time
 import pytest
 import torch
 
+import bc_finetune
 import glam_ppo
 import zero_shot_eval as z
 
@@ -136,7 +139,9 @@ def test_sigterm_keeps_the_finished_probes_marked_partial(repo, tmp_path):
     while not (tmp_path / "results.json").exists() and time.time() < deadline:
         time.sleep(0.1)  # written when the first probe finishes; the second is running
     process.send_signal(signal.SIGTERM)
+    sent = time.time()
     _, stderr = process.communicate(timeout=60)
+    assert time.time() - sent < 10  # the evaluation of the second probe is abandoned at once
     assert process.returncode == 1 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("zero_shot_eval.py: error: stopped after 1 of 2 probes")
     record = json.loads((tmp_path / "results.json").read_text())
@@ -156,3 +161,17 @@ def test_random_weights_come_from_the_seed_whatever_the_generator_held(monkeypat
         ]))
     for first, second in zip(loaded[0].parameters(), loaded[1].parameters(), strict=True):
         assert torch.equal(first, second)
+
+
+@pytest.mark.parametrize("successes, episodes", [(0, 50), (50, 50), (3, 32), (143, 200)])
+def test_success_interval_is_wilsons_inside_zero_one_and_never_empty(successes, episodes):
+    """The bounds are the success rates p from which the observed rate lies 2.576 standard errors sqrt(p(1-p)/n) away
+    (the normal approximation gave 3/32 as [-0.039, 0.226] and 0/50 as [0, 0])."""
+    low, high = z.success_interval(successes, episodes)
+    rate = successes / episodes
+    assert 0 <= low <= rate <= high <= 1 and high - low > 0.05
+    for bound in (low, high):
+        if 0 < bound < 1:
+            assert abs(rate - bound) / math.sqrt(bound * (1 - bound) / episodes) == pytest.approx(2.576, abs=1e-6)
+    assert (low == 0) == (successes == 0) and (high == 1) == (successes == episodes)
+    assert inspect.getsource(bc_finetune.success_interval) == inspect.getsource(z.success_interval)
