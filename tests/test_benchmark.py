@@ -12,6 +12,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark"))
 import gpu_check  # noqa: E402
+import gpu_summary  # noqa: E402
 import memory  # noqa: E402
 import plot  # noqa: E402
 import scoring_speed  # noqa: E402
@@ -91,6 +92,11 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path):
     assert "| update_fp32_ckpt |" in (tmp_path / "gpu_check.md").read_text()
     auto = report["auto"]
     assert 1 < auto["passes"] < 8 and auto["peak_gb"] <= auto["budget_gb"] == 0.9
+    # gpu.sh's last table, built from what it wrote, a step it did not reach said as such
+    table = gpu_summary.summary(str(tmp_path))
+    assert table.startswith("GPU measurements on cpu") and "| scores vs one pass per pair, tiny-t5 | fp32" in table
+    assert f"| --grad-accum-minibatch auto at flan-t5-small | {auto['passes']} passes of {auto['pass_size']}" in table
+    assert "| train_speed.py | not measured (see train_speed.log) | |" in table
 
 
 def test_video_cost_and_a_still_frame(tmp_path):
@@ -109,3 +115,11 @@ def test_video_cost_and_a_still_frame(tmp_path):
         assert image.size == video_cost.glam_ppo.VIDEO_SIZE
     with pytest.raises(SystemExit, match="the video has 3 frames"):
         still_frame.main(still_frame.Args(video=str(tmp_path / "v.mp4"), frame=9, out=str(tmp_path / "x.png")))
+
+
+def test_gpu_sh_without_a_gpu_says_so_in_one_line(repo):
+    import subprocess
+
+    result = subprocess.run(["bash", os.path.join(repo, "benchmark", "gpu.sh")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 1 and result.stdout == ""
+    assert result.stderr.strip().splitlines() == ["gpu.sh: error: no CUDA GPU here (torch.cuda.is_available() is False); these measurements need one"]

@@ -3,7 +3,10 @@ agrees with torch's MemTracker, and a pass of the size that auto picks does not 
 
 import importlib
 import math
+import os
 import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -180,3 +183,35 @@ def test_passes_are_as_few_as_fit_and_differ_by_at_most_one(total, most):
     sizes = [len(range(total)[part]) for part in passes]
     assert sum(sizes) == total and [part.start for part in passes] == [0, *np.cumsum(sizes)[:-1]]
     assert len(passes) == math.ceil(total / most) and max(sizes) <= most and max(sizes) - min(sizes) <= 1
+
+
+FRESH_BUFFER_FAULTS = """
+import ctypes, resource, sys
+sys.path.insert(0, {repo!r})
+import glam_ppo
+glam_ppo.keep_freed_memory()
+libc = ctypes.CDLL("libc.so.6")
+libc.malloc.restype = ctypes.c_void_p
+
+
+def page_faults_of_a_fresh_buffer(size=200 << 20):
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    buffer = libc.malloc(size)
+    ctypes.memset(buffer, 1, size)  # written, as a new tensor is
+    libc.free(ctypes.c_void_p(buffer))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+page_faults_of_a_fresh_buffer()
+print(page_faults_of_a_fresh_buffer())
+"""
+
+
+@pytest.mark.parametrize("environment", [{}, {"GLIBC_TUNABLES": ""}], ids=["scripts-setting", "users-own"])
+def test_a_freed_buffer_is_kept_for_the_next_one_unless_the_user_set_malloc(environment, repo):
+    """glibc hands a freed 200 MB buffer back to the kernel and faults it in again, page by page, at the next one."""
+    env = {name: value for name, value in os.environ.items() if name != "GLIBC_TUNABLES" and not name.startswith("MALLOC_")}
+    result = subprocess.run([sys.executable, "-c", FRESH_BUFFER_FAULTS.format(repo=repo)], capture_output=True, text=True,
+                            env={**env, **environment}, check=True)
+    faults = int(result.stdout)
+    assert faults < 2_000 if not environment else faults > 20_000, faults
