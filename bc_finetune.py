@@ -17,6 +17,7 @@ import contextlib
 import ctypes
 import hashlib
 import importlib.util
+import inspect
 import io
 import itertools
 import json
@@ -198,10 +199,10 @@ def keep_freed_memory():
 
     By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
     page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
-    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap. GLIBC_TUNABLES or a
-    MALLOC_ setting in the environment is the user's own, and stands."""
-    if any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
-        return
+    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
+    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
+    if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
+        return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl, Windows): their allocators keep freed memory already or differ
@@ -828,17 +829,31 @@ class GlamAgent(nn.Module):
 
     @torch.no_grad()
     def _check_scoring(self):
-        """A family the tests have not covered: two real prompts scored together as the agent will score them (padded
-        to one length), and each alone one (prompt, action) pair at a time; a difference refuses the model, so that no
-        architecture is ever trained on wrong scores silently."""
+        """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
+        that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
+        the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
+        or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
         sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
-        prompts = [build_prompt("go to the red key", self.actions, [sentences] * k, self.actions[: k - 1]) for k in (1, 3)]
-        was_training = self.llm.training
+        many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
+                enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
+        prompts = [build_prompt("go to the red key", self.actions, [sentences], []),
+                   build_prompt("go to the red key", self.actions, [many] * 3, self.actions[:2])]
+        was_training, precision = self.llm.training, torch.get_float32_matmul_precision()
         self.to(next(self.llm.parameters()).device).llm.eval()
-        with torch.autocast(self.device.type, enabled=False):
-            hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
-            alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
-        self.llm.train(was_training)
+        torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
+                alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UsageError(
+                f"model family {self.family!r} is not among those tested, and scoring a prompt's actions fails on it "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+                "(README: model families) or --action-heads"
+            ) from None
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            self.llm.train(was_training)
         pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
         error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
         if not error <= 1e-3:
@@ -972,8 +987,8 @@ class GlamAgent(nn.Module):
         """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
         from 0, as if it were alone; T5's relative position bias needs nothing."""
         embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None:
-            yield
+        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
+            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
             return
         hook = embed_positions.register_forward_pre_hook(
             lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
@@ -1593,8 +1608,8 @@ def file_sha256(path: str) -> str:
 
 def commit_checkpoint(run_dir: str, write, progress: dict):
     """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous
-    (unless it is damaged: then the previous one stays), so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
     and stops the run with one line; the checkpoints already written stay as they were."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
@@ -1612,9 +1627,7 @@ def commit_checkpoint(run_dir: str, write, progress: dict):
         shutil.rmtree(temporary, ignore_errors=True)
         kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
         raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final) and os.path.exists(previous) and checkpoint_damage(final) is not None:
-        shutil.rmtree(final)  # damaged (the run went back to checkpoint.previous): the good copy stays the previous one
-    elif os.path.exists(final):
+    if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
@@ -1651,6 +1664,16 @@ def intact_checkpoint(run_dir: str) -> str | None:
         if os.environ.get("RANK", "0") == "0":  # once under torchrun
             print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
     return None
+
+
+def set_aside_damaged(checkpoint: str):
+    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
+    the good one as checkpoint.previous rather than the damaged one."""
+    run_dir = os.path.dirname(checkpoint)
+    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
+    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(damaged, aside)
 
 
 def checkpoint_progress(checkpoint: str) -> dict | None:
@@ -1727,6 +1750,8 @@ def main(args: Args):
     agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size).to(device)
 
     # The run folder only now, once everything that a bad flag could break has loaded.
+    if checkpoint is not None:
+        set_aside_damaged(checkpoint)
     os.makedirs(run_dir, exist_ok=True)
     if args.track:
         import wandb
@@ -1765,6 +1790,7 @@ def main(args: Args):
     # Scoring makes no gradients, but it must leave room for those of the updates and for AdamW's state from the start.
     agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
     step, global_step = 0, 0
+    saved_at = None  # the step of the last checkpoint written
     if checkpoint is not None:
         agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)["value_head"])
         optimizer.load_state_dict(trainer["optimizer"])
@@ -1780,6 +1806,8 @@ def main(args: Args):
     print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
 
     def checkpoint_now():
+        nonlocal saved_at
+        saved_at = step
         state = {
             "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step,
             "num_steps": num_steps,
@@ -1886,12 +1914,15 @@ def main(args: Args):
             evaluate()
             checkpoint_now()
     if stop.requested and step < num_steps:
-        checkpoint_now()
+        if saved_at != step:  # a stop during an evaluation comes after that step's checkpoint
+            checkpoint_now()
         progress.close()
         print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
         return
     progress.close()
     writer.close()
+    if stop.requested:
+        print("the final evaluation was stopped before it finished, and is not logged")
     print(
         f"done: {global_step} transitions; checkpoint in {run_dir}/checkpoint (evaluate with zero_shot_eval.py --model "
         f"{run_dir}, or continue with PPO: glam_ppo.py --init-from {run_dir}); logs: tensorboard --logdir runs"

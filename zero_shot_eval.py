@@ -13,6 +13,7 @@ import contextlib
 import csv
 import ctypes
 import importlib.util
+import inspect
 import io
 import json
 import math
@@ -147,10 +148,10 @@ def keep_freed_memory():
 
     By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
     page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
-    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap. GLIBC_TUNABLES or a
-    MALLOC_ setting in the environment is the user's own, and stands."""
-    if any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
-        return
+    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
+    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
+    if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
+        return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:  # not glibc (macOS, musl, Windows): their allocators keep freed memory already or differ
@@ -777,17 +778,31 @@ class GlamAgent(nn.Module):
 
     @torch.no_grad()
     def _check_scoring(self):
-        """A family the tests have not covered: two real prompts scored together as the agent will score them (padded
-        to one length), and each alone one (prompt, action) pair at a time; a difference refuses the model, so that no
-        architecture is ever trained on wrong scores silently."""
+        """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
+        that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
+        the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
+        or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
         sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
-        prompts = [build_prompt("go to the red key", self.actions, [sentences] * k, self.actions[: k - 1]) for k in (1, 3)]
-        was_training = self.llm.training
+        many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
+                enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
+        prompts = [build_prompt("go to the red key", self.actions, [sentences], []),
+                   build_prompt("go to the red key", self.actions, [many] * 3, self.actions[:2])]
+        was_training, precision = self.llm.training, torch.get_float32_matmul_precision()
         self.to(next(self.llm.parameters()).device).llm.eval()
-        with torch.autocast(self.device.type, enabled=False):
-            hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
-            alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
-        self.llm.train(was_training)
+        torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+        try:
+            with torch.autocast(self.device.type, enabled=False):
+                hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
+                alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+        except (TypeError, ValueError, RuntimeError) as error:
+            raise UsageError(
+                f"model family {self.family!r} is not among those tested, and scoring a prompt's actions fails on it "
+                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+                "(README: model families) or --action-heads"
+            ) from None
+        finally:
+            torch.set_float32_matmul_precision(precision)
+            self.llm.train(was_training)
         pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
         error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
         if not error <= 1e-3:
@@ -921,8 +936,8 @@ class GlamAgent(nn.Module):
         """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
         from 0, as if it were alone; T5's relative position bias needs nothing."""
         embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None:
-            yield
+        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
+            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
             return
         hook = embed_positions.register_forward_pre_hook(
             lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Everything to measure on a CUDA GPU, in one command of under 8 minutes (random weights of the real shapes: no hub):
+# Everything to measure on a CUDA GPU, in one command of under 7 minutes (random weights of the real shapes: no hub):
 #   0. a GPU, or one line that says there is none; the wheels that benchmark/gpu_wheels.sh put in .whl/ (carried with
 #      the tree) installed into /tmp/site, and the packages checked against what they require;
 #   1. gpu_check.py: the scorer against naive scoring on the device (fp32, bf16); the memory of the rollout and update
@@ -7,15 +7,15 @@
 #      what --grad-accum-minibatch auto picks on the device, and the measured peak of a pass of that size;
 #   2. scoring_speed.py on the device, up to flan-t5-large's shape;
 #   3. train_speed.py: glam_ppo.py at flan-t5-large's shape with the paper's batch (32 envs x 40 steps, minibatch 64).
-# Each step gets what is left of the 8 minutes; one that runs out is cut and the summary says so. Results (JSON,
+# Each step gets what is left of the 7 minutes; one that runs out is cut and the summary says so. Results (JSON,
 # markdown and each step's log: 8 files) go to $OUT when it is set (the device tool hands that folder back), else to
 # benchmark/gpu/, and the last lines printed are the summary table (gpu_summary.py).
 #   bash benchmark/gpu_wheels.sh                                               # here, once: the wheels (25 MiB)
-#   run(command="bash benchmark/gpu.sh", carry=[".whl"], timeout_s=540)         # on the device
+#   run(command="bash benchmark/gpu.sh", carry=[".whl"], timeout_s=480)         # on the device
 set -uo pipefail
 cd "$(dirname "$0")/.."
 start=$SECONDS
-budget=480
+budget=420
 export PYTHONUNBUFFERED=1
 if ! python3 -c "import sys, torch; sys.exit(0 if torch.cuda.is_available() else 1)" 2>/dev/null; then
   echo "gpu.sh: error: no CUDA GPU here (torch.cuda.is_available() is False); these measurements need one" >&2
@@ -31,10 +31,12 @@ import sys
 from importlib import metadata
 from packaging.requirements import Requirement
 problems = []
-for name in ("transformers", "minigrid", "gymnasium", "tyro", "torch", "tensorboard", "psutil", "pillow", "tqdm", "numpy"):
+CARRIED = ("transformers", "minigrid", "pygame-ce", "gymnasium", "farama-notifications", "tyro", "docstring-parser", "typeguard")
+for name in (*CARRIED, "torch", "tensorboard", "psutil", "pillow", "tqdm", "numpy", "packaging"):
     try:
-        carried = name in ("transformers", "minigrid", "gymnasium", "tyro")  # the image's own packages are its own affair
-        for spec in metadata.requires(name) if carried else []:
+        metadata.version(name)
+        # The requirements of the carried wheels; the image's own packages are its own affair.
+        for spec in (metadata.requires(name) or []) if name in CARRIED else []:
             requirement = Requirement(spec)
             if requirement.marker is not None and not requirement.marker.evaluate({"extra": ""}):
                 continue

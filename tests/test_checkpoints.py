@@ -68,7 +68,8 @@ def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_damaged(t
     result = run_script("glam_ppo.py", tmp_path, "--resume", run_dir, "--total-timesteps", "64")
     assert f"{run_dir}/checkpoint is damaged (trainer.pt is not the file that was saved)" in result.stderr
     # Update 2 again: the new checkpoint is sealed, and the good one the run went back to stays the previous (the
-    # damaged one is dropped, never kept in place of a good one).
+    # damaged one is set aside as checkpoint.damaged, never kept in place of a good one).
+    assert sorted(os.listdir(run_dir)).count("checkpoint.damaged") == 1
     assert progress(os.path.join(run_dir, "checkpoint"))["iteration"] == 2
     assert g.checkpoint_damage(os.path.join(run_dir, "checkpoint")) is None
     assert progress(os.path.join(run_dir, "checkpoint.previous"))["iteration"] == 1
@@ -105,5 +106,5 @@ def test_a_full_disk_stops_the_run_with_its_last_good_checkpoint(tmp_path, monke
 
 @pytest.mark.parametrize("copy", [glam_ppo_multigpu, bc_finetune], ids=lambda m: m.__name__)
 def test_checkpoint_code_is_the_same_in_every_training_script(copy):
-    for name in ("file_sha256", "commit_checkpoint", "checkpoint_damage", "intact_checkpoint", "checkpoint_progress"):
+    for name in ("file_sha256", "commit_checkpoint", "checkpoint_damage", "intact_checkpoint", "set_aside_damaged", "checkpoint_progress"):
         assert inspect.getsource(getattr(copy, name)) == inspect.getsource(getattr(g, name)), name

@@ -88,10 +88,13 @@ def test_an_untested_family_that_packs_exactly_is_accepted_after_the_check(smoll
         torch.testing.assert_close(agent.score(long_prompts), naive_scores(agent, long_prompts), atol=1e-4, rtol=0)
 
 
-def test_an_untested_family_that_packs_wrong_is_refused_in_one_line(smollm2):
-    """GPT-Neo's local layers keep a window that no config field of the known kinds describes."""
+@pytest.mark.parametrize("window", [16, 256])
+def test_an_untested_family_that_packs_wrong_is_refused_in_one_line(smollm2, window):
+    """GPT-Neo's local layers keep a window that no config field of the known kinds describes; the real checkpoints'
+    256 tokens are longer than short prompts, not than the check's long one."""
     llm = tiny_decoder_only(
-        t.GPTNeoConfig, smollm2, hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]], window_size=16
+        t.GPTNeoConfig, smollm2, hidden_size=64, num_layers=2, num_heads=4, attention_types=[[["global", "local"], 1]],
+        window_size=window,
     )
     with pytest.raises(g.UsageError, match=r"^model family .gpt_neo. is not among those tested, .* \(by up to 0\.\d+\), .*--action-heads$"):
         g.GlamAgent(llm, smollm2, g.action_names("canonical"))
