@@ -190,23 +190,18 @@ def check_ranges(args, ranges: dict[str, str]):
 
 
 def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: the folders it
-    lacks are made, a file is written in it, and what was made is removed again."""
-    missing, existing = [], os.path.abspath(folder)
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
+    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
+    side by side)."""
+    existing = os.path.abspath(folder)
     while not os.path.exists(existing):
-        missing.append(existing)
         existing = os.path.dirname(existing)
     if not os.path.isdir(existing):
         raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
     try:
-        os.makedirs(folder, exist_ok=True)
-        tempfile.TemporaryFile(dir=folder).close()
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
     except OSError as error:
         raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
-    finally:
-        for made in missing:  # innermost first
-            with contextlib.suppress(OSError):
-                os.rmdir(made)
 
 
 def keep_freed_memory():
