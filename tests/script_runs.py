@@ -2,6 +2,7 @@
 
 import glob
 import os
+import signal
 import subprocess
 import sys
 
@@ -22,6 +23,19 @@ def run_script(script, cwd, *flags, processes=0, check=True, env=None):
     if check:
         assert result.returncode == 0, result.stderr[-3000:]
     return result
+
+
+def run_in_process(script, cwd, flags, monkeypatch):
+    """script.main on flags, in cwd, with the signal handlers it installs put back afterwards."""
+    os.makedirs(cwd, exist_ok=True)
+    monkeypatch.chdir(cwd)
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        script.main(script.parse_args(flags))
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+    return only_run_dir(cwd)
 
 
 def only_run_dir(cwd):

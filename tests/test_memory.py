@@ -4,7 +4,6 @@ agrees with torch's MemTracker, and a pass of the size that auto picks does not 
 import importlib
 import math
 import os
-import signal
 import subprocess
 import sys
 
@@ -14,6 +13,7 @@ import torch
 from torch.distributed._tools.mem_tracker import MemTracker
 
 import glam_ppo as g
+from script_runs import run_in_process
 
 CPU = torch.device("cpu")
 
@@ -149,13 +149,7 @@ def test_scoring_budget_leaves_room_for_the_training_state_from_the_first_rollou
     monkeypatch.setattr(module.PassSizer, "__call__", recording_call)
     flags = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "2"]
     flags += ["--num-steps", "2", "--total-timesteps", "4"] if script == "glam_ppo" else ["--num-transitions", "40", "--eval-episodes", "1"]
-    monkeypatch.chdir(tmp_path)
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        module.main(module.parse_args(flags))
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
+    run_in_process(module, tmp_path, flags, monkeypatch)
     llm, _ = module.load_llm("tiny-t5")
     trained = sum(p.numel() for p in llm.parameters()) + (sum(p.numel() for p in module.glam_head(64, 1).parameters()) if script == "glam_ppo" else 0)
     first_scoring_budget = next(budget for flag, budget in budgets if flag == "--score-batch-size")

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import glam_ppo as g
 import glam_ppo_multigpu
-from script_runs import checkpoint_weights, only_run_dir, run_script, steps_write_infinity
+from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -68,19 +68,6 @@ def test_resume_continues_exactly(tmp_path):
     assert any(not torch.equal(first_half[k], resumed[k]) for k in resumed)  # the second update did train
     for name, weight in reference.items():
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
-
-
-def run_in_process(script, cwd, flags, monkeypatch):
-    """script.main on flags, in cwd, with the signal handlers it installs put back afterwards."""
-    os.makedirs(cwd, exist_ok=True)
-    monkeypatch.chdir(cwd)
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        script.main(script.parse_args(flags))
-    finally:
-        for number, handler in handlers.items():
-            signal.signal(number, handler)
-    return only_run_dir(cwd)
 
 
 def scalars(run_dir, tag):
