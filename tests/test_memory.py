@@ -208,4 +208,5 @@ def test_a_freed_buffer_is_kept_for_the_next_one_unless_the_user_set_malloc(envi
     result = subprocess.run([sys.executable, "-c", FRESH_BUFFER_FAULTS.format(repo=repo)], capture_output=True, text=True,
                             env={**env, **environment}, check=True)
     faults = int(result.stdout)
-    assert faults < 2_000 if not environment else faults > 20_000, faults
+    kept = not environment and not torch.cuda.is_available()  # the scripts set malloc for CPU runs only
+    assert faults < 2_000 if kept else faults > 20_000, faults
