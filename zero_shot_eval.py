@@ -138,24 +138,6 @@ def check_can_create(folder: str, what: str):
         raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
 
 
-def keep_freed_memory():
-    """On glibc, keep freed buffers for reuse rather than handing them back to the operating system.
-
-    By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
-    page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
-    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
-    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
-    if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
-        return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:  # not glibc (macOS, musl, Windows): their allocators keep freed memory already or differ
-        return
-    mmap_threshold, trim_threshold = -3, -1  # mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
-    libc.mallopt(mmap_threshold, 2_000_000_000)
-    libc.mallopt(trim_threshold, 512 << 20)
-
-
 # ---------------------------------------------------------------------------------------------------------------
 # BabyAI-Text: observation sentences
 # ---------------------------------------------------------------------------------------------------------------
@@ -1048,6 +1030,24 @@ class GlamAgent(nn.Module):
         return action, probs.log_prob(action), probs.entropy(), value
 
 
+def keep_freed_memory():
+    """On glibc, keep freed buffers for reuse rather than handing them back to the operating system.
+
+    By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
+    page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
+    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
+    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
+    if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
+        return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl, Windows): their allocators keep freed memory already or differ
+        return
+    mmap_threshold, trim_threshold = -3, -1  # mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
+    libc.mallopt(mmap_threshold, 2_000_000_000)
+    libc.mallopt(trim_threshold, 512 << 20)
+
+
 # Of the free memory, what an `auto` pass may take: the rest is room for the allocator's fragmentation and for the
 # temporaries of the optimizer's step.
 AUTO_MEMORY_MARGIN = 0.9
@@ -1067,7 +1067,8 @@ def training_memory_to_come(optimizer, gradients: bool = False) -> int:
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
     # FSDP's parameters are DTensors: their local shard is what this process holds.
     size = {p: (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in params}
-    return sum(2 * size[p] for p in params if p not in optimizer.state) + sum(size[p] for p in params if gradients and p.grad is None)
+    moments = sum(2 * size[p] for p in params if p not in optimizer.state)
+    return moments + (sum(size[p] for p in params if p.grad is None) if gradients else 0)
 
 
 class CreatedTensorBytes(TorchDispatchMode):

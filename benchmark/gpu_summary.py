@@ -19,11 +19,15 @@ def load(folder: str, name: str):
         return json.load(f)
 
 
+def not_measured(step: str) -> str:
+    return f"| {step}.py | not measured (see {step}.log) | |"
+
+
 def summary(folder: str) -> str:
     rows = ["| measurement | result | reference |", "|---|---|---|"]
     check = load(folder, "gpu_check.json")
     if check is None:
-        rows.append("| gpu_check.py | not measured (see gpu_check.log) | |")
+        rows.append(not_measured("gpu_check"))
     else:
         for row in check["equivalence"]:
             rows.append(f"| scores vs one pass per pair, {row['model']} | fp32 {row['fp32']:.1e}, bf16 {row['bf16']:.1e} nats | fp32 under 1e-3 |")
@@ -36,13 +40,13 @@ def summary(folder: str) -> str:
                     f"{auto['peak_gb']:.2f} GB | budget {auto['budget_gb']:.2f} GB |")
     speed = load(folder, "scoring_speed.json")
     if speed is None:
-        rows.append("| scoring_speed.py | not measured (see scoring_speed.log) | |")
+        rows.append(not_measured("scoring_speed"))
     else:
         for row in speed["rows"]:
             rows.append(f"| scoring, {row['model']} | {row['ours']:,.0f} pairs/s | naive {row['naive']:,.0f}, authors' {row['authors']:,.0f} |")
     training = load(folder, "train_speed.json")
     if training is None:
-        rows.append("| train_speed.py | not measured (see train_speed.log) | |")
+        rows.append(not_measured("train_speed"))
     else:
         for row in training["rows"]:
             batch = "paper batch" if training["paper_batch"] else "CPU batch"
