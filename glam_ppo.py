@@ -1,10 +1,17 @@
 """GLAM: PPO fine-tuning of a language model acting in BabyAI-Text (Carta et al., ICML 2023), in one file.
 
-Each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from
-the softmax of those scores, and PPO trains the whole model plus a value head on the decoder's first hidden
-state. Facts reproduced from the paper and the authors' code are listed in the README; every place where this
-file knowingly differs from the original says so in a comment marked "Differs from the original".
+Each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from the
+softmax of those scores, and PPO trains the whole model plus a value head on the decoder's first hidden state.
+
+How to read this file: the method comes first, top to bottom. `Args` (the paper's settings first), the sentences
+BabyAI-Text gives the agent and its actions, the prompt, `GlamAgent` (the score, the value head, then how one pass
+scores every action), GAE, and `main()`: the rollout, then the PPO update. After the banner APPENDICES comes what
+main() calls that is not the method: the levels minigrid lacks, model loading, flag checks, checkpoints and
+stopping, memory sizing, and videos. Facts reproduced from the paper and the authors' code are listed in the
+README; every place where this file knowingly differs from the original says so in a comment marked "Differs from
+the original".
 """
+
 
 import contextlib
 import ctypes
@@ -52,46 +59,11 @@ from transformers import BatchEncoding
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled when available"""
-    tf32: bool = True
-    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "glam"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-
-    # Model
+    # The method: model, scoring, environment and the paper's PPO settings
     model: str = "flan-t5-large"
     """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
-    pretrained: bool = True
-    """start from the pretrained weights (False: random init from the config, the NPAE baseline)"""
-    load_embedding: bool = False
-    """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
-    action_heads: bool = False
-    """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score: sum (correct), means, or the paper-era softmax(P/max P)"""
-    score_batch_size: int | Literal["auto"] = "auto"
-    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
-    init_from: str | None = None
-    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
-    lora_r: int = 0
-    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
-    bf16: bool = False
-    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
-    gradient_checkpointing: bool = False
-    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
-
-    # Environment
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the id of the BabyAI-Text level"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
@@ -102,8 +74,6 @@ class Args:
     """the number of steps to run in each environment per policy rollout"""
     total_timesteps: int = 1_500_000
     """total frames of the experiment"""
-
-    # PPO (the paper's settings)
     learning_rate: float = 1e-6
     """the learning rate of the optimizer (constant)"""
     adam_eps: float = 1e-5
@@ -132,22 +102,58 @@ class Args:
     """the target KL divergence threshold"""
     reward_scale: float = 20.0
     """training reward = this x the env reward"""
+    seed: int = 1
+    """seed of the experiment"""
+
+    # The paper's baselines and variants
+    pretrained: bool = True
+    """start from the pretrained weights (False: random init from the config, the NPAE baseline)"""
+    load_embedding: bool = False
+    """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
+    action_heads: bool = False
+    """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
+    init_from: str | None = None
+    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
+
+    # Hardware, precision and memory
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
+    bf16: bool = False
+    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
+    score_batch_size: int | Literal["auto"] = "auto"
+    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
     grad_accum_minibatch: int | Literal["auto"] = "auto"
     """transitions per forward/backward pass, gradients accumulated over a minibatch (auto: the most that fit; 0: all)"""
 
-    # Logging and checkpoints
-    save_interval: int = 50
-    """write a checkpoint every this many updates (and always at the end)"""
+    # Logging, checkpoints and videos
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "glam"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
     num_probe_prompts: int = 3
     """fixed prompts whose action distribution is logged every update (at most one per env)"""
+    save_interval: int = 50
+    """write a checkpoint every this many updates (and always at the end)"""
+    resume: str | None = None
+    """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
     capture_video: bool = False
     """record an episode of an evaluation env every --video-interval updates, to videos/{run_name} and TensorBoard"""
     video_interval: int = 50
     """updates between two recorded episodes"""
     video_format: Literal["mp4", "gif"] = "mp4"
     """mp4 (H.264, through imageio-ffmpeg) or gif"""
-    resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
 
     # to be filled in runtime
     batch_size: tyro.conf.Suppress[int] = 0
@@ -174,39 +180,9 @@ class UsageError(Exception):
     """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
 
 
-def check_ranges(args, ranges: dict[str, str]):
-    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
-    for name, interval in ranges.items():
-        value = getattr(args, name)
-        if value is None or value == "auto":
-            continue
-        low, high = (float(bound) for bound in interval[1:-1].split(","))
-        above = low < value if interval[0] == "(" else low <= value
-        below = value < high if interval[-1] == ")" else value <= high
-        if not (math.isfinite(value) and above and below):
-            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
-
-
-def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
-    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
-    side by side)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: observation sentences
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: the sentences an agent reads, its actions, and a vector of text envs
+# -----------------------------------------------------------------------------------------------------------------
 
 AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
 FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
@@ -276,137 +252,6 @@ def describe(image: np.ndarray, language: str = "english") -> list[str]:
             sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
     return sentences
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: the levels minigrid lacks
-# ---------------------------------------------------------------------------------------------------------------
-
-TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
-HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
-OBJECT_TYPES = ("key", "ball", "box")
-
-
-class LocalTaskLevel(RoomGridLevel):
-    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
-
-    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
-    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
-    """
-
-    def __init__(
-        self,
-        task_kinds=TASK_KINDS,
-        task_kind: str | None = None,
-        pairs: Literal["train", "test", "any"] = "train",
-        sequence_forms=("then", "after"),
-        second_task: str = "goto",
-        num_dists: int = 8,
-        room_size: int = 8,
-        **kwargs,
-    ):
-        if task_kind is not None and task_kind not in task_kinds:
-            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
-        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
-        self.pairs = pairs
-        self.sequence_forms = sequence_forms
-        self.second_task = second_task
-        self.num_dists = num_dists
-        self.task_kind = self.task_kinds[0]
-        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
-
-    def _gen_grid(self, width, height):
-        # The kind decides the grid's width, so draw it first, from this reset's seed.
-        self.task_kind = self._rand_elem(self.task_kinds)
-        self.num_cols = 2 if self.task_kind == "open" else 1
-        self.width = (self.room_size - 1) * self.num_cols + 1
-        super()._gen_grid(self.width, height)
-
-    def _allowed(self, pair: str) -> bool:
-        if self.pairs == "any":
-            return True
-        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
-
-    def _pick_targets(self, objs, count):
-        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
-        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
-        self.np_random.shuffle(candidates)
-        chosen, seen = [], set()
-        for obj in candidates:
-            if (obj.color, obj.type) not in seen:
-                chosen.append(obj)
-                seen.add((obj.color, obj.type))
-        if len(chosen) < count:
-            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
-        return chosen[:count]
-
-    def gen_mission(self):
-        if self.task_kind == "open":
-            self._gen_open_mission()
-            return
-        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
-        self.place_agent()
-        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
-        self.check_objs_reachable()
-        if self.task_kind in ("goto", "pickup"):
-            (target,) = self._pick_targets(objs, 1)
-            desc = ObjDesc(target.type, target.color)
-            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
-        elif self.task_kind == "putnext":
-            moved, fixed = self._pick_targets(objs, 2)
-            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
-        else:
-            first, second = self._pick_targets(objs, 2)
-            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
-            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
-            then_second = instr_cls(ObjDesc(second.type, second.color))
-            if self._rand_elem(self.sequence_forms) == "then":
-                self.instrs = BeforeInstr(pick_up_first, then_second)
-            else:
-                self.instrs = AfterInstr(then_second, pick_up_first)
-
-    def _gen_open_mission(self):
-        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
-        colour = self._rand_elem(door_colours)
-        agent_room = self._rand_int(0, 2)
-        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
-        self.add_object(agent_room, 0, "key", colour)
-        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
-        self.place_agent(agent_room, 0)
-        self.check_objs_reachable()
-        named = self.pairs == "test" or self._rand_bool()
-        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
-
-
-class GoToFrench(GoToLocal):
-    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
-
-    language = "french"
-
-
-# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
-BABYAI_TEXT_LEVELS = {
-    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
-    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
-    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
-    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
-    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
-    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
-    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
-    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
-    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
-}
-for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
-    if _env_id not in gym.registry:
-        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
-
-
-def babyai_env_ids() -> list[str]:
-    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: actions, the text wrapper and a vector of text envs
-# ---------------------------------------------------------------------------------------------------------------
 
 ACTIONS = {
     "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
@@ -542,9 +387,9 @@ class TextVecEnv:
         return self.prompts(), rewards, dones, finished
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Prompt
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# The prompt
+# -----------------------------------------------------------------------------------------------------------------
 
 PROMPT_WORDS = {
     "english": ("Possible action of the agent:", "Goal of the agent"),
@@ -563,9 +408,724 @@ def build_prompt(goal: str, actions, obs_history, action_history, language: str 
     return prompt
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Model loading
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# The agent: an LLM that scores action strings, and a value head
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
+    """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
+    return nn.Sequential(
+        nn.Linear(in_features, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, out_features)
+    )
+
+
+class GlamAgent(nn.Module):
+    """An LLM policy over action strings, and a value head, both reading the same decoder state.
+
+    An action a = (a_1, ..., a_n) is scored by its log-likelihood given the prompt p (reference section 5):
+
+        score(a | p) = sum_j log softmax(LLM(p, a_1 .. a_j-1))[a_j]
+
+    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum above, or the
+    variants of --scoring). The value head, an MLP, reads the decoder's first state (encoder-decoder models: the
+    decoder start token's) or the prompt's last token's (decoder-only). `score` computes the scores of every action
+    of many prompts in one forward pass: see "Scoring every action in one pass" below.
+    """
+
+    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024):
+        super().__init__()
+        self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
+        self.scoring, self.score_batch_size = scoring, score_batch_size
+        self.is_encoder_decoder = llm.config.is_encoder_decoder
+        self._check_architecture()
+        hidden_size = llm.config.get_text_config().hidden_size
+        self.value_head = glam_head(hidden_size, 1)
+        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+        self.pairs_per_prompt = 1 if action_heads else len(self.actions)
+        self.score_sizer = PassSizer(
+            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
+        )
+        self._pack_actions()
+        if self.action_head is None and self.family not in TESTED_FAMILIES:
+            check_packed_scoring(self)
+
+    def forward(self, prompts):
+        """(policy logits [B, A], values [B]) for a list of prompts."""
+        hidden, scores = self._hidden_and_scores(prompts)
+        # The heads run in float32 even under --bf16 autocast: bf16's spacing at returns of 16-20 (0.125) is as wide
+        # as the value clip of 0.2.
+        with torch.autocast(self.device.type, enabled=False):
+            hidden = hidden.float()
+            logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
+            return logits, self.value_head(hidden).squeeze(-1)
+
+    def score(self, prompts) -> torch.Tensor:
+        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
+        return self._hidden_and_scores(prompts)[1]
+
+    def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        if self.scoring == "token-mean":
+            return scores / self.action_mask.sum(-1)
+        if self.scoring == "word-mean":
+            return scores / self.action_words
+        if self.scoring == "legacy-paper":
+            # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
+            # P / max P as exp(score - max score): the same number, with no 0 / 0 where every P underflows (scores < -104).
+            return (scores - scores.max(-1, keepdim=True).values).exp()
+        return scores
+
+    def get_value(self, prompts):
+        return self(prompts)[1]
+
+    def get_action_and_value(self, prompts, action=None):
+        logits, value = self(prompts)
+        probs = Categorical(logits=logits)
+        if action is None:
+            action = probs.sample()
+        return action, probs.log_prob(action), probs.entropy(), value
+
+    # Scoring every action in one pass. The actions are packed one after the other into a single sequence, each in a
+    # block that sees the prompt and its own earlier tokens only (`_packed_attention`), so nothing that grows with the
+    # prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and each block of the
+    # decoder sequence starts with its own decoder start token (T5's position bias depends on distances alone, so a
+    # block computes what it would compute alone; BART-like models number each block's positions from 0). Decoder-only
+    # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
+    # is scored on the tokens that the joint text `prompt + action` is made of (`_joint_action_tokens`).
+
+    def _check_architecture(self):
+        """One line refusing what a packed pass cannot score; the sliding windows and ALiBi that it must handle."""
+        config = self.llm.config
+        if config._attn_implementation not in ("eager", "sdpa"):
+            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+            raise UsageError(
+                f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
+                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
+            )
+        text_config, self.family = config.get_text_config(), config.model_type
+        layer_types = getattr(text_config, "layer_types", None)
+        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
+        if other_layers:
+            raise UsageError(
+                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
+                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
+                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            )
+        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
+        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
+        self.sliding_window = getattr(text_config, "sliding_window", None)
+        if layer_types is not None and "sliding_attention" not in layer_types:
+            self.sliding_window = None
+        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
+        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
+        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
+        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
+
+    def _pack_actions(self):
+        """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
+        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
+        if self.is_encoder_decoder:
+            token_lists = [self.tokenizer(action).input_ids for action in self.actions]
+        else:
+            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
+        width = max(map(len, token_lists))
+        action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
+        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            action_ids[index, : len(ids)] = torch.tensor(ids)
+            action_mask[index, : len(ids)] = 1
+        # Block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder start token and all but
+        # the last token. Decoder-only: all but the last (the prompt's last token predicts the first). score_source[a,
+        # j]: the position whose logits give action a's token j (decoder-only: position 0 is the prompt's last token).
+        if self.is_encoder_decoder:
+            blocks = [[self.llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
+        else:
+            blocks = [ids[:-1] for ids in token_lists]
+        block_starts = np.cumsum([0] + [len(block) for block in blocks])
+        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
+            if not self.is_encoder_decoder:
+                score_source[index, 0] = 0
+        buffers = {
+            "action_ids": action_ids, "action_mask": action_mask,
+            "action_words": torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float),
+            "packed_ids": torch.tensor([token for block in blocks for token in block]),
+            "packed_blocks": torch.tensor([a for a, block in enumerate(blocks) for _ in block]),
+            "packed_offsets": torch.tensor([j for block in blocks for j in range(len(block))]),
+            "score_source": score_source,
+            # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
+            "pair_source": torch.arange(len(token_lists) * width).view(len(token_lists), width),
+        }
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    @property
+    def device(self):
+        return self.value_head[0].weight.device
+
+    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
+        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
+        that they all end at the last position, and without the trailing space, which belongs to the action's first
+        token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
+        else:
+            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
+        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        lengths = [sum(mask) for mask in tokens.attention_mask]
+        return tokens.convert_to_tensors("pt").to(self.device), lengths
+
+    def _hidden_and_scores(self, prompts):
+        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
+        `score_batch_size` (or in memory: auto)."""
+        tokens, lengths = self.tokenize_prompts(prompts)
+        if self.score_batch_size == "auto":
+            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
+        else:
+            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
+        chunks = [
+            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
+        ]
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
+        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
+        return hidden, scores
+
+    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
+        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
+        width = max(lengths[start:stop])
+        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
+        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
+
+    def score_pass(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
+        return self._score_tokens(self.tokenize_prompts(prompts)[0])
+
+    def _score_tokens(self, tokens, packed: bool | None = None):
+        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
+        if self.action_head is not None:
+            return self._final_hidden(tokens), None
+        if self.packed if packed is None else packed:
+            (hidden, logits), source = self._packed_pass(tokens), self.score_source
+        else:
+            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
+        # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
+        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
+        token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
+        scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
+        return hidden, scores
+
+    def _packed_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
+        num_rows, prompt_length = tokens.input_ids.shape
+        num_packed = len(self.packed_ids)
+        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+        with self._decoder_states() as captured, self._block_positions():
+            if self.is_encoder_decoder:
+                encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                out = self.llm(
+                    encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
+                    decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
+                )
+                return captured[0][:, 0], out.logits
+            prompt_mask = tokens.attention_mask.bool()
+            prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
+            prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
+            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
+            packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
+            positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
+            out = self.llm(
+                input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
+                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
+                position_ids=positions, use_cache=False,
+                # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
+                logits_to_keep=num_packed + 1,
+            )
+            return captured[0][:, prompt_length - 1], out.logits
+
+    def _packed_attention(self, num_rows: int) -> torch.Tensor:
+        """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
+        same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
+        causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
+        return (same_block & causal).expand(num_rows, -1, -1)
+
+    def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
+        if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
+        return allowed[:, None]
+
+    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
+        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
+        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        if self.sliding_window is None:
+            return self._attention_mask(allowed)
+        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
+        if not self.mask_per_layer_type:
+            return windowed
+        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
+
+    @contextlib.contextmanager
+    def _block_positions(self):
+        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
+        from 0, as if it were alone; T5's relative position bias needs nothing."""
+        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
+        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
+            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
+            return
+        hook = embed_positions.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
+        )
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    @contextlib.contextmanager
+    def _decoder_states(self):
+        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
+        the model is asked for no other layer's states."""
+        captured = []
+        hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+        try:
+            yield captured
+        finally:
+            hook.remove()
+
+    def _pair_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
+        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
+        scorer of ALiBi models and what packed scoring is checked against."""
+        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
+        width = self.action_ids.shape[1]
+        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
+        with self._decoder_states() as captured:
+            if self.is_encoder_decoder:
+                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
+                out = self.llm(
+                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
+                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
+                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
+                )
+                hidden = captured[0][::num_actions, 0]
+            else:
+                # The prompt's last token and the action's tokens but its last predict the action's tokens.
+                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
+                out = self.llm(
+                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
+                )
+                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
+        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
+
+    def _final_hidden(self, tokens) -> torch.Tensor:
+        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
+        if self.is_encoder_decoder:
+            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            start = torch.full((len(encoded), 1), self.llm.config.decoder_start_token_id, device=self.device)
+            out = self.llm.get_decoder()(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=tokens.attention_mask, use_cache=False)
+            return out.last_hidden_state[:, 0]
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def _scoring_probe(self, prompts):
+        self.score_pass(prompts)
+
+    def _joint_action_tokens(self) -> list[list[int]]:
+        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+        to split exactly after every `Action k: ` a prompt can end with.
+        """
+        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
+        for k in range(3):
+            history = [self.actions[i % len(self.actions)] for i in range(k)]
+            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
+            contexts.append((context, self.tokenizer(context).input_ids))
+        token_lists = []
+        for action in self.actions:
+            found = set()
+            for context, context_ids in contexts:
+                joint_ids = self.tokenizer(f"{context} {action}").input_ids
+                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                    raise UsageError(
+                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    )
+                found.add(tuple(joint_ids[len(context_ids) :]))
+            if len(found) > 1:
+                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+            token_lists.append(list(found.pop()))
+        return token_lists
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# PPO
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+def main(args: Args):
+    stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint after the current step, then exit
+    checkpoint = args.resume_checkpoint
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    configure_matmul_precision(device, args.tf32)
+
+    # env setup
+    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
+    next_prompts = envs.reset(seed=args.seed)
+    probe_prompts = next_prompts[: args.num_probe_prompts]
+
+    llm, tokenizer = load_policy_model(args, checkpoint)
+    if args.gradient_checkpointing:
+        checkpoint_activations(llm)
+    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    next_done = torch.zeros(args.num_envs, device=device)
+    global_step, start_iteration = 0, 1
+    load_heads(agent, checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None))
+    if checkpoint is not None:
+        envs, trainer = restore_run(checkpoint, optimizer)
+        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
+        next_done, probe_prompts, next_prompts = trainer["next_done"].to(device), trainer["probe_prompts"], envs.prompts()
+    writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if checkpoint else None)
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, final_frames=True) if args.capture_video else None
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
+    agent.eval()
+    update_sizer = update_pass_sizer(agent, optimizer, autocast)
+
+    # ALGO Logic: Storage setup
+    obs = [[""] * args.num_envs for _ in range(args.num_steps)]
+    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+
+    def state_after(iteration):
+        return run_state(envs, global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
+
+    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
+    recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
+    start_time, start_step = time.time(), global_step
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
+        # resumed run replays the dropped partial rollout exactly (its logged episodes are purged on resume).
+        resume_point = state_after(iteration - 1)
+        rollout_start = time.time()
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_prompts
+            dones[step] = next_done
+
+            # ALGO LOGIC: action logic
+            with torch.no_grad(), autocast:
+                action, logprob, _, value = agent.get_action_and_value(next_prompts)
+            values[step] = value.float()
+            actions[step] = action
+            logprobs[step] = logprob.float()
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward, device=device)
+            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+            for episode in finished:
+                recent_successes.append(float(episode["success"]))
+                recent_returns.append(episode["return"])
+                writer.add_scalar("charts/episodic_return", episode["return"], global_step)
+                writer.add_scalar("charts/episodic_length", episode["length"], global_step)
+                writer.add_scalar("charts/success_rate", float(episode["success"]), global_step)
+            progress.update(args.num_envs)
+            if stop.requested:
+                break
+        if stop.requested:
+            return save_and_exit(run_dir, args, agent, optimizer, resume_point, progress)
+        rollout_time = time.time() - rollout_start
+
+        # bootstrap value if not done
+        with torch.no_grad(), autocast:
+            next_value = agent.get_value(next_prompts).float()
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+
+        # flatten the batch
+        b_obs = [prompt for step_prompts in obs for prompt in step_prompts]
+        b_logprobs = logprobs.reshape(-1)
+        b_actions = actions.reshape(-1)
+        b_advantages = advantages.reshape(-1)
+        b_returns = returns.reshape(-1)
+        b_values = values.reshape(-1)
+
+        # Optimizing the policy and value network, each minibatch in passes of micro_size (--grad-accum-minibatch)
+        update_start = time.time()
+        if args.grad_accum_minibatch == "auto":
+            micro_size = update_sizer(b_obs, device, total=args.minibatch_size)
+        else:
+            micro_size = args.grad_accum_minibatch or args.minibatch_size
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                mb_inds = b_inds[start : start + args.minibatch_size]
+                mb_advantages = b_advantages[mb_inds]
+                if args.norm_adv:
+                    # Over the whole minibatch, however it is split into passes.
+                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
+                optimizer.zero_grad()
+                # The minibatch's statistics: each pass's, weighted by its share of the minibatch.
+                stats = torch.zeros(6, device=device)
+                for micro in even_split(len(mb_inds), micro_size):
+                    inds = mb_inds[micro]
+                    with autocast:
+                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
+                    logratio = newlogprob.float() - b_logprobs[inds]
+                    ratio = logratio.exp()
+
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        old_approx_kl = (-logratio).mean()
+                        approx_kl = ((ratio - 1) - logratio).mean()
+                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages[micro] * ratio
+                    pg_loss2 = -mb_advantages[micro] * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+                    # Value loss
+                    newvalue = newvalue.float()
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
+                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
+                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
+                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+                    else:
+                        v_loss = 0.5 * ((newvalue - b_returns[inds]) ** 2).mean()
+
+                    entropy_loss = entropy.float().mean()
+                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+                    if not torch.isfinite(loss):
+                        raise non_finite("loss", iteration, global_step, run_dir, progress)
+                    # Micro-batches are weighted by their share of the minibatch: the sum is the minibatch's gradient.
+                    (loss * len(inds) / len(mb_inds)).backward()
+                    pass_stats = torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
+                    stats += pass_stats * len(inds) / len(mb_inds)
+                if not torch.isfinite(nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)):
+                    raise non_finite("gradient", iteration, global_step, run_dir, progress)
+                optimizer.step()
+                # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
+                # or save with them.
+                if not torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all():
+                    raise non_finite("weights", iteration, global_step, run_dir, progress)
+                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = stats.tolist()
+                clipfracs.append(clipfrac)
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        update_time = time.time() - update_start
+
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
+        writer.add_scalar("losses/entropy", entropy_loss, global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
+        writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
+        log_probes(writer, agent, probe_prompts, autocast, global_step)
+        progress.set_postfix(
+            update=f"{iteration}/{args.num_iterations}", SPS=sps,
+            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
+            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
+        )
+        if args.capture_video and iteration % args.video_interval == 0:
+            record_video(args, agent, video_env, autocast, writer, run_name, iteration, global_step)
+        if iteration % args.save_interval == 0 or iteration == args.num_iterations:
+            save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration), progress)
+    progress.close()
+    writer.close()
+    print(f"done: {global_step} frames; checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
+
+
+# =================================================================================================================
+# APPENDICES: what main() calls besides the method itself
+# =================================================================================================================
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# A. The levels of BabyAI-Text that minigrid lacks
+# -----------------------------------------------------------------------------------------------------------------
+
+TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
+OBJECT_TYPES = ("key", "ball", "box")
+
+
+class LocalTaskLevel(RoomGridLevel):
+    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
+
+    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
+    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
+    """
+
+    def __init__(
+        self,
+        task_kinds=TASK_KINDS,
+        task_kind: str | None = None,
+        pairs: Literal["train", "test", "any"] = "train",
+        sequence_forms=("then", "after"),
+        second_task: str = "goto",
+        num_dists: int = 8,
+        room_size: int = 8,
+        **kwargs,
+    ):
+        if task_kind is not None and task_kind not in task_kinds:
+            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
+        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
+        self.pairs = pairs
+        self.sequence_forms = sequence_forms
+        self.second_task = second_task
+        self.num_dists = num_dists
+        self.task_kind = self.task_kinds[0]
+        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
+
+    def _gen_grid(self, width, height):
+        # The kind decides the grid's width, so draw it first, from this reset's seed.
+        self.task_kind = self._rand_elem(self.task_kinds)
+        self.num_cols = 2 if self.task_kind == "open" else 1
+        self.width = (self.room_size - 1) * self.num_cols + 1
+        super()._gen_grid(self.width, height)
+
+    def _allowed(self, pair: str) -> bool:
+        if self.pairs == "any":
+            return True
+        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+
+    def _pick_targets(self, objs, count):
+        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
+        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
+        self.np_random.shuffle(candidates)
+        chosen, seen = [], set()
+        for obj in candidates:
+            if (obj.color, obj.type) not in seen:
+                chosen.append(obj)
+                seen.add((obj.color, obj.type))
+        if len(chosen) < count:
+            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
+        return chosen[:count]
+
+    def gen_mission(self):
+        if self.task_kind == "open":
+            self._gen_open_mission()
+            return
+        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        self.check_objs_reachable()
+        if self.task_kind in ("goto", "pickup"):
+            (target,) = self._pick_targets(objs, 1)
+            desc = ObjDesc(target.type, target.color)
+            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+        elif self.task_kind == "putnext":
+            moved, fixed = self._pick_targets(objs, 2)
+            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+        else:
+            first, second = self._pick_targets(objs, 2)
+            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
+            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
+            then_second = instr_cls(ObjDesc(second.type, second.color))
+            if self._rand_elem(self.sequence_forms) == "then":
+                self.instrs = BeforeInstr(pick_up_first, then_second)
+            else:
+                self.instrs = AfterInstr(then_second, pick_up_first)
+
+    def _gen_open_mission(self):
+        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
+        colour = self._rand_elem(door_colours)
+        agent_room = self._rand_int(0, 2)
+        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_object(agent_room, 0, "key", colour)
+        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
+        self.place_agent(agent_room, 0)
+        self.check_objs_reachable()
+        named = self.pairs == "test" or self._rand_bool()
+        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
+
+
+class GoToFrench(GoToLocal):
+    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
+
+    language = "french"
+
+
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
+BABYAI_TEXT_LEVELS = {
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
+}
+
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
+    if _env_id not in gym.registry:
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
+
+
+def babyai_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# B. Loading models
+# -----------------------------------------------------------------------------------------------------------------
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
 TINY_MODELS = ("tiny-t5", "tiny-causal")
@@ -689,9 +1249,70 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
     )
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Agent
-# ---------------------------------------------------------------------------------------------------------------
+# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
+# any other is checked when its agent is built.
+TESTED_FAMILIES = {
+    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
+    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
+}
+
+
+@torch.no_grad()
+def check_packed_scoring(agent: GlamAgent):
+    """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
+    that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
+    the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
+    or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
+    sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
+    many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
+            enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
+    prompts = [build_prompt("go to the red key", agent.actions, [sentences], []),
+               build_prompt("go to the red key", agent.actions, [many] * 3, agent.actions[:2])]
+    was_training, precision = agent.llm.training, torch.get_float32_matmul_precision()
+    agent.to(next(agent.llm.parameters()).device).llm.eval()
+    torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+    try:
+        with torch.autocast(agent.device.type, enabled=False):
+            hidden, scores = agent._score_tokens(agent.tokenize_prompts(prompts)[0])
+            alone = [agent._score_tokens(agent.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise UsageError(
+            f"model family {agent.family!r} is not among those tested, and scoring a prompt's actions fails on it "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+            "(README: model families) or --action-heads"
+        ) from None
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        agent.llm.train(was_training)
+    pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
+    error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
+    if not error <= 1e-3:
+        raise UsageError(
+            f"model family {agent.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
+            f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
+            "on wrong scores; use a tested family (README: model families) or --action-heads"
+        )
+
+
+def load_policy_model(args: Args, checkpoint: str | None):
+    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
+    if checkpoint is None:
+        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        if args.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
+            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
+            llm = get_peft_model(llm, config)
+        return llm, tokenizer
+    model_dir = os.path.join(checkpoint, "model")
+    if args.lora_r:
+        from peft import PeftModel
+
+        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
 
 
 def configure_matmul_precision(device: torch.device, tf32: bool):
@@ -716,384 +1337,354 @@ def checkpoint_activations(llm):
         checkpoint(block)
 
 
-def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
-    """The value and action heads of GLAM: in -> 1024 -> Sigmoid -> 1024 -> Sigmoid -> out."""
-    return nn.Sequential(
-        nn.Linear(in_features, hidden), nn.Sigmoid(), nn.Linear(hidden, hidden), nn.Sigmoid(), nn.Linear(hidden, out_features)
-    )
+# -----------------------------------------------------------------------------------------------------------------
+# C. Flags: parsing and checking
+# -----------------------------------------------------------------------------------------------------------------
 
 
-# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
-# any other is checked when its agent is built.
-TESTED_FAMILIES = {
-    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
-    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
+    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
+    side by side)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+
+
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations", "tf32",
+    "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch", "resume_checkpoint", "capture_video", "video_interval",
+    "video_format",
 }
 
 
-class GlamAgent(nn.Module):
-    """An LLM policy over action strings and a value head, both reading the same decoder state.
-
-    One forward pass scores every action of a prompt: the actions are packed one after the other into a single
-    sequence, each in a block that sees the prompt and its own earlier tokens only (`_attention_mask`), so nothing
-    that grows with the prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and
-    each block of the decoder sequence starts with its own decoder start token (T5's position bias depends on
-    distances alone, so a block computes what it would compute alone). Decoder-only models: the blocks follow the
-    prompt, with the positions each action would have right after it, and an action is scored on the tokens that the
-    joint text `prompt + action` is made of (see `_joint_action_tokens`).
-    """
-
-    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024):
-        super().__init__()
-        self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
-        self.scoring, self.score_batch_size = scoring, score_batch_size
-        self.score_sizer = PassSizer(
-            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
+def finish_args(args: Args, given: set[str]) -> Args:
+    """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
+    `given` on the command line."""
+    check_ranges(args, ARG_RANGES)
+    args.batch_size = args.num_envs * args.num_steps
+    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
+    if args.num_minibatches is None:
+        args.num_minibatches = max([n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n >= 2], default=1)
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
+            "transitions"
         )
-        self.is_encoder_decoder = llm.config.is_encoder_decoder
-        if llm.config._attn_implementation not in ("eager", "sdpa"):
-            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
-            raise UsageError(
-                f"attention implementation {llm.config._attn_implementation!r} cannot take the block mask that scores a "
-                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
-            )
-        text_config, self.family = llm.config.get_text_config(), llm.config.model_type
-        layer_types = getattr(text_config, "layer_types", None)
-        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
-        if other_layers:
-            raise UsageError(
-                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
-                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
-                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
-            )
-        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
-        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
-        self.sliding_window = getattr(text_config, "sliding_window", None)
-        if layer_types is not None and "sliding_attention" not in layer_types:
-            self.sliding_window = None
-        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
-        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
-        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
-        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
-        hidden_size = text_config.hidden_size
-        self.value_head = glam_head(hidden_size, 1)
-        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
-        self.pairs_per_prompt = 1 if action_heads else len(self.actions)
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    if args.num_probe_prompts > args.num_envs:  # probes are first prompts of the envs
+        if {"num_probe_prompts", "num_envs"} <= given:
+            raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
+        args.num_probe_prompts = args.num_envs
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
+        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
+    check_can_create(args.resume or "runs", "the run folder")
+    if args.capture_video:
+        check_video_output(args.video_format)
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.load_embedding and args.pretrained:
+        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
+    if args.init_from is not None:
+        if not args.pretrained:
+            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
+        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
+        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
+        args.model = model_dir
+    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
+    return args
 
-        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, with an </s> after it so that the whole action is scored.
-        if self.is_encoder_decoder:
-            token_lists = [tokenizer(action).input_ids for action in self.actions]
-        else:
-            token_lists = [ids + [tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
-        width = max(map(len, token_lists))
-        action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
-        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            action_ids[index, : len(ids)] = torch.tensor(ids)
-            action_mask[index, : len(ids)] = 1
-        self.register_buffer("action_ids", action_ids, persistent=False)
-        self.register_buffer("action_mask", action_mask, persistent=False)
-        self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
 
-        # The packed sequence: block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder
-        # start token and all but the last token. Decoder-only: all but the last (the prompt's last token predicts
-        # the first). score_source[a, j]: the position whose logits give action a's token j (decoder-only: position 0
-        # is the prompt's last token, the packed tokens follow).
-        if self.is_encoder_decoder:
-            blocks = [[llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
-        else:
-            blocks = [ids[:-1] for ids in token_lists]
-        block_starts = np.cumsum([0] + [len(block) for block in blocks])
-        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
-            if not self.is_encoder_decoder:
-                score_source[index, 0] = 0
-        self.register_buffer("packed_ids", torch.tensor([token for block in blocks for token in block]), persistent=False)
-        self.register_buffer("packed_blocks", torch.tensor([a for a, block in enumerate(blocks) for _ in block]), persistent=False)
-        self.register_buffer("packed_offsets", torch.tensor([j for block in blocks for j in range(len(block))]), persistent=False)
-        self.register_buffer("score_source", score_source, persistent=False)
-        # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
-        self.register_buffer("pair_source", torch.arange(len(token_lists) * width).view(len(token_lists), width), persistent=False)
-        if self.action_head is None and self.family not in TESTED_FAMILIES:
-            self._check_scoring()
+def parse_args(argv=None) -> Args:
+    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+    args = tyro.cli(Args, args=argv)
+    if args.resume is None:
+        return finish_args(args, given)
+    checkpoint = find_checkpoint(args.resume)
+    with open(os.path.join(checkpoint, "args.json")) as f:
+        saved = Args(**json.load(f))
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
+        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
+    args = finish_args(args, given)
+    args.resume_checkpoint = checkpoint
+    progress = checkpoint_progress(checkpoint)
+    if progress is not None and progress["iteration"] >= args.num_iterations:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
+            "give more to continue it"
+        )
+    return args
 
-    @torch.no_grad()
-    def _check_scoring(self):
-        """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
-        that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
-        the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
-        or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
-        sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
-        many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
-                enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
-        prompts = [build_prompt("go to the red key", self.actions, [sentences], []),
-                   build_prompt("go to the red key", self.actions, [many] * 3, self.actions[:2])]
-        was_training, precision = self.llm.training, torch.get_float32_matmul_precision()
-        self.to(next(self.llm.parameters()).device).llm.eval()
-        torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
-        try:
-            with torch.autocast(self.device.type, enabled=False):
-                hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
-                alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise UsageError(
-                f"model family {self.family!r} is not among those tested, and scoring a prompt's actions fails on it "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
-                "(README: model families) or --action-heads"
-            ) from None
-        finally:
-            torch.set_float32_matmul_precision(precision)
-            self.llm.train(was_training)
-        pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
-        error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
-        if not error <= 1e-3:
-            raise UsageError(
-                f"model family {self.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
-                f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
-                "on wrong scores; use a tested family (README: model families) or --action-heads"
-            )
 
-    def _joint_action_tokens(self) -> list[list[int]]:
-        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+# -----------------------------------------------------------------------------------------------------------------
+# D. Checkpoints, resume and stopping
+# -----------------------------------------------------------------------------------------------------------------
 
-        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
-        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
-        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-        to split exactly after every `Action k: ` a prompt can end with.
-        """
-        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
-        for k in range(3):
-            history = [self.actions[i % len(self.actions)] for i in range(k)]
-            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
-            contexts.append((context, self.tokenizer(context).input_ids))
-        token_lists = []
-        for action in self.actions:
-            found = set()
-            for context, context_ids in contexts:
-                joint_ids = self.tokenizer(f"{context} {action}").input_ids
-                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
-                    raise UsageError(
-                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
-                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
-                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
-                    )
-                found.add(tuple(joint_ids[len(context_ids) :]))
-            if len(found) > 1:
-                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
-            token_lists.append(list(found.pop()))
-        return token_lists
+CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
 
-    @property
-    def device(self):
-        return self.value_head[0].weight.device
 
-    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
-        that they all end at the last position, and without the trailing space, which belongs to the action's first
-        token (`_joint_action_tokens`)."""
-        if self.is_encoder_decoder:
-            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
-        else:
-            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
-        lengths = [sum(mask) for mask in tokens.attention_mask]
-        return tokens.convert_to_tensors("pt").to(self.device), lengths
+def open_logs(args: Args, run_name: str, run_dir: str, probe_prompts, resumed_at: int | None):
+    """TensorBoard's writer, and W&B's run with --track. A run resumed at frame `resumed_at` drops what it logged after
+    its checkpoint, so that no step is logged twice."""
+    if args.track:
+        import wandb
 
-    def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
-        if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
-            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
-        return allowed[:, None]
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
 
-    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
-        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
-        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
-        if self.sliding_window is None:
-            return self._attention_mask(allowed)
-        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
-        if not self.mask_per_layer_type:
-            return windowed
-        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
+    writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
+    if resumed_at is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
+        for index, prompt in enumerate(probe_prompts):
+            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
+    return writer
 
-    def _packed_attention(self, num_rows: int) -> torch.Tensor:
-        """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
-        same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
-        causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
-        return (same_block & causal).expand(num_rows, -1, -1)
 
-    def _final_hidden(self, tokens) -> torch.Tensor:
-        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
-        if self.is_encoder_decoder:
-            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            start = torch.full((len(encoded), 1), self.llm.config.decoder_start_token_id, device=self.device)
-            out = self.llm.get_decoder()(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=tokens.attention_mask, use_cache=False)
-            return out.last_hidden_state[:, 0]
-        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state[:, -1]
+@torch.no_grad()
+def log_probes(writer, agent: GlamAgent, probe_prompts, autocast, global_step: int):
+    """The policy's probability of every action on the fixed probe prompts."""
+    with autocast:
+        probe_probs = agent(probe_prompts)[0].float().softmax(-1)
+    for index, probs in enumerate(probe_probs):
+        for action_name, prob in zip(agent.actions, probs.tolist()):
+            writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
 
-    @contextlib.contextmanager
-    def _decoder_states(self):
-        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
-        the model is asked for no other layer's states."""
-        captured = []
-        hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
-        try:
-            yield captured
-        finally:
-            hook.remove()
 
-    def _packed_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
-        num_rows, prompt_length = tokens.input_ids.shape
-        num_packed = len(self.packed_ids)
-        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
-        with self._decoder_states() as captured, self._block_positions():
-            if self.is_encoder_decoder:
-                encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-                out = self.llm(
-                    encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
-                    decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
-                )
-                return captured[0][:, 0], out.logits
-            prompt_mask = tokens.attention_mask.bool()
-            prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
-            prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
-            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
-            packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
-            positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
-            out = self.llm(
-                input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
-                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
-                position_ids=positions, use_cache=False,
-                # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
-                logits_to_keep=num_packed + 1,
-            )
-            return captured[0][:, prompt_length - 1], out.logits
+def load_heads(agent: GlamAgent, folder: str | None):
+    """The value head (and the action head) saved in a checkpoint folder, if one is given."""
+    if folder is None:
+        return
+    heads = torch.load(os.path.join(folder, "heads.pt"), map_location=agent.device)
+    agent.value_head.load_state_dict(heads["value_head"])
+    if agent.action_head is not None and "action_head" in heads:
+        agent.action_head.load_state_dict(heads["action_head"])
 
-    @contextlib.contextmanager
-    def _block_positions(self):
-        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
-        from 0, as if it were alone; T5's relative position bias needs nothing."""
-        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
-            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
+
+def restore_run(checkpoint: str, optimizer) -> tuple[TextVecEnv, dict]:
+    """The optimizer and the random number generators as the checkpoint left them; its envs and its counters."""
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(trainer["optimizer"])
+    random.setstate(trainer["rng"]["python"])
+    np.random.set_state(trainer["rng"]["numpy"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    if "cuda" in trainer["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+    with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
+        envs = pickle.load(f)
+    set_aside_damaged(checkpoint)  # only now, once everything that a bad checkpoint could break has loaded
+    return envs, trainer
+
+
+def find_checkpoint(run_dir: str) -> str:
+    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
+    checkpoint = intact_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    return checkpoint
+
+
+def find_init_checkpoint(path: str) -> str:
+    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
+    for folder in (path, os.path.join(path, "checkpoint")):
+        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
+            return folder
+    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
+
+
+def run_state(envs: TextVecEnv, **counters) -> dict:
+    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"envs": pickle.dumps(envs), "rng": rng, **counters}
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
+    """Writes runs/<run>/checkpoint: the weights, the heads, the optimizer, the envs, the RNG states and the args."""
+
+    def write(folder):
+        agent.llm.save_pretrained(os.path.join(folder, "model"))
+        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
+        heads = {"value_head": agent.value_head.state_dict()}
+        if agent.action_head is not None:
+            heads["action_head"] = agent.action_head.state_dict()
+        torch.save(heads, os.path.join(folder, "heads.pt"))
+        trainer = {name: value for name, value in state.items() if name != "envs"}
+        torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
+            f.write(state["envs"])
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    try:
+        commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
+    except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
+        progress.close()
+        raise
+
+
+def save_and_exit(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
+    """A stop (Ctrl-C, SIGTERM) during a rollout: the checkpoint, and the command that continues the run."""
+    save_checkpoint(run_dir, args, agent, optimizer, state, progress)
+    progress.close()
+    print(f"saved {run_dir}/checkpoint at {state['global_step']} frames; continue with: python glam_ppo.py --resume {run_dir}")
+
+
+def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm) -> FloatingPointError:
+    """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed first)."""
+    progress.close()
+    saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
+    kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+    return FloatingPointError(
+        f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
+    )
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_checkpoint(run_dir: str, write, progress: dict):
+    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    and stops the run with one line; the checkpoints already written stay as they were."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        files = {}
+        for folder, _, names in os.walk(temporary):
+            for name in names:
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        with open(os.path.join(temporary, "manifest.json"), "w") as f:
+            json.dump({"progress": progress, "files": files}, f, indent=2)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+
+
+def checkpoint_damage(folder: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
+        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, expected in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
+            return f"{name} is not the file that was saved"
+    return None
+
+
+def intact_checkpoint(run_dir: str) -> str | None:
+    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
+    between its renames)."""
+    for name in ("checkpoint", "checkpoint.previous"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
+    return None
+
+
+def set_aside_damaged(checkpoint: str):
+    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
+    the good one as checkpoint.previous rather than the damaged one."""
+    run_dir = os.path.dirname(checkpoint)
+    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
+    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(damaged, aside)
+
+
+def checkpoint_progress(checkpoint: str) -> dict | None:
+    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
+    path = os.path.join(checkpoint, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["progress"]
+
+
+class StopRequest:
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, save a checkpoint and exit.
+    A second Ctrl-C stops at once; a second SIGTERM changes nothing, so that the save can finish."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
             return
-        hook = embed_positions.register_forward_pre_hook(
-            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
-        )
-        try:
-            yield
-        finally:
-            hook.remove()
+        self.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        tqdm.write(f"{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
 
-    def _pair_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
-        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
-        scorer of ALiBi models and what packed scoring is checked against."""
-        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
-        width = self.action_ids.shape[1]
-        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
-        with self._decoder_states() as captured:
-            if self.is_encoder_decoder:
-                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
-                out = self.llm(
-                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
-                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
-                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
-                )
-                hidden = captured[0][::num_actions, 0]
-            else:
-                # The prompt's last token and the action's tokens but its last predict the action's tokens.
-                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
-                out = self.llm(
-                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
-                )
-                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
-        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
 
-    def score_pass(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts)[0])
-
-    def _score_tokens(self, tokens, packed: bool | None = None):
-        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
-        if self.action_head is not None:
-            return self._final_hidden(tokens), None
-        if self.packed if packed is None else packed:
-            (hidden, logits), source = self._packed_pass(tokens), self.score_source
-        else:
-            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
-        # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
-        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
-        token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
-        scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
-        return hidden, scores
-
-    def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
-        `score_batch_size` (or in memory: auto)."""
-        tokens, lengths = self.tokenize_prompts(prompts)
-        if self.score_batch_size == "auto":
-            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
-        else:
-            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
-        chunks = [
-            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
-        ]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
-        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
-        return hidden, scores
-
-    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
-        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
-        width = max(lengths[start:stop])
-        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
-        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
-
-    @torch.no_grad()
-    def _scoring_probe(self, prompts):
-        self.score_pass(prompts)
-
-    def forward(self, prompts):
-        """(policy logits [B, A], values [B]) for a list of prompts."""
-        hidden, scores = self._hidden_and_scores(prompts)
-        # The heads run in float32 even under --bf16 autocast: bf16's spacing at returns of 16-20 (0.125) is as wide
-        # as the value clip of 0.2.
-        with torch.autocast(self.device.type, enabled=False):
-            hidden = hidden.float()
-            logits = self.action_head(hidden) if self.action_head is not None else self.policy_logits(scores)
-            return logits, self.value_head(hidden).squeeze(-1)
-
-    def score(self, prompts) -> torch.Tensor:
-        """log P(action | prompt) for every prompt and action: [len(prompts), len(actions)] (None with action heads)."""
-        return self._hidden_and_scores(prompts)[1]
-
-    def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
-        if self.scoring == "token-mean":
-            return scores / self.action_mask.sum(-1)
-        if self.scoring == "word-mean":
-            return scores / self.action_words
-        if self.scoring == "legacy-paper":
-            # The paper-era rule: softmax over P / max P (raw probabilities), which caps any action's probability.
-            # P / max P as exp(score - max score): the same number, with no 0 / 0 where every P underflows (scores < -104).
-            return (scores - scores.max(-1, keepdim=True).values).exp()
-        return scores
-
-    def get_value(self, prompts):
-        return self(prompts)[1]
-
-    def get_action_and_value(self, prompts, action=None):
-        logits, value = self(prompts)
-        probs = Categorical(logits=logits)
-        if action is None:
-            action = probs.sample()
-        return action, probs.log_prob(action), probs.entropy(), value
+# -----------------------------------------------------------------------------------------------------------------
+# E. Memory: pass sizes that fit, and an allocator that keeps freed buffers
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def keep_freed_memory():
@@ -1223,6 +1814,25 @@ class PassSizer:
         return -(-total // passes)
 
 
+def update_pass_sizer(agent: GlamAgent, optimizer, autocast) -> PassSizer:
+    """The sizer of --grad-accum-minibatch auto's passes; and --score-batch-size auto's budget, which leaves room for
+    the gradients of the updates and for Adam's state from the first rollout on."""
+
+    def update_pass(prompts):
+        optimizer.zero_grad()
+        with autocast:
+            _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long, device=agent.device))
+        (logprob.float().sum() + entropy.float().sum() + value.float().sum()).backward()
+        optimizer.zero_grad()
+
+    # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
+    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer, gradients=True)
+    return PassSizer(
+        update_pass, agent.tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer),
+        "--grad-accum-minibatch", "transition",
+    )
+
+
 def even_split(total: int, most: int) -> list[slice]:
     """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
     passes = -(-total // most)
@@ -1230,26 +1840,9 @@ def even_split(total: int, most: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
-    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = 0
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-    return advantages, advantages + values
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Videos: the level, what the model read, and where its probability mass sat when it chose
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# F. Videos: the level, what the model read, and where its probability mass sat when it chose
+# -----------------------------------------------------------------------------------------------------------------
 
 VIDEO_SIZE = (1024, 576)  # (width, height) of every frame, whatever the level's size; even sides, as H.264 needs
 VIDEO_FPS = 4
@@ -1334,6 +1927,7 @@ def write_video(frames, path: str):
         writer.send(np.ascontiguousarray(frame))
     writer.close()
 
+
 VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
 
 
@@ -1365,535 +1959,19 @@ def log_video(writer, tag: str, frames, step: int):
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Run set-up, checkpoints and resume
-# ---------------------------------------------------------------------------------------------------------------
-
-# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {
-    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations", "tf32",
-    "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch", "resume_checkpoint", "capture_video", "video_interval",
-    "video_format",
-}
-CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
-
-
-def finish_args(args: Args, given: set[str]) -> Args:
-    """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
-    `given` on the command line."""
-    check_ranges(args, ARG_RANGES)
-    args.batch_size = args.num_envs * args.num_steps
-    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
-    if args.num_minibatches is None:
-        args.num_minibatches = max([n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n >= 2], default=1)
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
-            "transitions"
-        )
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    if args.num_probe_prompts > args.num_envs:  # probes are first prompts of the envs
-        if {"num_probe_prompts", "num_envs"} <= given:
-            raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
-        args.num_probe_prompts = args.num_envs
-    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
-        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    check_can_create(args.resume or "runs", "the run folder")
-    if args.capture_video:
-        check_video_output(args.video_format)
-    if args.total_timesteps < args.batch_size:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if args.load_embedding and args.pretrained:
-        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
-    if args.track and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--track needs Weights and Biases: pip install wandb")
-    if args.init_from is not None:
-        if not args.pretrained:
-            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
-        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
-        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
-            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
-        args.model = model_dir
-    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
-    return args
-
-
-def parse_args(argv=None) -> Args:
-    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
-    args = tyro.cli(Args, args=argv)
-    if args.resume is None:
-        return finish_args(args, given)
-    checkpoint = find_checkpoint(args.resume)
-    with open(os.path.join(checkpoint, "args.json")) as f:
-        saved = Args(**json.load(f))
-    args = tyro.cli(Args, args=argv, default=saved)
-    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
-        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args, given)
-    args.resume_checkpoint = checkpoint
-    progress = checkpoint_progress(checkpoint)
-    if progress is not None and progress["iteration"] >= args.num_iterations:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
-            "give more to continue it"
-        )
-    return args
-
-
-def find_checkpoint(run_dir: str) -> str:
-    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
-    checkpoint = intact_checkpoint(run_dir)
-    if checkpoint is None:
-        raise UsageError(f"no checkpoint written by glam_ppo.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
-    return checkpoint
-
-
-def find_init_checkpoint(path: str) -> str:
-    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
-    for folder in (path, os.path.join(path, "checkpoint")):
-        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
-            return folder
-    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
-
-
-def run_state(envs: TextVecEnv, **counters) -> dict:
-    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters."""
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"envs": pickle.dumps(envs), "rng": rng, **counters}
-
-
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict):
-    """Writes runs/<run>/checkpoint: the weights, the heads, the optimizer, the envs, the RNG states and the args."""
-
-    def write(folder):
-        agent.llm.save_pretrained(os.path.join(folder, "model"))
-        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
-        heads = {"value_head": agent.value_head.state_dict()}
-        if agent.action_head is not None:
-            heads["action_head"] = agent.action_head.state_dict()
-        torch.save(heads, os.path.join(folder, "heads.pt"))
-        trainer = {name: value for name, value in state.items() if name != "envs"}
-        torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(folder, "trainer.pt"))
-        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
-            f.write(state["envs"])
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(asdict(args), f, indent=2)
-
-    commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def commit_checkpoint(run_dir: str, write, progress: dict):
-    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
-    and stops the run with one line; the checkpoints already written stay as they were."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        os.makedirs(temporary)
-        write(temporary)
-        files = {}
-        for folder, _, names in os.walk(temporary):
-            for name in names:
-                path = os.path.join(folder, name)
-                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        with open(os.path.join(temporary, "manifest.json"), "w") as f:
-            json.dump({"progress": progress, "files": files}, f, indent=2)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(final, previous)
-    os.rename(temporary, final)
-
-
-def checkpoint_damage(folder: str) -> str | None:
-    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
-        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
-    for name, expected in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            return f"{name} is missing"
-        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
-            return f"{name} is not the file that was saved"
-    return None
-
-
-def intact_checkpoint(run_dir: str) -> str | None:
-    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
-    between its renames)."""
-    for name in ("checkpoint", "checkpoint.previous"):
-        path = os.path.join(run_dir, name)
-        if not os.path.isdir(path):
-            continue
-        damage = checkpoint_damage(path)
-        if damage is None:
-            return path
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
-    return None
-
-
-def set_aside_damaged(checkpoint: str):
-    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
-    the good one as checkpoint.previous rather than the damaged one."""
-    run_dir = os.path.dirname(checkpoint)
-    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
-    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(damaged, aside)
-
-
-def checkpoint_progress(checkpoint: str) -> dict | None:
-    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
-    path = os.path.join(checkpoint, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["progress"]
-
-
-def load_policy_model(args: Args, checkpoint: str | None):
-    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
-    if checkpoint is None:
-        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        if args.lora_r:
-            from peft import LoraConfig, get_peft_model
-
-            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
-            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
-            llm = get_peft_model(llm, config)
-        return llm, tokenizer
-    model_dir = os.path.join(checkpoint, "model")
-    if args.lora_r:
-        from peft import PeftModel
-
-        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
-    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
-    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
-
-
-class StopRequest:
-    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, save a checkpoint and exit.
-    A second Ctrl-C stops at once; a second SIGTERM changes nothing, so that the save can finish."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        tqdm.write(f"{name}: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
-
-
-def main(args: Args):
-    stop = StopRequest()
-    checkpoint = args.resume_checkpoint
-    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    configure_matmul_precision(device, args.tf32)
-
-    # env setup
-    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
-    next_prompts = envs.reset(seed=args.seed)
-    probe_prompts = next_prompts[: args.num_probe_prompts]
-
-    llm, tokenizer = load_policy_model(args, checkpoint)
-    if args.gradient_checkpointing:
-        checkpoint_activations(llm)
-    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-    next_done = torch.zeros(args.num_envs, device=device)
-    global_step, start_iteration = 0, 1
-    heads_dir = checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None)
-    if heads_dir is not None:
-        heads = torch.load(os.path.join(heads_dir, "heads.pt"), map_location=device)
-        agent.value_head.load_state_dict(heads["value_head"])
-        if agent.action_head is not None and "action_head" in heads:
-            agent.action_head.load_state_dict(heads["action_head"])
-    if checkpoint is not None:
-        optimizer.load_state_dict(trainer["optimizer"])
-        random.setstate(trainer["rng"]["python"])
-        np.random.set_state(trainer["rng"]["numpy"])
-        torch.set_rng_state(trainer["rng"]["torch"])
-        if "cuda" in trainer["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
-        next_done = trainer["next_done"].to(device)
-        with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
-            envs = pickle.load(f)
-        next_prompts = envs.prompts()
-        probe_prompts = trainer["probe_prompts"]
-
-    # The run folder only now, once everything that a bad flag could break has loaded.
-    if checkpoint is not None:
-        set_aside_damaged(checkpoint)
+def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, writer, run_name: str, iteration: int, global_step: int):
+    """An episode on a level that no training env plays, to videos/<run>/ and TensorBoard (and W&B with --track)."""
+    level_seed = args.seed + VIDEO_SEED_OFFSET + iteration
+    video, episode = record_episode(agent, env, level_seed, autocast)
+    os.makedirs(os.path.join("videos", run_name), exist_ok=True)
+    outcome = "success" if episode["success"] else "failure"
+    path = os.path.join("videos", run_name, f"update{iteration}__seed{level_seed}__{outcome}.{args.video_format}")
+    write_video(video.frames, path)
+    log_video(writer, "videos/episode", video.frames, global_step)
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
-    from torch.utils.tensorboard import SummaryWriter
-
-    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
-    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
-    if trainer is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
-        for index, prompt in enumerate(probe_prompts):
-            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
-    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, final_frames=True) if args.capture_video else None
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
-    agent.eval()
-
-    def update_pass(prompts):
-        optimizer.zero_grad()
-        with autocast:
-            _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long, device=device))
-        (logprob.float().sum() + entropy.float().sum() + value.float().sum()).backward()
-        optimizer.zero_grad()
-
-    update_sizer = PassSizer(
-        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
-        "--grad-accum-minibatch", "transition",
-    )
-    # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
-    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
-
-    # ALGO Logic: Storage setup
-    obs = [[""] * args.num_envs for _ in range(args.num_steps)]
-    actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
-    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.num_envs), device=device)
-
-    def state_after(iteration):
-        return run_state(envs, global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
-
-    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
-    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
-
-    def save(state: dict):
-        try:
-            save_checkpoint(run_dir, args, agent, optimizer, state)
-        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-            progress.close()
-            raise
-
-    def non_finite(what: str) -> FloatingPointError:
-        progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
-        return FloatingPointError(
-            f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
-        )
-
-    recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
-    start_time, start_step = time.time(), global_step
-    for iteration in range(start_iteration, args.num_iterations + 1):
-        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
-        # resumed run replays the dropped partial rollout exactly (its logged episodes are purged on resume).
-        resume_point = state_after(iteration - 1)
-        rollout_start = time.time()
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_prompts
-            dones[step] = next_done
-
-            # ALGO LOGIC: action logic
-            with torch.no_grad(), autocast:
-                action, logprob, _, value = agent.get_action_and_value(next_prompts)
-            values[step] = value.float()
-            actions[step] = action
-            logprobs[step] = logprob.float()
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
-            rewards[step] = torch.as_tensor(reward, device=device)
-            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-            for episode in finished:
-                recent_successes.append(float(episode["success"]))
-                recent_returns.append(episode["return"])
-                writer.add_scalar("charts/episodic_return", episode["return"], global_step)
-                writer.add_scalar("charts/episodic_length", episode["length"], global_step)
-                writer.add_scalar("charts/success_rate", float(episode["success"]), global_step)
-            progress.update(args.num_envs)
-            if stop.requested:
-                break
-        if stop.requested:
-            save(resume_point)
-            progress.close()
-            print(f"saved {run_dir}/checkpoint at {resume_point['global_step']} frames; continue with: python glam_ppo.py --resume {run_dir}")
-            return
-        rollout_time = time.time() - rollout_start
-
-        # bootstrap value if not done
-        with torch.no_grad(), autocast:
-            next_value = agent.get_value(next_prompts).float()
-        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-
-        # flatten the batch
-        b_obs = [prompt for step_prompts in obs for prompt in step_prompts]
-        b_logprobs = logprobs.reshape(-1)
-        b_actions = actions.reshape(-1)
-        b_advantages = advantages.reshape(-1)
-        b_returns = returns.reshape(-1)
-        b_values = values.reshape(-1)
-
-        # Optimizing the policy and value network
-        update_start = time.time()
-        if args.grad_accum_minibatch == "auto":
-            micro_size = update_sizer(b_obs, device, total=args.minibatch_size)
-        else:
-            micro_size = args.grad_accum_minibatch or args.minibatch_size
-        b_inds = np.arange(args.batch_size)
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = b_inds[start : start + args.minibatch_size]
-                mb_advantages = b_advantages[mb_inds]
-                if args.norm_adv:
-                    # Over the whole minibatch, however it is split into passes.
-                    mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
-                optimizer.zero_grad()
-                # The minibatch's statistics: each pass's, weighted by its share of the minibatch.
-                stats = torch.zeros(6, device=device)
-                for micro in even_split(len(mb_inds), micro_size):
-                    inds = mb_inds[micro]
-                    with autocast:
-                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
-                    logratio = newlogprob.float() - b_logprobs[inds]
-                    ratio = logratio.exp()
-
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        old_approx_kl = (-logratio).mean()
-                        approx_kl = ((ratio - 1) - logratio).mean()
-                        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
-
-                    # Policy loss
-                    pg_loss1 = -mb_advantages[micro] * ratio
-                    pg_loss2 = -mb_advantages[micro] * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
-
-                    # Value loss
-                    newvalue = newvalue.float()
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
-                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
-                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
-                        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
-                    else:
-                        v_loss = 0.5 * ((newvalue - b_returns[inds]) ** 2).mean()
-
-                    entropy_loss = entropy.float().mean()
-                    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
-                    if not torch.isfinite(loss):
-                        raise non_finite("loss")
-                    # Micro-batches are weighted by their share of the minibatch: the sum is the minibatch's gradient.
-                    (loss * len(inds) / len(mb_inds)).backward()
-                    pass_stats = torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
-                    stats += pass_stats * len(inds) / len(mb_inds)
-                if not torch.isfinite(nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)):
-                    raise non_finite("gradient")
-                optimizer.step()
-                # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
-                # or save with them.
-                if not torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all():
-                    raise non_finite("weights")
-                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = stats.tolist()
-                clipfracs.append(clipfrac)
-
-            if args.target_kl is not None and approx_kl > args.target_kl:
-                break
-        update_time = time.time() - update_start
-
-        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-        var_y = np.var(y_true)
-        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-        # TRY NOT TO MODIFY: record rewards for plotting purposes
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss, global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-        writer.add_scalar("losses/entropy", entropy_loss, global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
-        writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
-        with torch.no_grad(), autocast:
-            probe_probs = agent(probe_prompts)[0].float().softmax(-1)
-        for index, probs in enumerate(probe_probs):
-            for action_name, prob in zip(envs.actions, probs.tolist()):
-                writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
-        progress.set_postfix(
-            update=f"{iteration}/{args.num_iterations}", SPS=sps,
-            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
-            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
-        )
-        if args.capture_video and iteration % args.video_interval == 0:
-            level_seed = args.seed + VIDEO_SEED_OFFSET + iteration
-            video, episode = record_episode(agent, video_env, level_seed, autocast)
-            os.makedirs(os.path.join("videos", run_name), exist_ok=True)
-            outcome = "success" if episode["success"] else "failure"
-            path = os.path.join("videos", run_name, f"update{iteration}__seed{level_seed}__{outcome}.{args.video_format}")
-            write_video(video.frames, path)
-            log_video(writer, "videos/episode", video.frames, global_step)
-            if args.track:
-                wandb.log({"videos/episode": wandb.Video(path)})
-        if iteration % args.save_interval == 0 or iteration == args.num_iterations:
-            save(state_after(iteration))
-    progress.close()
-    writer.close()
-    print(f"done: {global_step} frames; checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
+        wandb.log({"videos/episode": wandb.Video(path)})
 
 
 if __name__ == "__main__":

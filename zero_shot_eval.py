@@ -657,342 +657,35 @@ def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Seq
     )
 
 
-# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
-# any other is checked when its agent is built.
-TESTED_FAMILIES = {
-    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
-    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
-}
-
-
 class GlamAgent(nn.Module):
-    """An LLM policy over action strings and a value head, both reading the same decoder state.
+    """An LLM policy over action strings, and a value head, both reading the same decoder state.
 
-    One forward pass scores every action of a prompt: the actions are packed one after the other into a single
-    sequence, each in a block that sees the prompt and its own earlier tokens only (`_attention_mask`), so nothing
-    that grows with the prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and
-    each block of the decoder sequence starts with its own decoder start token (T5's position bias depends on
-    distances alone, so a block computes what it would compute alone). Decoder-only models: the blocks follow the
-    prompt, with the positions each action would have right after it, and an action is scored on the tokens that the
-    joint text `prompt + action` is made of (see `_joint_action_tokens`).
+    An action a = (a_1, ..., a_n) is scored by its log-likelihood given the prompt p (reference section 5):
+
+        score(a | p) = sum_j log softmax(LLM(p, a_1 .. a_j-1))[a_j]
+
+    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum above, or the
+    variants of --scoring). The value head, an MLP, reads the decoder's first state (encoder-decoder models: the
+    decoder start token's) or the prompt's last token's (decoder-only). `score` computes the scores of every action
+    of many prompts in one forward pass: see "Scoring every action in one pass" below.
     """
 
     def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024):
         super().__init__()
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
         self.scoring, self.score_batch_size = scoring, score_batch_size
-        self.score_sizer = PassSizer(
-            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
-        )
         self.is_encoder_decoder = llm.config.is_encoder_decoder
-        if llm.config._attn_implementation not in ("eager", "sdpa"):
-            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
-            raise UsageError(
-                f"attention implementation {llm.config._attn_implementation!r} cannot take the block mask that scores a "
-                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
-            )
-        text_config, self.family = llm.config.get_text_config(), llm.config.model_type
-        layer_types = getattr(text_config, "layer_types", None)
-        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
-        if other_layers:
-            raise UsageError(
-                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
-                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
-                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
-            )
-        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
-        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
-        self.sliding_window = getattr(text_config, "sliding_window", None)
-        if layer_types is not None and "sliding_attention" not in layer_types:
-            self.sliding_window = None
-        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
-        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
-        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
-        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
-        hidden_size = text_config.hidden_size
+        self._check_architecture()
+        hidden_size = llm.config.get_text_config().hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
-
-        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, with an </s> after it so that the whole action is scored.
-        if self.is_encoder_decoder:
-            token_lists = [tokenizer(action).input_ids for action in self.actions]
-        else:
-            token_lists = [ids + [tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
-        width = max(map(len, token_lists))
-        action_ids = torch.full((len(token_lists), width), tokenizer.pad_token_id)
-        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            action_ids[index, : len(ids)] = torch.tensor(ids)
-            action_mask[index, : len(ids)] = 1
-        self.register_buffer("action_ids", action_ids, persistent=False)
-        self.register_buffer("action_mask", action_mask, persistent=False)
-        self.register_buffer("action_words", torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float), persistent=False)
-
-        # The packed sequence: block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder
-        # start token and all but the last token. Decoder-only: all but the last (the prompt's last token predicts
-        # the first). score_source[a, j]: the position whose logits give action a's token j (decoder-only: position 0
-        # is the prompt's last token, the packed tokens follow).
-        if self.is_encoder_decoder:
-            blocks = [[llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
-        else:
-            blocks = [ids[:-1] for ids in token_lists]
-        block_starts = np.cumsum([0] + [len(block) for block in blocks])
-        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
-            if not self.is_encoder_decoder:
-                score_source[index, 0] = 0
-        self.register_buffer("packed_ids", torch.tensor([token for block in blocks for token in block]), persistent=False)
-        self.register_buffer("packed_blocks", torch.tensor([a for a, block in enumerate(blocks) for _ in block]), persistent=False)
-        self.register_buffer("packed_offsets", torch.tensor([j for block in blocks for j in range(len(block))]), persistent=False)
-        self.register_buffer("score_source", score_source, persistent=False)
-        # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
-        self.register_buffer("pair_source", torch.arange(len(token_lists) * width).view(len(token_lists), width), persistent=False)
-        if self.action_head is None and self.family not in TESTED_FAMILIES:
-            self._check_scoring()
-
-    @torch.no_grad()
-    def _check_scoring(self):
-        """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
-        that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
-        the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
-        or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
-        sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
-        many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
-                enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
-        prompts = [build_prompt("go to the red key", self.actions, [sentences], []),
-                   build_prompt("go to the red key", self.actions, [many] * 3, self.actions[:2])]
-        was_training, precision = self.llm.training, torch.get_float32_matmul_precision()
-        self.to(next(self.llm.parameters()).device).llm.eval()
-        torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
-        try:
-            with torch.autocast(self.device.type, enabled=False):
-                hidden, scores = self._score_tokens(self.tokenize_prompts(prompts)[0])
-                alone = [self._score_tokens(self.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
-        except (TypeError, ValueError, RuntimeError) as error:
-            raise UsageError(
-                f"model family {self.family!r} is not among those tested, and scoring a prompt's actions fails on it "
-                f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
-                "(README: model families) or --action-heads"
-            ) from None
-        finally:
-            torch.set_float32_matmul_precision(precision)
-            self.llm.train(was_training)
-        pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
-        error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
-        if not error <= 1e-3:
-            raise UsageError(
-                f"model family {self.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
-                f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
-                "on wrong scores; use a tested family (README: model families) or --action-heads"
-            )
-
-    def _joint_action_tokens(self) -> list[list[int]]:
-        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
-
-        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
-        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
-        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-        to split exactly after every `Action k: ` a prompt can end with.
-        """
-        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
-        for k in range(3):
-            history = [self.actions[i % len(self.actions)] for i in range(k)]
-            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
-            contexts.append((context, self.tokenizer(context).input_ids))
-        token_lists = []
-        for action in self.actions:
-            found = set()
-            for context, context_ids in contexts:
-                joint_ids = self.tokenizer(f"{context} {action}").input_ids
-                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
-                    raise UsageError(
-                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
-                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
-                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
-                    )
-                found.add(tuple(joint_ids[len(context_ids) :]))
-            if len(found) > 1:
-                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
-            token_lists.append(list(found.pop()))
-        return token_lists
-
-    @property
-    def device(self):
-        return self.value_head[0].weight.device
-
-    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
-        that they all end at the last position, and without the trailing space, which belongs to the action's first
-        token (`_joint_action_tokens`)."""
-        if self.is_encoder_decoder:
-            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
-        else:
-            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
-        lengths = [sum(mask) for mask in tokens.attention_mask]
-        return tokens.convert_to_tensors("pt").to(self.device), lengths
-
-    def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
-        """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
-        if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
-            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
-        return allowed[:, None]
-
-    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
-        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
-        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
-        if self.sliding_window is None:
-            return self._attention_mask(allowed)
-        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
-        if not self.mask_per_layer_type:
-            return windowed
-        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
-
-    def _packed_attention(self, num_rows: int) -> torch.Tensor:
-        """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
-        same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
-        causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
-        return (same_block & causal).expand(num_rows, -1, -1)
-
-    def _final_hidden(self, tokens) -> torch.Tensor:
-        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
-        if self.is_encoder_decoder:
-            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
-            start = torch.full((len(encoded), 1), self.llm.config.decoder_start_token_id, device=self.device)
-            out = self.llm.get_decoder()(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=tokens.attention_mask, use_cache=False)
-            return out.last_hidden_state[:, 0]
-        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
-        return out.last_hidden_state[:, -1]
-
-    @contextlib.contextmanager
-    def _decoder_states(self):
-        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
-        the model is asked for no other layer's states."""
-        captured = []
-        hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
-        try:
-            yield captured
-        finally:
-            hook.remove()
-
-    def _packed_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
-        num_rows, prompt_length = tokens.input_ids.shape
-        num_packed = len(self.packed_ids)
-        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
-        with self._decoder_states() as captured, self._block_positions():
-            if self.is_encoder_decoder:
-                encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-                out = self.llm(
-                    encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
-                    decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
-                )
-                return captured[0][:, 0], out.logits
-            prompt_mask = tokens.attention_mask.bool()
-            prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
-            prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
-            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
-            packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
-            positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
-            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
-            out = self.llm(
-                input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
-                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
-                position_ids=positions, use_cache=False,
-                # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
-                logits_to_keep=num_packed + 1,
-            )
-            return captured[0][:, prompt_length - 1], out.logits
-
-    @contextlib.contextmanager
-    def _block_positions(self):
-        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
-        from 0, as if it were alone; T5's relative position bias needs nothing."""
-        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
-            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
-            return
-        hook = embed_positions.register_forward_pre_hook(
-            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
+        self.score_sizer = PassSizer(
+            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
         )
-        try:
-            yield
-        finally:
-            hook.remove()
-
-    def _pair_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
-        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
-        scorer of ALiBi models and what packed scoring is checked against."""
-        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
-        width = self.action_ids.shape[1]
-        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
-        with self._decoder_states() as captured:
-            if self.is_encoder_decoder:
-                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
-                out = self.llm(
-                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
-                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
-                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
-                )
-                hidden = captured[0][::num_actions, 0]
-            else:
-                # The prompt's last token and the action's tokens but its last predict the action's tokens.
-                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
-                out = self.llm(
-                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
-                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
-                )
-                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
-        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
-
-    def score_pass(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts)[0])
-
-    def _score_tokens(self, tokens, packed: bool | None = None):
-        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
-        if self.action_head is not None:
-            return self._final_hidden(tokens), None
-        if self.packed if packed is None else packed:
-            (hidden, logits), source = self._packed_pass(tokens), self.score_source
-        else:
-            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
-        # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
-        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
-        token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
-        scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
-        return hidden, scores
-
-    def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
-        `score_batch_size` (or in memory: auto)."""
-        tokens, lengths = self.tokenize_prompts(prompts)
-        if self.score_batch_size == "auto":
-            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
-        else:
-            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
-        chunks = [
-            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
-        ]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
-        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
-        return hidden, scores
-
-    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
-        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
-        width = max(lengths[start:stop])
-        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
-        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
-
-    @torch.no_grad()
-    def _scoring_probe(self, prompts):
-        self.score_pass(prompts)
+        self._pack_actions()
+        if self.action_head is None and self.family not in TESTED_FAMILIES:
+            check_packed_scoring(self)
 
     def forward(self, prompts):
         """(policy logits [B, A], values [B]) for a list of prompts."""
@@ -1028,6 +721,332 @@ class GlamAgent(nn.Module):
         if action is None:
             action = probs.sample()
         return action, probs.log_prob(action), probs.entropy(), value
+
+    # Scoring every action in one pass. The actions are packed one after the other into a single sequence, each in a
+    # block that sees the prompt and its own earlier tokens only (`_packed_attention`), so nothing that grows with the
+    # prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and each block of the
+    # decoder sequence starts with its own decoder start token (T5's position bias depends on distances alone, so a
+    # block computes what it would compute alone; BART-like models number each block's positions from 0). Decoder-only
+    # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
+    # is scored on the tokens that the joint text `prompt + action` is made of (`_joint_action_tokens`).
+
+    def _check_architecture(self):
+        """One line refusing what a packed pass cannot score; the sliding windows and ALiBi that it must handle."""
+        config = self.llm.config
+        if config._attn_implementation not in ("eager", "sdpa"):
+            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+            raise UsageError(
+                f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
+                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
+            )
+        text_config, self.family = config.get_text_config(), config.model_type
+        layer_types = getattr(text_config, "layer_types", None)
+        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
+        if other_layers:
+            raise UsageError(
+                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
+                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
+                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            )
+        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
+        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
+        self.sliding_window = getattr(text_config, "sliding_window", None)
+        if layer_types is not None and "sliding_attention" not in layer_types:
+            self.sliding_window = None
+        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
+        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
+        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
+        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
+
+    def _pack_actions(self):
+        """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
+        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
+        if self.is_encoder_decoder:
+            token_lists = [self.tokenizer(action).input_ids for action in self.actions]
+        else:
+            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
+        width = max(map(len, token_lists))
+        action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
+        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            action_ids[index, : len(ids)] = torch.tensor(ids)
+            action_mask[index, : len(ids)] = 1
+        # Block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder start token and all but
+        # the last token. Decoder-only: all but the last (the prompt's last token predicts the first). score_source[a,
+        # j]: the position whose logits give action a's token j (decoder-only: position 0 is the prompt's last token).
+        if self.is_encoder_decoder:
+            blocks = [[self.llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
+        else:
+            blocks = [ids[:-1] for ids in token_lists]
+        block_starts = np.cumsum([0] + [len(block) for block in blocks])
+        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
+            if not self.is_encoder_decoder:
+                score_source[index, 0] = 0
+        buffers = {
+            "action_ids": action_ids, "action_mask": action_mask,
+            "action_words": torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float),
+            "packed_ids": torch.tensor([token for block in blocks for token in block]),
+            "packed_blocks": torch.tensor([a for a, block in enumerate(blocks) for _ in block]),
+            "packed_offsets": torch.tensor([j for block in blocks for j in range(len(block))]),
+            "score_source": score_source,
+            # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
+            "pair_source": torch.arange(len(token_lists) * width).view(len(token_lists), width),
+        }
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    @property
+    def device(self):
+        return self.value_head[0].weight.device
+
+    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
+        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
+        that they all end at the last position, and without the trailing space, which belongs to the action's first
+        token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
+        else:
+            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
+        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        lengths = [sum(mask) for mask in tokens.attention_mask]
+        return tokens.convert_to_tensors("pt").to(self.device), lengths
+
+    def _hidden_and_scores(self, prompts):
+        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
+        `score_batch_size` (or in memory: auto)."""
+        tokens, lengths = self.tokenize_prompts(prompts)
+        if self.score_batch_size == "auto":
+            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
+        else:
+            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
+        chunks = [
+            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
+        ]
+        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
+        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
+        return hidden, scores
+
+    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
+        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
+        width = max(lengths[start:stop])
+        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
+        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
+
+    def score_pass(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
+        return self._score_tokens(self.tokenize_prompts(prompts)[0])
+
+    def _score_tokens(self, tokens, packed: bool | None = None):
+        """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
+        if self.action_head is not None:
+            return self._final_hidden(tokens), None
+        if self.packed if packed is None else packed:
+            (hidden, logits), source = self._packed_pass(tokens), self.score_source
+        else:
+            (hidden, logits), source = self._pair_pass(tokens), self.pair_source
+        # log_softmax at the scored positions only: logit of the action's token minus the position's logsumexp
+        source, targets = source.reshape(-1), self.action_ids.reshape(-1)
+        token_logprobs = logits[:, source, targets].float() - logits.float().logsumexp(-1)[:, source]
+        scores = (token_logprobs.view(len(tokens.input_ids), *self.action_ids.shape) * self.action_mask).sum(-1)
+        return hidden, scores
+
+    def _packed_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, positions, vocabulary] where score_source points): one forward pass."""
+        num_rows, prompt_length = tokens.input_ids.shape
+        num_packed = len(self.packed_ids)
+        packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
+        with self._decoder_states() as captured, self._block_positions():
+            if self.is_encoder_decoder:
+                encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                out = self.llm(
+                    encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
+                    decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
+                )
+                return captured[0][:, 0], out.logits
+            prompt_mask = tokens.attention_mask.bool()
+            prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
+            prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
+            prompt_rows = torch.cat([prompt_rows, prompt_rows.new_zeros(num_rows, prompt_length, num_packed)], 2)
+            packed_rows = torch.cat([prompt_mask[:, None, :].expand(-1, num_packed, -1), packed_attention], 2)
+            positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+            positions = torch.cat([positions, tokens.attention_mask.sum(-1, keepdim=True) + self.packed_offsets], 1)
+            out = self.llm(
+                input_ids=torch.cat([tokens.input_ids, packed_ids], 1),
+                attention_mask=self._layer_masks(torch.cat([prompt_rows, packed_rows], 1), positions),
+                position_ids=positions, use_cache=False,
+                # Logits for the prompt's last token and the packed tokens only, not the whole prompt's vocabulary.
+                logits_to_keep=num_packed + 1,
+            )
+            return captured[0][:, prompt_length - 1], out.logits
+
+    def _packed_attention(self, num_rows: int) -> torch.Tensor:
+        """[num_rows, T, T]: a packed token sees its own block's tokens up to itself."""
+        same_block = self.packed_blocks[:, None] == self.packed_blocks[None, :]
+        causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
+        return (same_block & causal).expand(num_rows, -1, -1)
+
+    def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
+        """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
+        if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
+            return torch.zeros(allowed.shape, device=self.device).masked_fill(~allowed, torch.finfo(torch.float32).min)[:, None]
+        return allowed[:, None]
+
+    def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
+        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
+        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        if self.sliding_window is None:
+            return self._attention_mask(allowed)
+        windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
+        if not self.mask_per_layer_type:
+            return windowed
+        return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
+
+    @contextlib.contextmanager
+    def _block_positions(self):
+        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
+        from 0, as if it were alone; T5's relative position bias needs nothing."""
+        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
+        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
+            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
+            return
+        hook = embed_positions.register_forward_pre_hook(
+            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
+        )
+        try:
+            yield
+        finally:
+            hook.remove()
+
+    @contextlib.contextmanager
+    def _decoder_states(self):
+        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
+        the model is asked for no other layer's states."""
+        captured = []
+        hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
+        try:
+            yield captured
+        finally:
+            hook.remove()
+
+    def _pair_pass(self, tokens):
+        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
+        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
+        scorer of ALiBi models and what packed scoring is checked against."""
+        num_rows, num_actions = len(tokens.input_ids), len(self.actions)
+        width = self.action_ids.shape[1]
+        prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
+        with self._decoder_states() as captured:
+            if self.is_encoder_decoder:
+                encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
+                start = self.action_ids.new_full((num_actions, 1), self.llm.config.decoder_start_token_id)
+                out = self.llm(
+                    encoder_outputs=(encoded.last_hidden_state.repeat_interleave(num_actions, 0),), attention_mask=prompt_mask,
+                    decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
+                    decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
+                )
+                hidden = captured[0][::num_actions, 0]
+            else:
+                # The prompt's last token and the action's tokens but its last predict the action's tokens.
+                mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
+                out = self.llm(
+                    input_ids=torch.cat([prompt_ids, self.action_ids[:, :-1].repeat(num_rows, 1)], 1), attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False, logits_to_keep=width,
+                )
+                hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
+        return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
+
+    def _final_hidden(self, tokens) -> torch.Tensor:
+        """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
+        if self.is_encoder_decoder:
+            encoded = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).last_hidden_state
+            start = torch.full((len(encoded), 1), self.llm.config.decoder_start_token_id, device=self.device)
+            out = self.llm.get_decoder()(input_ids=start, encoder_hidden_states=encoded, encoder_attention_mask=tokens.attention_mask, use_cache=False)
+            return out.last_hidden_state[:, 0]
+        positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
+        out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
+        return out.last_hidden_state[:, -1]
+
+    @torch.no_grad()
+    def _scoring_probe(self, prompts):
+        self.score_pass(prompts)
+
+    def _joint_action_tokens(self) -> list[list[int]]:
+        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+        to split exactly after every `Action k: ` a prompt can end with.
+        """
+        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
+        for k in range(3):
+            history = [self.actions[i % len(self.actions)] for i in range(k)]
+            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
+            contexts.append((context, self.tokenizer(context).input_ids))
+        token_lists = []
+        for action in self.actions:
+            found = set()
+            for context, context_ids in contexts:
+                joint_ids = self.tokenizer(f"{context} {action}").input_ids
+                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                    raise UsageError(
+                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    )
+                found.add(tuple(joint_ids[len(context_ids) :]))
+            if len(found) > 1:
+                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+            token_lists.append(list(found.pop()))
+        return token_lists
+
+
+# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
+# any other is checked when its agent is built.
+TESTED_FAMILIES = {
+    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
+    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
+}
+
+
+@torch.no_grad()
+def check_packed_scoring(agent: GlamAgent):
+    """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
+    that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
+    the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
+    or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
+    sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
+    many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
+            enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
+    prompts = [build_prompt("go to the red key", agent.actions, [sentences], []),
+               build_prompt("go to the red key", agent.actions, [many] * 3, agent.actions[:2])]
+    was_training, precision = agent.llm.training, torch.get_float32_matmul_precision()
+    agent.to(next(agent.llm.parameters()).device).llm.eval()
+    torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+    try:
+        with torch.autocast(agent.device.type, enabled=False):
+            hidden, scores = agent._score_tokens(agent.tokenize_prompts(prompts)[0])
+            alone = [agent._score_tokens(agent.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise UsageError(
+            f"model family {agent.family!r} is not among those tested, and scoring a prompt's actions fails on it "
+            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+            "(README: model families) or --action-heads"
+        ) from None
+    finally:
+        torch.set_float32_matmul_precision(precision)
+        agent.llm.train(was_training)
+    pair_hidden, pair_scores = (torch.cat(parts) for parts in zip(*alone))
+    error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
+    if not error <= 1e-3:
+        raise UsageError(
+            f"model family {agent.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
+            f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
+            "on wrong scores; use a tested family (README: model families) or --action-heads"
+        )
 
 
 def keep_freed_memory():

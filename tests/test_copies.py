@@ -1,5 +1,11 @@
-"""The scripts share no code: each holds its own copy of the env, prompt, loading and scoring parts of glam_ppo.py.
-These tests keep the copies identical, in source and in behaviour."""
+"""The scripts share no code: each holds its own copy of the functions it takes from glam_ppo.py (the env, the prompt,
+loading, scoring, memory, checkpoints, videos). These tests keep every copy identical to glam_ppo.py's, in source and in
+behaviour, and keep each script free of definitions it never uses.
+
+After changing a shared function in glam_ppo.py, copy it into the other scripts with `python tests/test_copies.py`."""
+
+import ast
+import sys
 
 import numpy as np
 import pytest
@@ -10,20 +16,45 @@ import glam_ppo
 import glam_ppo_multigpu
 import zero_shot_eval
 
-COPIES = [zero_shot_eval, bc_finetune, glam_ppo_multigpu]
-SHARED_START, SHARED_END = "class UsageError", "def compute_gae"
+SCRIPTS = [glam_ppo, zero_shot_eval, bc_finetune, glam_ppo_multigpu]
+COPIES = SCRIPTS[1:]
+# Names that each script defines for its own job, which may differ from glam_ppo.py's definitions of the same name.
+OWN = {"Args", "ARG_RANGES", "main", "parse_args", "finish_args", "RESUMABLE_CHANGES", "CHECKPOINT_FILES", "find_checkpoint",
+       "save_checkpoint", "StopRequest", "load_policy_model", "open_logs", "restore_run", "record_video", "update_pass_sizer"}
 
 
-def shared_section(module) -> str:
-    source = open(module.__file__, encoding="utf-8").read()
-    start = source.index(SHARED_START)
-    end = source.index(SHARED_END) if SHARED_END in source else source.index("\n\n\n# ----", source.index("class GlamAgent"))
-    return source[start:end].rstrip()
+def definitions(path: str) -> dict[str, str]:
+    """Each top-level function, class and constant of a script: name -> its source, decorators included."""
+    source = open(path, encoding="utf-8").read()
+    found = {}
+    for node in ast.parse(source).body:
+        if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+            found[node.name] = node
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            found[node.targets[0].id] = node
+    lines = source.splitlines()
+    return {
+        name: "\n".join(lines[min([node.lineno] + [d.lineno for d in getattr(node, "decorator_list", [])]) - 1 : node.end_lineno])
+        for name, node in found.items()
+    }
 
 
 @pytest.mark.parametrize("copy", COPIES, ids=lambda m: m.__name__)
-def test_shared_section_is_a_verbatim_copy(copy):
-    assert shared_section(copy) == shared_section(glam_ppo)
+def test_every_copied_definition_is_verbatim(copy):
+    reference, copied = definitions(glam_ppo.__file__), definitions(copy.__file__)
+    shared = sorted(set(reference) & set(copied) - OWN)
+    assert len(shared) > 40
+    for name in shared:
+        assert copied[name] == reference[name], f"{copy.__name__}.{name} differs from glam_ppo.{name}: python tests/test_copies.py"
+
+
+@pytest.mark.parametrize("script", SCRIPTS, ids=lambda m: m.__name__)
+def test_a_script_defines_only_what_it_uses(script):
+    tree = ast.parse(open(script.__file__, encoding="utf-8").read())
+    used = {node.id for node in ast.walk(tree) if isinstance(node, ast.Name) and isinstance(node.ctx, ast.Load)}
+    used |= {node.attr for node in ast.walk(tree) if isinstance(node, ast.Attribute)}
+    unused = [name for name in definitions(script.__file__) if name not in used]
+    assert unused == [], f"{script.__name__} defines {unused} and never uses them"
 
 
 @pytest.mark.parametrize("copy", COPIES, ids=lambda m: m.__name__)
@@ -46,3 +77,14 @@ def test_copies_give_the_same_outputs(copy):
         copied = copy.GlamAgent(llm.eval(), tokenizer, envs.actions).score(prompts)
     torch.testing.assert_close(copied, expected, rtol=0, atol=0)
     assert copy.babyai_text_vocabulary() == glam_ppo.babyai_text_vocabulary()
+
+
+if __name__ == "__main__":  # copy glam_ppo.py's version of every shared definition into the other scripts
+    reference = definitions(glam_ppo.__file__)
+    for copy in COPIES:
+        source, copied = open(copy.__file__, encoding="utf-8").read(), definitions(copy.__file__)
+        stale = [name for name in set(reference) & set(copied) - OWN if copied[name] != reference[name]]
+        for name in stale:
+            source = source.replace(copied[name], reference[name], 1)
+        open(copy.__file__, "w", encoding="utf-8").write(source)
+        print(f"{copy.__name__}: {', '.join(sorted(stale)) or 'nothing'} copied from glam_ppo.py", file=sys.stderr)

@@ -81,7 +81,7 @@ def tiny_decoder_only(config_class, smollm2, **sizes):
 def test_an_untested_family_that_packs_exactly_is_accepted_after_the_check(smollm2, long_prompts, monkeypatch):
     llm = tiny_decoder_only(t.Olmo2Config, smollm2, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4)
     checks = []
-    monkeypatch.setattr(g.GlamAgent, "_check_scoring", lambda self, check=g.GlamAgent._check_scoring: checks.append(check(self)))
+    monkeypatch.setattr(g, "check_packed_scoring", lambda agent, check=g.check_packed_scoring: checks.append(check(agent)))
     agent = g.GlamAgent(llm, smollm2, g.action_names("canonical")).eval()
     assert checks == [None]
     with torch.no_grad():
