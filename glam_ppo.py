@@ -1535,7 +1535,7 @@ def run_state(envs: TextVecEnv, **counters) -> dict:
     return {"envs": pickle.dumps(envs), "rng": rng, **counters}
 
 
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm | None = None):
     """Writes runs/<run>/checkpoint: the weights, the heads, the optimizer, the envs, the RNG states and the args."""
 
     def write(folder):
@@ -1555,7 +1555,8 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state
     try:
         commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
     except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-        progress.close()
+        if progress is not None:
+            progress.close()
         raise
 
 
