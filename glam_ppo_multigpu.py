@@ -745,16 +745,27 @@ class GlamAgent(nn.Module):
 
     The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum above, or the
     variants of --scoring). The value head, an MLP, reads the decoder's first state (encoder-decoder models: the
-    decoder start token's) or the prompt's last token's (decoder-only). `score` computes the scores of every action
-    of many prompts in one forward pass: see "Scoring every action in one pass" below.
+    decoder start token's) or the prompt's last token's (decoder-only); `value_head_input="encoder"` (an ablation,
+    not in the paper) makes it read the mean of the encoder's final states over the prompt's tokens instead. `score`
+    computes the scores of every action of many prompts in one forward pass: see "Scoring every action in one pass".
     """
 
-    def __init__(self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024):
+    def __init__(
+        self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024,
+        value_head_input: str = "decoder",
+    ):
         super().__init__()
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
-        self.scoring, self.score_batch_size = scoring, score_batch_size
+        self.scoring, self.score_batch_size, self.value_head_input = scoring, score_batch_size, value_head_input
         self.is_encoder_decoder = llm.config.is_encoder_decoder
         self._check_architecture()
+        if value_head_input == "encoder" and (not self.is_encoder_decoder or action_heads):
+            raise UsageError(
+                "--value-head-input encoder: a decoder-only model has no encoder, and its value head reads the prompt's "
+                "last state, which has seen the whole prompt already; drop the flag" if not self.is_encoder_decoder else
+                "--value-head-input encoder ablates the value head of the scoring agent; with --action-heads both heads "
+                "read one state: drop one of the two flags"
+            )
         hidden_size = llm.config.get_text_config().hidden_size
         self.value_head = glam_head(hidden_size, 1)
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
@@ -944,7 +955,7 @@ class GlamAgent(nn.Module):
                     encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
                     decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
                 )
-                return captured[0][:, 0], out.logits
+                return self._value_input(captured[0][:, 0], encoder_outputs, tokens.attention_mask), out.logits
             prompt_mask = tokens.attention_mask.bool()
             prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
             prompt_rows |= torch.eye(prompt_length, dtype=torch.bool, device=self.device)  # a padding row sees itself: no empty row
@@ -1026,7 +1037,7 @@ class GlamAgent(nn.Module):
                     decoder_input_ids=torch.cat([start, self.action_ids[:, :-1]], 1).repeat(num_rows, 1),
                     decoder_attention_mask=self.action_mask.repeat(num_rows, 1), use_cache=False,
                 )
-                hidden = captured[0][::num_actions, 0]
+                hidden = self._value_input(captured[0][::num_actions, 0], encoded, tokens.attention_mask)
             else:
                 # The prompt's last token and the action's tokens but its last predict the action's tokens.
                 mask = torch.cat([prompt_mask, self.action_mask[:, 1:].repeat(num_rows, 1)], 1)
@@ -1036,6 +1047,14 @@ class GlamAgent(nn.Module):
                 )
                 hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
         return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
+
+    def _value_input(self, decoder_state: torch.Tensor, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the value head reads: the decoder's first state (the paper), or the mean of the encoder's final states
+        over the prompt's tokens, padding excluded (`value_head_input="encoder"`)."""
+        if self.value_head_input == "decoder":
+            return decoder_state
+        mask = attention_mask.unsqueeze(-1).to(encoded.last_hidden_state.dtype)
+        return (encoded.last_hidden_state * mask).sum(1) / mask.sum(1)
 
     def _final_hidden(self, tokens) -> torch.Tensor:
         """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""

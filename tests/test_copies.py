@@ -5,16 +5,18 @@ behaviour, and keep each script free of definitions it never uses.
 After changing a shared function in glam_ppo.py, copy it into the other scripts with `python tests/test_copies.py`."""
 
 import ast
+import os
 import sys
 
 import numpy as np
 import pytest
 import torch
 
-import bc_finetune
-import glam_ppo
-import glam_ppo_multigpu
-import zero_shot_eval
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # for `python tests/test_copies.py`
+import bc_finetune  # noqa: E402
+import glam_ppo  # noqa: E402
+import glam_ppo_multigpu  # noqa: E402
+import zero_shot_eval  # noqa: E402
 
 SCRIPTS = [glam_ppo, zero_shot_eval, bc_finetune, glam_ppo_multigpu]
 COPIES = SCRIPTS[1:]
