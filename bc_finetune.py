@@ -1,16 +1,18 @@
 """GLAM's behavioural-cloning baseline (BC-Bot, BC-GFlan-T5 of Carta et al., ICML 2023), in one file.
 
-The LLM learns, by cross-entropy, to write the demonstrated action after the same prompt that glam_ppo.py's policy
-reads. Demonstrations come from minigrid's BabyAIBot, played in parallel envs, or from trajectories saved by
-`zero_shot_eval.py --save-trajectories` (a trained agent's). The env, prompt, model loading and scoring parts are
-copies of glam_ppo.py's (tests keep them identical), so the checkpoint this writes is evaluated by zero_shot_eval.py
-and continued with PPO by `glam_ppo.py --init-from` exactly as it was trained.
+The LLM learns, by cross-entropy, to write the demonstrated action after the prompt that glam_ppo.py's policy reads: a
+transition's loss is minus the score that GlamAgent gives its action. Demonstrations come from minigrid's BabyAIBot,
+or from trajectories saved by `zero_shot_eval.py --save-trajectories`. Held-out action accuracy is the argmax of the
+scores that the RL policy samples from, and the env evaluation samples from them, so BC and RL agents are measured the
+same way; zero_shot_eval.py evaluates the checkpoint as it is, and `glam_ppo.py --init-from` continues it with PPO.
 
-Held-out action accuracy is the argmax of the very action scores the RL policy samples from, and the periodic env
-evaluation samples from them, so BC and RL agents are measured the same way.
+How to read this file: the method comes first, top to bottom. `Args` (the paper's settings first), glam_ppo.py's
+BabyAI-Text, prompt and GlamAgent (copies that tests/test_copies.py keeps identical), the demonstrations, the loss
+(`action_nll`), the evaluations, and `main()`: the demonstrations, then the training loop. After the banner
+APPENDICES: the levels minigrid lacks, model loading, flags, logs, checkpoints and stopping, memory, and videos.
 
-Seeds: demonstration episode k is the level `reset(seed=args.seed + k)`; evaluation episode k is the level
-`reset(seed=args.seed + EVAL_SEED_OFFSET + k)`, the same levels at every evaluation and never a demonstration's.
+Seeds: demonstration episode k plays the level `reset(seed=args.seed + k)`, evaluation episode k the level
+`reset(seed=args.seed + EVAL_SEED_OFFSET + k)`: the same levels at every evaluation, and never a demonstration's.
 """
 
 import contextlib
@@ -50,8 +52,8 @@ from minigrid.core.constants import COLOR_NAMES, IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
 from minigrid.envs.babyai.goto import GoToLocal
-from PIL import Image, ImageDraw, ImageFont
 from minigrid.utils.baby_ai_bot import BabyAIBot
+from PIL import Image, ImageDraw, ImageFont
 from torch.distributions.categorical import Categorical
 from torch.utils import _pytree as pytree
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -61,42 +63,11 @@ from transformers import BatchEncoding, get_cosine_schedule_with_warmup
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment (demonstration levels, data order, initialisation)"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled when available"""
-    tf32: bool = True
-    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "glam"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-
-    # Model
+    # The method: model, scoring, demonstrations and the paper's optimisation (AdamW, lr 5e-4, cosine schedule, 1 epoch)
     model: str = "flan-t5-large"
     """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
-    pretrained: bool = True
-    """start from the pretrained weights (False: random init from the config)"""
-    load_embedding: bool = False
-    """with --no-pretrained, copy the pretrained embedding weights"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score, for held-out accuracy and env evaluation (kept in the checkpoint)"""
-    score_batch_size: int | Literal["auto"] = "auto"
-    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
-    lora_r: int = 0
-    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
-    bf16: bool = False
-    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
-    gradient_checkpointing: bool = False
-    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
-
-    # Demonstrations
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the level of the bot's demonstrations and of the env evaluation"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
@@ -109,8 +80,6 @@ class Args:
     """parallel environments for generating demonstrations and for evaluation"""
     holdout_fraction: float = 0.05
     """share of the episodes kept out of training to measure action accuracy"""
-
-    # Optimisation (the paper's settings: AdamW, lr 5e-4, cosine schedule, 1 epoch)
     learning_rate: float = 5e-4
     """the peak learning rate of AdamW"""
     weight_decay: float = 0.01
@@ -121,24 +90,56 @@ class Args:
     """passes over the training demonstrations"""
     batch_size: int = 64
     """transitions per optimizer step (not stated in the paper)"""
-    grad_accum_batch: int | Literal["auto"] = "auto"
-    """transitions per forward/backward pass, gradients accumulated over a batch (auto: the most that fit; 0: all)"""
     max_grad_norm: float = 1.0
     """the maximum norm for the gradient clipping"""
+    seed: int = 1
+    """seed of the experiment (demonstration levels, data order, initialisation)"""
 
-    # Evaluation, logging and checkpoints
+    # The paper's baselines and variants
+    pretrained: bool = True
+    """start from the pretrained weights (False: random init from the config)"""
+    load_embedding: bool = False
+    """with --no-pretrained, copy the pretrained embedding weights"""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
+
+    # Hardware, precision and memory
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
+    bf16: bool = False
+    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
+    score_batch_size: int | Literal["auto"] = "auto"
+    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
+    grad_accum_batch: int | Literal["auto"] = "auto"
+    """transitions per forward/backward pass, gradients accumulated over a batch (auto: the most that fit; 0: all)"""
+
+    # Evaluation, logging, checkpoints and videos
     eval_every: int = 50_000
     """training transitions between evaluations and checkpoints (also before the first step and after the last)"""
     eval_episodes: int = 100
     """episodes per env evaluation, sampled from the scored policy"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "glam"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
+    resume: str | None = None
+    """continue the run saved in this folder (runs/<run>); only logging flags may change"""
     capture_video: bool = False
     """record an episode of an evaluation env every --video-interval optimizer steps, to videos/{run_name} and TensorBoard"""
     video_interval: int = 1000
     """optimizer steps between two recorded episodes"""
     video_format: Literal["mp4", "gif"] = "mp4"
     """mp4 (H.264, through imageio-ffmpeg) or gif"""
-    resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only logging flags may change"""
 
     # to be filled in runtime
     resume_checkpoint: tyro.conf.Suppress[str | None] = None
@@ -152,46 +153,15 @@ ARG_RANGES = {
     "num_epochs": "[1, inf)", "batch_size": "[1, inf)", "grad_accum_batch": "[0, inf)", "max_grad_norm": "(0, inf)",
     "eval_every": "[1, inf)", "eval_episodes": "[1, inf)", "video_interval": "[1, inf)",
 }
-EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demonstration's level seed
 
 
 class UsageError(Exception):
     """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
 
 
-def check_ranges(args, ranges: dict[str, str]):
-    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
-    for name, interval in ranges.items():
-        value = getattr(args, name)
-        if value is None or value == "auto":
-            continue
-        low, high = (float(bound) for bound in interval[1:-1].split(","))
-        above = low < value if interval[0] == "(" else low <= value
-        below = value < high if interval[-1] == ")" else value <= high
-        if not (math.isfinite(value) and above and below):
-            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
-
-
-def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
-    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
-    side by side)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: observation sentences
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: the sentences an agent reads, its actions, and a vector of text envs
+# -----------------------------------------------------------------------------------------------------------------
 
 AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
 FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
@@ -261,137 +231,6 @@ def describe(image: np.ndarray, language: str = "english") -> list[str]:
             sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
     return sentences
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: the levels minigrid lacks
-# ---------------------------------------------------------------------------------------------------------------
-
-TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
-HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
-OBJECT_TYPES = ("key", "ball", "box")
-
-
-class LocalTaskLevel(RoomGridLevel):
-    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
-
-    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
-    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
-    """
-
-    def __init__(
-        self,
-        task_kinds=TASK_KINDS,
-        task_kind: str | None = None,
-        pairs: Literal["train", "test", "any"] = "train",
-        sequence_forms=("then", "after"),
-        second_task: str = "goto",
-        num_dists: int = 8,
-        room_size: int = 8,
-        **kwargs,
-    ):
-        if task_kind is not None and task_kind not in task_kinds:
-            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
-        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
-        self.pairs = pairs
-        self.sequence_forms = sequence_forms
-        self.second_task = second_task
-        self.num_dists = num_dists
-        self.task_kind = self.task_kinds[0]
-        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
-
-    def _gen_grid(self, width, height):
-        # The kind decides the grid's width, so draw it first, from this reset's seed.
-        self.task_kind = self._rand_elem(self.task_kinds)
-        self.num_cols = 2 if self.task_kind == "open" else 1
-        self.width = (self.room_size - 1) * self.num_cols + 1
-        super()._gen_grid(self.width, height)
-
-    def _allowed(self, pair: str) -> bool:
-        if self.pairs == "any":
-            return True
-        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
-
-    def _pick_targets(self, objs, count):
-        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
-        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
-        self.np_random.shuffle(candidates)
-        chosen, seen = [], set()
-        for obj in candidates:
-            if (obj.color, obj.type) not in seen:
-                chosen.append(obj)
-                seen.add((obj.color, obj.type))
-        if len(chosen) < count:
-            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
-        return chosen[:count]
-
-    def gen_mission(self):
-        if self.task_kind == "open":
-            self._gen_open_mission()
-            return
-        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
-        self.place_agent()
-        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
-        self.check_objs_reachable()
-        if self.task_kind in ("goto", "pickup"):
-            (target,) = self._pick_targets(objs, 1)
-            desc = ObjDesc(target.type, target.color)
-            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
-        elif self.task_kind == "putnext":
-            moved, fixed = self._pick_targets(objs, 2)
-            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
-        else:
-            first, second = self._pick_targets(objs, 2)
-            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
-            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
-            then_second = instr_cls(ObjDesc(second.type, second.color))
-            if self._rand_elem(self.sequence_forms) == "then":
-                self.instrs = BeforeInstr(pick_up_first, then_second)
-            else:
-                self.instrs = AfterInstr(then_second, pick_up_first)
-
-    def _gen_open_mission(self):
-        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
-        colour = self._rand_elem(door_colours)
-        agent_room = self._rand_int(0, 2)
-        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
-        self.add_object(agent_room, 0, "key", colour)
-        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
-        self.place_agent(agent_room, 0)
-        self.check_objs_reachable()
-        named = self.pairs == "test" or self._rand_bool()
-        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
-
-
-class GoToFrench(GoToLocal):
-    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
-
-    language = "french"
-
-
-# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
-BABYAI_TEXT_LEVELS = {
-    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
-    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
-    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
-    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
-    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
-    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
-    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
-    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
-    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
-}
-for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
-    if _env_id not in gym.registry:
-        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
-
-
-def babyai_env_ids() -> list[str]:
-    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: actions, the text wrapper and a vector of text envs
-# ---------------------------------------------------------------------------------------------------------------
 
 ACTIONS = {
     "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
@@ -527,9 +366,9 @@ class TextVecEnv:
         return self.prompts(), rewards, dones, finished
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Prompt
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# The prompt
+# -----------------------------------------------------------------------------------------------------------------
 
 PROMPT_WORDS = {
     "english": ("Possible action of the agent:", "Goal of the agent"),
@@ -548,157 +387,9 @@ def build_prompt(goal: str, actions, obs_history, action_history, language: str 
     return prompt
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Model loading
-# ---------------------------------------------------------------------------------------------------------------
-
-MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
-TINY_MODELS = ("tiny-t5", "tiny-causal")
-
-
-def babyai_text_vocabulary() -> list[str]:
-    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
-    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
-    texts = [
-        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
-        "rotate left, rotate right, move ahead, take, release, switch",
-        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
-        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
-        "go to the a pick up put next open then after you object in front of behind on your",
-        "I would like the agent to You have to",
-        "0 1 2 3 4 5 6 7 8 9",
-    ]
-    for text in texts:
-        words.update(re.findall(r"\w+|[^\w\s]+", text))
-    return sorted(words)
-
-
-def build_tiny_model(kind: str):
-    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
-    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
-    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
-        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    else:  # like Llama's: a <s> in front
-        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
-    )
-    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
-    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
-    if kind == "tiny-t5":
-        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
-        return T5ForConditionalGeneration(config), tokenizer
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=2048, bos_token_id=3, **size,
-    )
-    return LlamaForCausalLM(config), tokenizer
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(**location)
-    config = AutoConfig.from_pretrained(**location)
-    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    if pretrained:
-        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
-    model = model_cls.from_config(config, **model_kwargs)
-    if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
-        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
-    return model, tokenizer
-
-
-def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    if name in TINY_MODELS:
-        return build_tiny_model(name)
-    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
-    is_path = source.startswith((".", "/")) or os.path.exists(source)
-    if is_path and not os.path.exists(source):
-        raise UsageError(f"cannot load model {name!r}: no such file or folder")
-    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
-    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
-    model_kwargs = {"dtype": torch.float32}
-    if attn_implementation:
-        model_kwargs["attn_implementation"] = attn_implementation
-    location = {"pretrained_model_name_or_path": source}
-    if source.endswith(".gguf"):
-        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
-    try:
-        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
-        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
-    except (OSError, ValueError) as error:
-        if is_path or not _hub_reachable():
-            raise _load_error(name, error, offline=not is_path) from None
-        try:
-            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
-        except (OSError, ValueError) as hub_error:
-            raise _load_error(name, hub_error, offline=False) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
-    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UsageError(
-        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
-        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Agent
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def configure_matmul_precision(device: torch.device, tf32: bool):
-    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
-def checkpoint_activations(llm):
-    """Recompute each transformer block in the backward pass instead of keeping its activations.
-
-    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
-    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
-    """
-    from torch.distributed._composable import checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    blocks = [module for module in llm.modules() if isinstance(module, GradientCheckpointingLayer)]
-    if not blocks:
-        raise UsageError("--gradient-checkpointing: transformers marks no block of this model as checkpointable; drop the flag")
-    for block in blocks:
-        checkpoint(block)
+# -----------------------------------------------------------------------------------------------------------------
+# The agent: an LLM that scores action strings, and a value head
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
@@ -1074,6 +765,597 @@ class GlamAgent(nn.Module):
         return token_lists
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# Demonstrations: the bot's episodes, or a trajectories file, split by episode
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int, stop=lambda: False) -> list[dict]:
+    """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
+
+    Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
+    When `stop()` turns true, the episodes finished so far.
+    """
+    envs = TextVecEnv(env_id, num_envs, action_space)
+    level_seeds = itertools.count(seed)
+    episodes, bots, total = [], [None] * num_envs, 0
+
+    def start(index):
+        level_seed = next(level_seeds)
+        envs.start_episode(index, level_seed)
+        bots[index] = BabyAIBot(envs.envs[index].unwrapped)
+        return {"env_id": env_id, "seed": level_seed, "prompts": [], "actions": []}
+
+    running = [start(index) for index in range(num_envs)]
+    progress = tqdm(total=num_transitions, unit="transition", desc="bot demonstrations", dynamic_ncols=True)
+    while total < num_transitions and not stop():
+        prompts = envs.prompts()
+        actions = [int(bot.replan()) for bot in bots]
+        for episode, prompt, action in zip(running, prompts, actions):
+            episode["prompts"].append(prompt)
+            episode["actions"].append(envs.actions[action])
+        _, _, dones, finished = envs.step(actions)
+        for index, outcome in zip(np.flatnonzero(dones), finished):
+            kept = min(outcome["length"], num_transitions - total)
+            if kept > 0:
+                episode = running[index]
+                episode["prompts"], episode["actions"] = episode["prompts"][:kept], episode["actions"][:kept]
+                episodes.append({**episode, **outcome, "return": float(outcome["return"]), "success": bool(outcome["success"])})
+                progress.update(kept)
+                total += kept
+            running[index] = start(index)
+    progress.close()
+    return episodes
+
+
+def write_demos(path: str, episodes: list[dict]):
+    with open(path, "w") as f:
+        for episode in episodes:
+            f.write(json.dumps(episode, ensure_ascii=False) + "\n")
+
+
+def read_demos(path: str, actions: list[str]) -> list[dict]:
+    """Episodes of a trajectories file, each with "prompts" and "actions" (strings of `actions`), checked line by line."""
+    try:
+        with open(path) as f:
+            lines = f.readlines()
+    except OSError as error:
+        raise UsageError(f"cannot read demonstrations {path!r}: {error.strerror}") from None
+    episodes = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            episode = json.loads(line)
+            prompts, episode_actions = episode["prompts"], episode["actions"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            raise UsageError(
+                f"{path}:{number} is not a trajectory: expected one JSON object per line with \"prompts\" and \"actions\" "
+                "lists, as zero_shot_eval.py --save-trajectories writes"
+            ) from None
+        unknown = sorted(set(episode_actions) - set(actions))
+        if unknown or len(prompts) != len(episode_actions):
+            problem = f"actions {unknown} are not among {actions}" if unknown else "has a different number of prompts and actions"
+            raise UsageError(f"{path}:{number} {problem}; check --env-id and --action-space")
+        episodes.append(episode)
+    if len(episodes) < 2:
+        raise UsageError(f"{path} holds {len(episodes)} episode(s); behavioural cloning needs at least 2 (training and held out)")
+    return episodes
+
+
+def split_demos(episodes: list[dict], actions: list[str], holdout_fraction: float, seed: int):
+    """(training, held-out) lists of (prompt, action index), split by episode so no level is in both."""
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    num_holdout = min(len(episodes) - 1, max(1, round(holdout_fraction * len(episodes))))
+    action_index = {action: index for index, action in enumerate(actions)}
+
+    def transitions(indices):
+        return [(prompt, action_index[action]) for i in indices for prompt, action in zip(episodes[i]["prompts"], episodes[i]["actions"])]
+
+    return transitions(order[num_holdout:]), transitions(order[:num_holdout])
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The loss: minus the log-likelihood of the demonstrated action, the very score the policy samples from
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def action_nll(agent: GlamAgent, prompts, action_indices: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """(summed -log P(action tokens | prompt), number of tokens summed) for demonstrated actions.
+
+    The targets are the scorer's own action tokens (T5: ending in </s>; decoder-only: no <s>, an </s> appended), so
+    the summed loss of a transition is exactly minus the score that GlamAgent gives its action. Padding is -100.
+    """
+    targets, target_mask = agent.action_ids[action_indices], agent.action_mask[action_indices]
+    labels = targets.masked_fill(target_mask == 0, -100)
+    tokens, _ = agent.tokenize_prompts(prompts)
+    if agent.is_encoder_decoder:
+        # The decoder reads the labels shifted right (no `labels=`: the model's own loss would be computed for nothing).
+        decoder_input_ids = agent.llm.prepare_decoder_input_ids_from_labels(labels=labels)
+        logits = agent.llm(
+            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
+        ).logits
+    else:
+        # Prompts left-padded, actions right after them: the action tokens sit in the last positions of every row.
+        input_ids = torch.cat([tokens.input_ids, targets], dim=1)
+        attention = torch.cat([tokens.attention_mask, target_mask], dim=1)
+        positions = (attention.cumsum(-1) - 1).clamp(min=0)
+        out = agent.llm(
+            input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=targets.shape[1] + 1, use_cache=False
+        )
+        logits = out.logits[:, :-1]
+    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
+    return nll, int(target_mask.sum())
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# The evaluations: held-out action accuracy, and success in the env
+# -----------------------------------------------------------------------------------------------------------------
+
+EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demonstration's level seed
+
+
+def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
+    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
+    rate, spread = successes / episodes, z * z / episodes
+    centre = (rate + spread / 2) / (1 + spread)
+    half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))
+    # At 0 and at n successes a bound is exactly 0 or 1, which rounding would miss by an ulp.
+    return (0.0 if successes == 0 else centre - half_width), (1.0 if successes == episodes else centre + half_width)
+
+
+@torch.no_grad()
+def action_accuracy(agent: GlamAgent, transitions, autocast, stop=lambda: False) -> float | None:
+    """How often the policy's most likely action is the demonstrated one (None if `stop()` turns true first: the
+    transitions are scored a few at a time, so that a stop is seen within seconds)."""
+    correct = 0
+    for start in range(0, len(transitions), 64):
+        if stop():
+            return None
+        prompts, labels = zip(*transitions[start : start + 64])
+        with autocast:
+            logits, _ = agent(list(prompts))
+        correct += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
+    return correct / len(transitions)
+
+
+@torch.no_grad()
+def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_seed: int, autocast, stop=lambda: False) -> list[dict]:
+    """Episodes on levels first_seed, first_seed + 1, ..., actions sampled from the scored policy (as in the paper);
+    those finished so far when `stop()` turns true."""
+    generator = torch.Generator().manual_seed(first_seed)  # its own stream: evaluating never shifts training's
+    seeds = iter(range(first_seed, first_seed + episodes))
+    active = [False] * len(envs)
+    for index in range(min(episodes, len(envs))):
+        envs.start_episode(index, next(seeds))
+        active[index] = True
+    results = []
+    while any(active) and not stop():
+        indices = [index for index in range(len(envs)) if active[index]]
+        prompts = envs.prompts()
+        with autocast:
+            logits, _ = agent([prompts[index] for index in indices])
+        actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
+        actions[indices] = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(1).numpy()
+        _, _, dones, finished = envs.step(actions)
+        for index, episode in zip(np.flatnonzero(dones), finished):
+            if not active[index]:
+                continue
+            results.append(episode)
+            level_seed = next(seeds, None)
+            if level_seed is None:
+                active[index] = False
+            else:
+                envs.start_episode(index, level_seed)
+    return results
+
+
+def log_evaluation(writer, accuracy: float, episodes: list[dict], global_step: int):
+    """An evaluation's numbers in TensorBoard, and one line with the success rate's 99% interval."""
+    successes = sum(bool(episode["success"]) for episode in episodes)
+    success = successes / len(episodes)
+    writer.add_scalar("charts/action_accuracy", accuracy, global_step)
+    writer.add_scalar("charts/success_rate", success, global_step)
+    writer.add_scalar("charts/episodic_return", np.mean([episode["return"] for episode in episodes]), global_step)
+    writer.add_scalar("charts/episodic_length", np.mean([episode["length"] for episode in episodes]), global_step)
+    low, high = success_interval(successes, len(episodes))
+    tqdm.write(
+        f"{global_step} transitions: held-out action accuracy {accuracy:.3f}, success rate {success:.3f} [{low:.3f}, {high:.3f}] "
+        f"(99% interval, {len(episodes)} episodes)"
+    )
+
+
+def main(args: Args):
+    stop = StopRequest()  # Ctrl-C or SIGTERM: keep what is done (a checkpoint, the finished demonstrations), then exit
+    checkpoint = args.resume_checkpoint
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+
+    # TRY NOT TO MODIFY: seeding
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    configure_matmul_precision(device, args.tf32)
+
+    # The model first, right after seeding: a random base (tiny models, --no-pretrained) is then rebuilt from the seed alone.
+    llm, tokenizer = load_policy_model(args, checkpoint)
+    if args.gradient_checkpointing:
+        checkpoint_activations(llm)
+    # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
+    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
+    agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size).to(device)
+    # The run folder only now, once everything that a bad flag could break has loaded.
+    writer = open_logs(args, run_name, run_dir, resumed_at=trainer["global_step"] if trainer else None)
+
+    # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
+    demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
+    if args.demos is None and not os.path.exists(demos_path):
+        episodes = generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed, lambda: stop.requested)
+        if stop.requested:  # the finished episodes are kept, as a file that --demos reads
+            partial_path = os.path.join(run_dir, "demos.partial.jsonl")
+            write_demos(partial_path, episodes)
+            made = sum(len(episode["actions"]) for episode in episodes)
+            print(f"stopped making demonstrations: the {made} transitions made are in {partial_path} (train on them with --demos {partial_path})")
+            return
+        write_demos(demos_path + ".tmp", episodes)
+        os.rename(demos_path + ".tmp", demos_path)
+    train_set, holdout_set = split_demos(read_demos(demos_path, eval_envs.actions), eval_envs.actions, args.holdout_fraction, args.seed)
+    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
+    num_steps = args.num_epochs * steps_per_epoch
+    print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
+
+    optimizer = torch.optim.AdamW(agent.llm.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
+    scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup_fraction * num_steps), num_steps)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    update_sizer = update_pass_sizer(agent, optimizer, autocast)
+    step, global_step = restore_run(checkpoint, trainer, agent, optimizer, scheduler) if checkpoint else (0, 0)
+    saved_at = None  # the step of the last checkpoint written
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True) if args.capture_video else None
+
+    def evaluate():
+        """The held-out action accuracy and the success rate in the env; a stop abandons them, logging nothing."""
+        agent.eval()
+        accuracy = action_accuracy(agent, holdout_set, autocast, lambda: stop.requested)
+        episodes = evaluate_in_env(agent, eval_envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast, lambda: stop.requested)
+        agent.train()
+        if not stop.requested:
+            log_evaluation(writer, accuracy, episodes, global_step)
+
+    if step == 0:
+        evaluate()
+    agent.train()  # dropout on while cloning, as in ordinary fine-tuning
+    progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0)  # evaluations included
+
+    def non_finite(what: str) -> FloatingPointError:
+        progress.close()
+        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
+        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+        return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
+
+    start_time, start_global_step = time.time(), global_step
+    while step < num_steps and not stop.requested:
+        # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the batches the straight run would.
+        epoch, position = divmod(step, steps_per_epoch)
+        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set))
+        batch = [train_set[i] for i in order[position * args.batch_size : (position + 1) * args.batch_size]]
+        prompts = [prompt for prompt, _ in batch]
+        labels = torch.tensor([label for _, label in batch], device=device)
+        num_tokens = int(agent.action_mask[labels].sum())
+
+        # The batch in passes of micro_size (--grad-accum-batch), gradients accumulated
+        micro_size = update_sizer(prompts, device) if args.grad_accum_batch == "auto" else args.grad_accum_batch or len(batch)
+        optimizer.zero_grad()
+        total_nll = 0.0
+        for micro in even_split(len(batch), micro_size):
+            with autocast:
+                nll, _ = action_nll(agent, prompts[micro], labels[micro])
+            # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
+            (nll / num_tokens).backward()
+            total_nll += nll.item()
+        bc_loss = total_nll / num_tokens
+        if not math.isfinite(bc_loss):
+            raise non_finite("loss")
+        if not torch.isfinite(nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)):
+            raise non_finite("gradient")
+        optimizer.step()
+        # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act or save with them.
+        if not torch.stack([torch.isfinite(p).all() for p in agent.llm.parameters()]).all():
+            raise non_finite("weights")
+        scheduler.step()
+        step += 1
+        global_step += len(batch)
+
+        # TRY NOT TO MODIFY: record the loss for plotting purposes
+        writer.add_scalar("losses/bc_loss", bc_loss, global_step)
+        writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], global_step)
+        sps = int((global_step - start_global_step) / (time.time() - start_time))
+        writer.add_scalar("charts/SPS", sps, global_step)
+        progress.update(1)
+        progress.set_postfix(loss=f"{bc_loss:.3f}", SPS=sps)
+        if args.capture_video and step % args.video_interval == 0:
+            record_video(args, agent, video_env, autocast, writer, run_name, step, global_step)
+        if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
+            evaluate()
+            save_checkpoint(run_dir, args, agent, optimizer, scheduler, progress, step=step, global_step=global_step, num_steps=num_steps)
+            saved_at = step
+    if stop.requested and step < num_steps:
+        if saved_at != step:  # a stop during an evaluation comes after that step's checkpoint
+            save_checkpoint(run_dir, args, agent, optimizer, scheduler, progress, step=step, global_step=global_step, num_steps=num_steps)
+        progress.close()
+        print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
+        return
+    progress.close()
+    writer.close()
+    if stop.requested:
+        print("the final evaluation was stopped before it finished, and is not logged")
+    print(
+        f"done: {global_step} transitions; checkpoint in {run_dir}/checkpoint (evaluate with zero_shot_eval.py --model "
+        f"{run_dir}, or continue with PPO: glam_ppo.py --init-from {run_dir}); logs: tensorboard --logdir runs"
+    )
+
+
+# =================================================================================================================
+# APPENDICES: what main() calls besides the method itself
+# =================================================================================================================
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# A. The levels of BabyAI-Text that minigrid lacks
+# -----------------------------------------------------------------------------------------------------------------
+
+TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
+OBJECT_TYPES = ("key", "ball", "box")
+
+
+class LocalTaskLevel(RoomGridLevel):
+    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
+
+    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
+    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
+    """
+
+    def __init__(
+        self,
+        task_kinds=TASK_KINDS,
+        task_kind: str | None = None,
+        pairs: Literal["train", "test", "any"] = "train",
+        sequence_forms=("then", "after"),
+        second_task: str = "goto",
+        num_dists: int = 8,
+        room_size: int = 8,
+        **kwargs,
+    ):
+        if task_kind is not None and task_kind not in task_kinds:
+            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
+        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
+        self.pairs = pairs
+        self.sequence_forms = sequence_forms
+        self.second_task = second_task
+        self.num_dists = num_dists
+        self.task_kind = self.task_kinds[0]
+        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
+
+    def _gen_grid(self, width, height):
+        # The kind decides the grid's width, so draw it first, from this reset's seed.
+        self.task_kind = self._rand_elem(self.task_kinds)
+        self.num_cols = 2 if self.task_kind == "open" else 1
+        self.width = (self.room_size - 1) * self.num_cols + 1
+        super()._gen_grid(self.width, height)
+
+    def _allowed(self, pair: str) -> bool:
+        if self.pairs == "any":
+            return True
+        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+
+    def _pick_targets(self, objs, count):
+        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
+        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
+        self.np_random.shuffle(candidates)
+        chosen, seen = [], set()
+        for obj in candidates:
+            if (obj.color, obj.type) not in seen:
+                chosen.append(obj)
+                seen.add((obj.color, obj.type))
+        if len(chosen) < count:
+            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
+        return chosen[:count]
+
+    def gen_mission(self):
+        if self.task_kind == "open":
+            self._gen_open_mission()
+            return
+        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        self.check_objs_reachable()
+        if self.task_kind in ("goto", "pickup"):
+            (target,) = self._pick_targets(objs, 1)
+            desc = ObjDesc(target.type, target.color)
+            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+        elif self.task_kind == "putnext":
+            moved, fixed = self._pick_targets(objs, 2)
+            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+        else:
+            first, second = self._pick_targets(objs, 2)
+            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
+            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
+            then_second = instr_cls(ObjDesc(second.type, second.color))
+            if self._rand_elem(self.sequence_forms) == "then":
+                self.instrs = BeforeInstr(pick_up_first, then_second)
+            else:
+                self.instrs = AfterInstr(then_second, pick_up_first)
+
+    def _gen_open_mission(self):
+        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
+        colour = self._rand_elem(door_colours)
+        agent_room = self._rand_int(0, 2)
+        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_object(agent_room, 0, "key", colour)
+        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
+        self.place_agent(agent_room, 0)
+        self.check_objs_reachable()
+        named = self.pairs == "test" or self._rand_bool()
+        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
+
+
+class GoToFrench(GoToLocal):
+    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
+
+    language = "french"
+
+
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
+BABYAI_TEXT_LEVELS = {
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
+}
+
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
+    if _env_id not in gym.registry:
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
+
+
+def babyai_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# B. Loading models
+# -----------------------------------------------------------------------------------------------------------------
+
+MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
+TINY_MODELS = ("tiny-t5", "tiny-causal")
+
+
+def babyai_text_vocabulary() -> list[str]:
+    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
+    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
+    texts = [
+        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
+        "rotate left, rotate right, move ahead, take, release, switch",
+        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
+        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
+        "go to the a pick up put next open then after you object in front of behind on your",
+        "I would like the agent to You have to",
+        "0 1 2 3 4 5 6 7 8 9",
+    ]
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]+", text))
+    return sorted(words)
+
+
+def build_tiny_model(kind: str):
+    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    else:  # like Llama's: a <s> in front
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
+    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    if kind == "tiny-t5":
+        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
+        return T5ForConditionalGeneration(config), tokenizer
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=2048, bos_token_id=3, **size,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    config = AutoConfig.from_pretrained(**location)
+    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if pretrained:
+        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
+    model = model_cls.from_config(config, **model_kwargs)
+    if load_embedding:
+        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
+    return model, tokenizer
+
+
+def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if name in TINY_MODELS:
+        return build_tiny_model(name)
+    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
+    is_path = source.startswith((".", "/")) or os.path.exists(source)
+    if is_path and not os.path.exists(source):
+        raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
+    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
+    model_kwargs = {"dtype": torch.float32}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    location = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    try:
+        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+    except (OSError, ValueError) as error:
+        if is_path or not _hub_reachable():
+            raise _load_error(name, error, offline=not is_path) from None
+        try:
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
+        except (OSError, ValueError) as hub_error:
+            raise _load_error(name, hub_error, offline=False) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
+    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UsageError(
+        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+    )
+
+
 # The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
 # any other is checked when its agent is built.
 TESTED_FAMILIES = {
@@ -1117,6 +1399,321 @@ def check_packed_scoring(agent: GlamAgent):
             f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
             "on wrong scores; use a tested family (README: model families) or --action-heads"
         )
+
+
+def load_policy_model(args: Args, checkpoint: str | None):
+    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
+    if checkpoint is None:
+        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        if args.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
+            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
+            llm = get_peft_model(llm, config)
+        return llm, tokenizer
+    model_dir = os.path.join(checkpoint, "model")
+    if args.lora_r:
+        from peft import PeftModel
+
+        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
+
+
+def configure_matmul_precision(device: torch.device, tf32: bool):
+    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def checkpoint_activations(llm):
+    """Recompute each transformer block in the backward pass instead of keeping its activations.
+
+    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
+    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
+    """
+    from torch.distributed._composable import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [module for module in llm.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not blocks:
+        raise UsageError("--gradient-checkpointing: transformers marks no block of this model as checkpointable; drop the flag")
+    for block in blocks:
+        checkpoint(block)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# C. Flags: parsing and checking
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
+    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
+    side by side)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+
+
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {
+    "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
+    "resume_checkpoint", "capture_video", "video_interval", "video_format",
+}
+
+
+def finish_args(args: Args) -> Args:
+    """One clear error for every flag out of range and every inconsistent combination."""
+    check_ranges(args, ARG_RANGES)
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
+        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
+    check_can_create(args.resume or "runs", "the run folder")
+    if args.capture_video:
+        check_video_output(args.video_format)
+    if args.load_embedding and args.pretrained:
+        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
+    if args.demos is None and len(action_names(args.action_space)) < len(ACTIONS["english"]):
+        raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
+    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
+    if args.demos is not None and not os.path.isfile(args.demos):
+        raise UsageError(f"cannot read demonstrations {args.demos!r}: no such file")
+    return args
+
+
+def parse_args(argv=None) -> Args:
+    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    args = tyro.cli(Args, args=argv)
+    if args.resume is None:
+        return finish_args(args)
+    checkpoint = find_checkpoint(args.resume)
+    with open(os.path.join(checkpoint, "args.json")) as f:
+        saved = Args(**json.load(f))
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
+        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
+    args = finish_args(args)
+    args.resume_checkpoint = checkpoint
+    progress = checkpoint_progress(checkpoint)
+    if progress is not None and progress.get("num_steps") is not None and progress["step"] >= progress["num_steps"]:
+        raise UsageError(
+            f"{args.resume} has made all its {progress['num_steps']} optimizer steps: nothing to resume (evaluate it with "
+            f"zero_shot_eval.py --model {args.resume})"
+        )
+    return args
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# D. Logs, checkpoints, resume and stopping
+# -----------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
+
+
+def open_logs(args: Args, run_name: str, run_dir: str, resumed_at: int | None):
+    """TensorBoard's writer, and W&B's run with --track. A run resumed at transition `resumed_at` drops what it logged
+    after its checkpoint, so that no step is logged twice."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
+    if resumed_at is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
+    return writer
+
+
+def restore_run(checkpoint: str, trainer: dict, agent: GlamAgent, optimizer, scheduler) -> tuple[int, int]:
+    """The value head, the optimizer, the schedule and the random number generators as the checkpoint left them; its
+    (step, global_step)."""
+    agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=agent.device)["value_head"])
+    optimizer.load_state_dict(trainer["optimizer"])
+    scheduler.load_state_dict(trainer["scheduler"])
+    random.setstate(trainer["rng"]["python"])
+    np.random.set_state(trainer["rng"]["numpy"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    if "cuda" in trainer["rng"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
+    set_aside_damaged(checkpoint)  # only now, once everything that a bad checkpoint could break has loaded
+    return trainer["step"], trainer["global_step"]
+
+
+def find_checkpoint(run_dir: str) -> str:
+    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
+    checkpoint = intact_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
+    return checkpoint
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, scheduler, progress: tqdm, **counters):
+    """Writes runs/<run>/checkpoint in glam_ppo.py's layout: model/, heads.pt, trainer.pt (the optimizer, the schedule,
+    the RNG states and the counters), args.json."""
+
+    def write(folder):
+        agent.llm.save_pretrained(os.path.join(folder, "model"))
+        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
+        # The value head is not trained by cloning; it is kept so that PPO (glam_ppo.py --init-from) starts from it.
+        torch.save({"value_head": agent.value_head.state_dict()}, os.path.join(folder, "heads.pt"))
+        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+        if torch.cuda.is_available():
+            rng["cuda"] = torch.cuda.get_rng_state_all()
+        trainer = {"optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), **counters, "rng": rng}
+        torch.save(trainer, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    try:
+        commit_checkpoint(run_dir, write, {name: counters[name] for name in ("global_step", "step", "num_steps")})
+    except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
+        progress.close()
+        raise
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_checkpoint(run_dir: str, write, progress: dict):
+    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    and stops the run with one line; the checkpoints already written stay as they were."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        files = {}
+        for folder, _, names in os.walk(temporary):
+            for name in names:
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        with open(os.path.join(temporary, "manifest.json"), "w") as f:
+            json.dump({"progress": progress, "files": files}, f, indent=2)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+
+
+def checkpoint_damage(folder: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
+        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, expected in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
+            return f"{name} is not the file that was saved"
+    return None
+
+
+def intact_checkpoint(run_dir: str) -> str | None:
+    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
+    between its renames)."""
+    for name in ("checkpoint", "checkpoint.previous"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
+    return None
+
+
+def set_aside_damaged(checkpoint: str):
+    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
+    the good one as checkpoint.previous rather than the damaged one."""
+    run_dir = os.path.dirname(checkpoint)
+    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
+    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(damaged, aside)
+
+
+def checkpoint_progress(checkpoint: str) -> dict | None:
+    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
+    path = os.path.join(checkpoint, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["progress"]
+
+
+class StopRequest:
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, or abandon the demonstrations or
+    the evaluation being made, keep what is done (a checkpoint, the finished demonstrations) and exit. A second Ctrl-C
+    stops at once; a second SIGTERM changes nothing, so that the save can finish."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        signal.signal(signal.SIGTERM, self._handle)
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            if signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            return
+        self.requested = True
+        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        tqdm.write(f"{name}: stopping after this step, keeping what is done (Ctrl-C again to quit at once)")
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# E. Memory: pass sizes that fit, and an allocator that keeps freed buffers
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def keep_freed_memory():
@@ -1246,6 +1843,25 @@ class PassSizer:
         return -(-total // passes)
 
 
+def update_pass_sizer(agent: GlamAgent, optimizer, autocast) -> PassSizer:
+    """The sizer of --grad-accum-batch auto's passes; and --score-batch-size auto's budget, which leaves room for the
+    gradients of the updates and for AdamW's state from the first evaluation on."""
+
+    def update_pass(prompts):
+        optimizer.zero_grad()
+        with autocast:
+            nll, _ = action_nll(agent, prompts, torch.zeros(len(prompts), dtype=torch.long, device=agent.device))
+        nll.backward()
+        optimizer.zero_grad()
+
+    # Scoring makes no gradients, but it must leave room for those of the updates and for AdamW's state from the start.
+    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer, gradients=True)
+    return PassSizer(
+        update_pass, agent.tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer),
+        "--grad-accum-batch", "transition",
+    )
+
+
 def even_split(total: int, most: int) -> list[slice]:
     """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
     passes = -(-total // most)
@@ -1253,187 +1869,9 @@ def even_split(total: int, most: int) -> list[slice]:
     return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Demonstrations
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int, stop=lambda: False) -> list[dict]:
-    """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
-
-    Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
-    When `stop()` turns true, the episodes finished so far.
-    """
-    envs = TextVecEnv(env_id, num_envs, action_space)
-    level_seeds = itertools.count(seed)
-    episodes, bots, total = [], [None] * num_envs, 0
-
-    def start(index):
-        level_seed = next(level_seeds)
-        envs.start_episode(index, level_seed)
-        bots[index] = BabyAIBot(envs.envs[index].unwrapped)
-        return {"env_id": env_id, "seed": level_seed, "prompts": [], "actions": []}
-
-    running = [start(index) for index in range(num_envs)]
-    progress = tqdm(total=num_transitions, unit="transition", desc="bot demonstrations", dynamic_ncols=True)
-    while total < num_transitions and not stop():
-        prompts = envs.prompts()
-        actions = [int(bot.replan()) for bot in bots]
-        for episode, prompt, action in zip(running, prompts, actions):
-            episode["prompts"].append(prompt)
-            episode["actions"].append(envs.actions[action])
-        _, _, dones, finished = envs.step(actions)
-        for index, outcome in zip(np.flatnonzero(dones), finished):
-            kept = min(outcome["length"], num_transitions - total)
-            if kept > 0:
-                episode = running[index]
-                episode["prompts"], episode["actions"] = episode["prompts"][:kept], episode["actions"][:kept]
-                episodes.append({**episode, **outcome, "return": float(outcome["return"]), "success": bool(outcome["success"])})
-                progress.update(kept)
-                total += kept
-            running[index] = start(index)
-    progress.close()
-    return episodes
-
-
-def write_demos(path: str, episodes: list[dict]):
-    with open(path, "w") as f:
-        for episode in episodes:
-            f.write(json.dumps(episode, ensure_ascii=False) + "\n")
-
-
-def read_demos(path: str, actions: list[str]) -> list[dict]:
-    """Episodes of a trajectories file, each with "prompts" and "actions" (strings of `actions`), checked line by line."""
-    try:
-        with open(path) as f:
-            lines = f.readlines()
-    except OSError as error:
-        raise UsageError(f"cannot read demonstrations {path!r}: {error.strerror}") from None
-    episodes = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            episode = json.loads(line)
-            prompts, episode_actions = episode["prompts"], episode["actions"]
-        except (json.JSONDecodeError, KeyError, TypeError):
-            raise UsageError(
-                f"{path}:{number} is not a trajectory: expected one JSON object per line with \"prompts\" and \"actions\" "
-                "lists, as zero_shot_eval.py --save-trajectories writes"
-            ) from None
-        unknown = sorted(set(episode_actions) - set(actions))
-        if unknown or len(prompts) != len(episode_actions):
-            problem = f"actions {unknown} are not among {actions}" if unknown else "has a different number of prompts and actions"
-            raise UsageError(f"{path}:{number} {problem}; check --env-id and --action-space")
-        episodes.append(episode)
-    if len(episodes) < 2:
-        raise UsageError(f"{path} holds {len(episodes)} episode(s); behavioural cloning needs at least 2 (training and held out)")
-    return episodes
-
-
-def split_demos(episodes: list[dict], actions: list[str], holdout_fraction: float, seed: int):
-    """(training, held-out) lists of (prompt, action index), split by episode so no level is in both."""
-    order = np.random.default_rng(seed).permutation(len(episodes))
-    num_holdout = min(len(episodes) - 1, max(1, round(holdout_fraction * len(episodes))))
-    action_index = {action: index for index, action in enumerate(actions)}
-
-    def transitions(indices):
-        return [(prompt, action_index[action]) for i in indices for prompt, action in zip(episodes[i]["prompts"], episodes[i]["actions"])]
-
-    return transitions(order[num_holdout:]), transitions(order[:num_holdout])
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Loss and evaluation
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def action_nll(agent: GlamAgent, prompts, action_indices: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """(summed -log P(action tokens | prompt), number of tokens summed) for demonstrated actions.
-
-    The targets are the scorer's own action tokens (T5: ending in </s>; decoder-only: no <s>, an </s> appended), so
-    the summed loss of a transition is exactly minus the score that GlamAgent gives its action. Padding is -100.
-    """
-    targets, target_mask = agent.action_ids[action_indices], agent.action_mask[action_indices]
-    labels = targets.masked_fill(target_mask == 0, -100)
-    tokens, _ = agent.tokenize_prompts(prompts)
-    if agent.is_encoder_decoder:
-        # The decoder reads the labels shifted right (no `labels=`: the model's own loss would be computed for nothing).
-        decoder_input_ids = agent.llm.prepare_decoder_input_ids_from_labels(labels=labels)
-        logits = agent.llm(
-            input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, decoder_input_ids=decoder_input_ids, use_cache=False
-        ).logits
-    else:
-        # Prompts left-padded, actions right after them: the action tokens sit in the last positions of every row.
-        input_ids = torch.cat([tokens.input_ids, targets], dim=1)
-        attention = torch.cat([tokens.attention_mask, target_mask], dim=1)
-        positions = (attention.cumsum(-1) - 1).clamp(min=0)
-        out = agent.llm(
-            input_ids=input_ids, attention_mask=attention, position_ids=positions, logits_to_keep=targets.shape[1] + 1, use_cache=False
-        )
-        logits = out.logits[:, :-1]
-    nll = F.cross_entropy(logits.float().transpose(1, 2), labels, ignore_index=-100, reduction="sum")
-    return nll, int(target_mask.sum())
-
-
-def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
-    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
-    rate, spread = successes / episodes, z * z / episodes
-    centre = (rate + spread / 2) / (1 + spread)
-    half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))
-    # At 0 and at n successes a bound is exactly 0 or 1, which rounding would miss by an ulp.
-    return (0.0 if successes == 0 else centre - half_width), (1.0 if successes == episodes else centre + half_width)
-
-
-@torch.no_grad()
-def action_accuracy(agent: GlamAgent, transitions, autocast, stop=lambda: False) -> float | None:
-    """How often the policy's most likely action is the demonstrated one (None if `stop()` turns true first: the
-    transitions are scored a few at a time, so that a stop is seen within seconds)."""
-    correct = 0
-    for start in range(0, len(transitions), 64):
-        if stop():
-            return None
-        prompts, labels = zip(*transitions[start : start + 64])
-        with autocast:
-            logits, _ = agent(list(prompts))
-        correct += (logits.argmax(-1).cpu() == torch.tensor(labels)).sum().item()
-    return correct / len(transitions)
-
-
-@torch.no_grad()
-def evaluate_in_env(agent: GlamAgent, envs: TextVecEnv, episodes: int, first_seed: int, autocast, stop=lambda: False) -> list[dict]:
-    """Episodes on levels first_seed, first_seed + 1, ..., actions sampled from the scored policy (as in the paper);
-    those finished so far when `stop()` turns true."""
-    generator = torch.Generator().manual_seed(first_seed)  # its own stream: evaluating never shifts training's
-    seeds = iter(range(first_seed, first_seed + episodes))
-    active = [False] * len(envs)
-    for index in range(min(episodes, len(envs))):
-        envs.start_episode(index, next(seeds))
-        active[index] = True
-    results = []
-    while any(active) and not stop():
-        indices = [index for index in range(len(envs)) if active[index]]
-        prompts = envs.prompts()
-        with autocast:
-            logits, _ = agent([prompts[index] for index in indices])
-        actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
-        actions[indices] = torch.multinomial(logits.float().softmax(-1).cpu(), 1, generator=generator).squeeze(1).numpy()
-        _, _, dones, finished = envs.step(actions)
-        for index, episode in zip(np.flatnonzero(dones), finished):
-            if not active[index]:
-                continue
-            results.append(episode)
-            level_seed = next(seeds, None)
-            if level_seed is None:
-                active[index] = False
-            else:
-                envs.start_episode(index, level_seed)
-    return results
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Videos: the level, what the model read, and where its probability mass sat when it chose
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# F. Videos: the level, what the model read, and where its probability mass sat when it chose
+# -----------------------------------------------------------------------------------------------------------------
 
 VIDEO_SIZE = (1024, 576)  # (width, height) of every frame, whatever the level's size; even sides, as H.264 needs
 VIDEO_FPS = 4
@@ -1518,6 +1956,7 @@ def write_video(frames, path: str):
         writer.send(np.ascontiguousarray(frame))
     writer.close()
 
+
 VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
 
 
@@ -1549,418 +1988,22 @@ def log_video(writer, tag: str, frames, step: int):
     writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Run set-up, checkpoints and resume
-# ---------------------------------------------------------------------------------------------------------------
-
-# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {
-    "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
-    "resume_checkpoint", "capture_video", "video_interval", "video_format",
-}
-CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
-
-
-def finish_args(args: Args) -> Args:
-    """One clear error for every flag out of range and every inconsistent combination."""
-    check_ranges(args, ARG_RANGES)
-    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
-        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    check_can_create(args.resume or "runs", "the run folder")
-    if args.capture_video:
-        check_video_output(args.video_format)
-    if args.load_embedding and args.pretrained:
-        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
-    if args.track and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--track needs Weights and Biases: pip install wandb")
-    if args.demos is None and len(action_names(args.action_space)) < len(ACTIONS["english"]):
-        raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
-    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
-    if args.demos is not None and not os.path.isfile(args.demos):
-        raise UsageError(f"cannot read demonstrations {args.demos!r}: no such file")
-    return args
-
-
-def parse_args(argv=None) -> Args:
-    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
-    args = tyro.cli(Args, args=argv)
-    if args.resume is None:
-        return finish_args(args)
-    checkpoint = find_checkpoint(args.resume)
-    with open(os.path.join(checkpoint, "args.json")) as f:
-        saved = Args(**json.load(f))
-    args = tyro.cli(Args, args=argv, default=saved)
-    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
-        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args)
-    args.resume_checkpoint = checkpoint
-    progress = checkpoint_progress(checkpoint)
-    if progress is not None and progress.get("num_steps") is not None and progress["step"] >= progress["num_steps"]:
-        raise UsageError(
-            f"{args.resume} has made all its {progress['num_steps']} optimizer steps: nothing to resume (evaluate it with "
-            f"zero_shot_eval.py --model {args.resume})"
-        )
-    return args
-
-
-def find_checkpoint(run_dir: str) -> str:
-    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
-    checkpoint = intact_checkpoint(run_dir)
-    if checkpoint is None:
-        raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
-    return checkpoint
-
-
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, trainer_state: dict):
-    """Writes runs/<run>/checkpoint in glam_ppo.py's layout: model/, heads.pt, trainer.pt, args.json."""
-
-    def write(folder):
-        agent.llm.save_pretrained(os.path.join(folder, "model"))
-        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
-        # The value head is not trained by cloning; it is kept so that PPO (glam_ppo.py --init-from) starts from it.
-        torch.save({"value_head": agent.value_head.state_dict()}, os.path.join(folder, "heads.pt"))
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        torch.save({**trainer_state, "rng": rng}, os.path.join(folder, "trainer.pt"))
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(asdict(args), f, indent=2)
-
-    progress = {name: trainer_state[name] for name in ("global_step", "step", "num_steps")}
-    commit_checkpoint(run_dir, write, progress)
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def commit_checkpoint(run_dir: str, write, progress: dict):
-    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
-    and stops the run with one line; the checkpoints already written stay as they were."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        os.makedirs(temporary)
-        write(temporary)
-        files = {}
-        for folder, _, names in os.walk(temporary):
-            for name in names:
-                path = os.path.join(folder, name)
-                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        with open(os.path.join(temporary, "manifest.json"), "w") as f:
-            json.dump({"progress": progress, "files": files}, f, indent=2)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(final, previous)
-    os.rename(temporary, final)
-
-
-def checkpoint_damage(folder: str) -> str | None:
-    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
-        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
-    for name, expected in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            return f"{name} is missing"
-        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
-            return f"{name} is not the file that was saved"
-    return None
-
-
-def intact_checkpoint(run_dir: str) -> str | None:
-    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
-    between its renames)."""
-    for name in ("checkpoint", "checkpoint.previous"):
-        path = os.path.join(run_dir, name)
-        if not os.path.isdir(path):
-            continue
-        damage = checkpoint_damage(path)
-        if damage is None:
-            return path
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
-    return None
-
-
-def set_aside_damaged(checkpoint: str):
-    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
-    the good one as checkpoint.previous rather than the damaged one."""
-    run_dir = os.path.dirname(checkpoint)
-    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
-    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(damaged, aside)
-
-
-def checkpoint_progress(checkpoint: str) -> dict | None:
-    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
-    path = os.path.join(checkpoint, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["progress"]
-
-
-def load_policy_model(args: Args, checkpoint: str | None):
-    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
-    if checkpoint is None:
-        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        if args.lora_r:
-            from peft import LoraConfig, get_peft_model
-
-            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
-            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
-            llm = get_peft_model(llm, config)
-        return llm, tokenizer
-    model_dir = os.path.join(checkpoint, "model")
-    if args.lora_r:
-        from peft import PeftModel
-
-        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
-    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
-    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
-
-
-class StopRequest:
-    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): finish the current step, or abandon the demonstrations or
-    the evaluation being made, keep what is done (a checkpoint, the finished demonstrations) and exit. A second Ctrl-C
-    stops at once; a second SIGTERM changes nothing, so that the save can finish."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
-        signal.signal(signal.SIGTERM, self._handle)
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        tqdm.write(f"{name}: stopping after this step, keeping what is done (Ctrl-C again to quit at once)")
-
-
-def main(args: Args):
-    stop = StopRequest()
-    checkpoint = args.resume_checkpoint
-    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
-
-    # TRY NOT TO MODIFY: seeding
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    configure_matmul_precision(device, args.tf32)
-
-    # The model first, right after seeding: a random base (tiny models, --no-pretrained) is then rebuilt from the seed alone.
-    llm, tokenizer = load_policy_model(args, checkpoint)
-    if args.gradient_checkpointing:
-        checkpoint_activations(llm)
-    # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
-    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
-    agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size).to(device)
-
-    # The run folder only now, once everything that a bad flag could break has loaded.
-    if checkpoint is not None:
-        set_aside_damaged(checkpoint)
-    os.makedirs(run_dir, exist_ok=True)
+def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, writer, run_name: str, step: int, global_step: int):
+    """An episode on a level that no training env plays, dropout off, to videos/<run>/ and TensorBoard (and W&B with
+    --track)."""
+    level_seed = args.seed + VIDEO_SEED_OFFSET + step
+    agent.eval()
+    video, episode = record_episode(agent, env, level_seed, autocast)
+    agent.train()
+    os.makedirs(os.path.join("videos", run_name), exist_ok=True)
+    outcome = "success" if episode["success"] else "failure"
+    path = os.path.join("videos", run_name, f"step{step}__seed{level_seed}__{outcome}.{args.video_format}")
+    write_video(video.frames, path)
+    log_video(writer, "videos/episode", video.frames, global_step)
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
-    from torch.utils.tensorboard import SummaryWriter
-
-    # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
-    writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
-    if trainer is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
-
-    # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
-    demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
-    if args.demos is None and not os.path.exists(demos_path):
-        episodes = generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed, lambda: stop.requested)
-        if stop.requested:  # the finished episodes are kept, as a file that --demos reads
-            partial_path = os.path.join(run_dir, "demos.partial.jsonl")
-            write_demos(partial_path, episodes)
-            made = sum(len(episode["actions"]) for episode in episodes)
-            print(f"stopped making demonstrations: the {made} transitions made are in {partial_path} (train on them with --demos {partial_path})")
-            return
-        write_demos(demos_path + ".tmp", episodes)
-        os.rename(demos_path + ".tmp", demos_path)
-    train_set, holdout_set = split_demos(read_demos(demos_path, eval_envs.actions), eval_envs.actions, args.holdout_fraction, args.seed)
-    steps_per_epoch = math.ceil(len(train_set) / args.batch_size)
-    num_steps = args.num_epochs * steps_per_epoch
-
-    optimizer = torch.optim.AdamW(agent.llm.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
-    scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup_fraction * num_steps), num_steps)
-    # Scoring makes no gradients, but it must leave room for those of the updates and for AdamW's state from the start.
-    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
-    step, global_step = 0, 0
-    saved_at = None  # the step of the last checkpoint written
-    if checkpoint is not None:
-        agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=device)["value_head"])
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        random.setstate(trainer["rng"]["python"])
-        np.random.set_state(trainer["rng"]["numpy"])
-        torch.set_rng_state(trainer["rng"]["torch"])
-        if "cuda" in trainer["rng"] and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-        step, global_step = trainer["step"], trainer["global_step"]
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True) if args.capture_video else None
-    print(f"{len(train_set)} training and {len(holdout_set)} held-out transitions from {demos_path}; {num_steps} optimizer steps")
-
-    def checkpoint_now():
-        nonlocal saved_at
-        saved_at = step
-        state = {
-            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(), "step": step, "global_step": global_step,
-            "num_steps": num_steps,
-        }
-        try:
-            save_checkpoint(run_dir, args, agent, state)
-        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-            progress.close()
-            raise
-
-    def evaluate():
-        """Logs the held-out accuracy and the success rate in the env; a stop abandons the evaluation, logging nothing."""
-        agent.eval()
-        accuracy = action_accuracy(agent, holdout_set, autocast, lambda: stop.requested)
-        episodes = evaluate_in_env(agent, eval_envs, args.eval_episodes, args.seed + EVAL_SEED_OFFSET, autocast, lambda: stop.requested)
-        agent.train()
-        if stop.requested:
-            return
-        successes = sum(bool(episode["success"]) for episode in episodes)
-        success = successes / len(episodes)
-        writer.add_scalar("charts/action_accuracy", accuracy, global_step)
-        writer.add_scalar("charts/success_rate", success, global_step)
-        writer.add_scalar("charts/episodic_return", np.mean([episode["return"] for episode in episodes]), global_step)
-        writer.add_scalar("charts/episodic_length", np.mean([episode["length"] for episode in episodes]), global_step)
-        low, high = success_interval(successes, len(episodes))
-        tqdm.write(
-            f"{global_step} transitions: held-out action accuracy {accuracy:.3f}, success rate {success:.3f} [{low:.3f}, {high:.3f}] "
-            f"(99% interval, {len(episodes)} episodes)"
-        )
-
-    if step == 0:
-        evaluate()
-    agent.train()  # dropout on while cloning, as in ordinary fine-tuning
-
-    def update_pass(prompts):
-        optimizer.zero_grad()
-        with autocast:
-            nll, _ = action_nll(agent, prompts, torch.zeros(len(prompts), dtype=torch.long, device=device))
-        nll.backward()
-        optimizer.zero_grad()
-
-    update_sizer = PassSizer(
-        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
-        "--grad-accum-batch", "transition",
-    )
-    progress = tqdm(total=num_steps, initial=step, unit="step", dynamic_ncols=True, smoothing=0)  # evaluations included
-
-    def non_finite(what: str) -> FloatingPointError:
-        progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
-        return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
-
-    start_time, start_global_step = time.time(), global_step
-    while step < num_steps and not stop.requested:
-        # Each epoch's order comes from (seed, epoch) alone, so a resumed run sees the batches the straight run would.
-        epoch, position = divmod(step, steps_per_epoch)
-        order = np.random.default_rng([args.seed, epoch]).permutation(len(train_set))
-        batch = [train_set[i] for i in order[position * args.batch_size : (position + 1) * args.batch_size]]
-        prompts = [prompt for prompt, _ in batch]
-        labels = torch.tensor([label for _, label in batch], device=device)
-        num_tokens = int(agent.action_mask[labels].sum())
-        micro_size = update_sizer(prompts, device) if args.grad_accum_batch == "auto" else args.grad_accum_batch or len(batch)
-        optimizer.zero_grad()
-        total_nll = 0.0
-        for micro in even_split(len(batch), micro_size):
-            with autocast:
-                nll, _ = action_nll(agent, prompts[micro], labels[micro])
-            # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
-            (nll / num_tokens).backward()
-            total_nll += nll.item()
-        bc_loss = total_nll / num_tokens
-        if not math.isfinite(bc_loss):
-            raise non_finite("loss")
-        if not torch.isfinite(nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)):
-            raise non_finite("gradient")
-        optimizer.step()
-        # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act or save with them.
-        if not torch.stack([torch.isfinite(p).all() for p in agent.llm.parameters()]).all():
-            raise non_finite("weights")
-        scheduler.step()
-        step += 1
-        global_step += len(batch)
-
-        writer.add_scalar("losses/bc_loss", bc_loss, global_step)
-        writer.add_scalar("charts/learning_rate", scheduler.get_last_lr()[0], global_step)
-        sps = int((global_step - start_global_step) / (time.time() - start_time))
-        writer.add_scalar("charts/SPS", sps, global_step)
-        progress.update(1)
-        progress.set_postfix(loss=f"{bc_loss:.3f}", SPS=sps)
-        if args.capture_video and step % args.video_interval == 0:
-            agent.eval()
-            level_seed = args.seed + VIDEO_SEED_OFFSET + step
-            video, episode = record_episode(agent, video_env, level_seed, autocast)
-            agent.train()
-            os.makedirs(os.path.join("videos", run_name), exist_ok=True)
-            outcome = "success" if episode["success"] else "failure"
-            path = os.path.join("videos", run_name, f"step{step}__seed{level_seed}__{outcome}.{args.video_format}")
-            write_video(video.frames, path)
-            log_video(writer, "videos/episode", video.frames, global_step)
-            if args.track:
-                wandb.log({"videos/episode": wandb.Video(path)})
-        if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
-            evaluate()
-            checkpoint_now()
-    if stop.requested and step < num_steps:
-        if saved_at != step:  # a stop during an evaluation comes after that step's checkpoint
-            checkpoint_now()
-        progress.close()
-        print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
-        return
-    progress.close()
-    writer.close()
-    if stop.requested:
-        print("the final evaluation was stopped before it finished, and is not logged")
-    print(
-        f"done: {global_step} transitions; checkpoint in {run_dir}/checkpoint (evaluate with zero_shot_eval.py --model "
-        f"{run_dir}, or continue with PPO: glam_ppo.py --init-from {run_dir}); logs: tensorboard --logdir runs"
-    )
+        wandb.log({"videos/episode": wandb.Video(path)})
 
 
 if __name__ == "__main__":
