@@ -3,18 +3,23 @@
     torchrun --standalone --nproc_per_node 8 glam_ppo_multigpu.py --model flan-t5-large
     torchrun --standalone --nproc_per_node 2 glam_ppo_multigpu.py --model tiny-t5 --num-envs 4   # CPU, gloo
 
-Every rank steps its own share of the `--num-envs` environments and scores its own prompts; after the rollout the
-ranks exchange their transitions, so each holds the global batch, and each minibatch is split across the ranks,
-whose gradients are summed with one flattened all-reduce (as CleanRL's ppo_atari_multigpu.py does). Actions are
-sampled from one random stream shared by all ranks, so N ranks follow the same trajectory as one rank with the same
-global settings (tested). `--fsdp` also shards parameters, gradients and optimizer state (PyTorch FSDP). Rank 0
-alone logs and writes checkpoints, in glam_ppo.py's format.
+The method is glam_ppo.py's: each step the LLM scores every admissible action string by log P(action | prompt), the
+policy samples from the softmax of those scores, and PPO trains the whole model plus a value head. Every rank steps its
+own share of the `--num-envs` environments; after the rollout the ranks exchange their transitions, so that each holds
+the global batch, and each minibatch is split across the ranks, whose gradients are summed with one flattened
+all-reduce (as CleanRL's ppo_atari_multigpu.py does). Actions are sampled from one random stream shared by all ranks,
+so N ranks follow the same trajectory as one rank with the same global settings (tested). `--fsdp` also shards
+parameters, gradients and optimizer state (PyTorch FSDP). Rank 0 alone logs and writes checkpoints, in glam_ppo.py's
+format, which any number of ranks can resume.
 
-As in glam_ppo.py, each step the LLM scores every admissible action string by log P(action | prompt), the policy samples from
-the softmax of those scores, and PPO trains the whole model plus a value head on the decoder's first hidden
-state. Facts reproduced from the paper and the authors' code are listed in the README; every place where this
-file knowingly differs from the original says so in a comment marked "Differs from the original".
+How to read this file: as glam_ppo.py, the method first. `Args` (the paper's settings first), BabyAI-Text, the prompt,
+`GlamAgent`, GAE; then what makes the run distributed (the ranks' set-up and exchanges, the shared sampling, the
+sharding) and `main()`: the rollout, then the PPO update. After the banner APPENDICES comes what main() calls that is
+not the method: the levels minigrid lacks, model loading, flag checks, logs, checkpoints and stopping, memory sizing.
+Facts reproduced from the paper and the authors' code are listed in the README; every place where this file
+knowingly differs from the original says so in a comment marked "Differs from the original".
 """
+
 
 import contextlib
 import ctypes
@@ -63,50 +68,11 @@ from transformers import BatchEncoding
 
 @dataclass
 class Args:
-    exp_name: str = os.path.basename(__file__)[: -len(".py")]
-    """the name of this experiment"""
-    seed: int = 1
-    """seed of the experiment"""
-    torch_deterministic: bool = True
-    """if toggled, `torch.backends.cudnn.deterministic=True`"""
-    cuda: bool = True
-    """if toggled, cuda will be enabled when available"""
-    tf32: bool = True
-    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
-    backend: Literal["auto", "nccl", "gloo"] = "auto"
-    """torch.distributed backend (auto: nccl with GPUs, gloo on CPU)"""
-    fsdp: bool = False
-    """shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP, fully_shard): models larger than one GPU"""
-    track: bool = False
-    """if toggled, this experiment will be tracked with Weights and Biases"""
-    wandb_project_name: str = "glam"
-    """the wandb's project name"""
-    wandb_entity: str | None = None
-    """the entity (team) of wandb's project"""
-
-    # Model
+    # The method: model, scoring, environment and the paper's PPO settings
     model: str = "flan-t5-large"
     """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
-    pretrained: bool = True
-    """start from the pretrained weights (False: random init from the config, the NPAE baseline)"""
-    load_embedding: bool = False
-    """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
-    action_heads: bool = False
-    """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score: sum (correct), means, or the paper-era softmax(P/max P)"""
-    score_batch_size: int | Literal["auto"] = "auto"
-    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory of every process)"""
-    init_from: str | None = None
-    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
-    lora_r: int = 0
-    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
-    bf16: bool = False
-    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
-    gradient_checkpointing: bool = False
-    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
-
-    # Environment
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the id of the BabyAI-Text level"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
@@ -117,8 +83,6 @@ class Args:
     """the number of steps to run in each environment per policy rollout"""
     total_timesteps: int = 1_500_000
     """total frames of the experiment"""
-
-    # PPO (the paper's settings)
     learning_rate: float = 1e-6
     """the learning rate of the optimizer (constant)"""
     adam_eps: float = 1e-5
@@ -147,14 +111,54 @@ class Args:
     """the target KL divergence threshold"""
     reward_scale: float = 20.0
     """training reward = this x the env reward"""
+    seed: int = 1
+    """seed of the experiment"""
+
+    # The paper's baselines and variants
+    pretrained: bool = True
+    """start from the pretrained weights (False: random init from the config, the NPAE baseline)"""
+    load_embedding: bool = False
+    """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
+    action_heads: bool = False
+    """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
+    init_from: str | None = None
+    """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
+    lora_r: int = 0
+    """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
+
+    # Processes, hardware, precision and memory
+    backend: Literal["auto", "nccl", "gloo"] = "auto"
+    """torch.distributed backend (auto: nccl with GPUs, gloo on CPU)"""
+    fsdp: bool = False
+    """shard parameters, gradients and optimizer state over the ranks (PyTorch FSDP, fully_shard): models larger than one GPU"""
+    cuda: bool = True
+    """if toggled, cuda will be enabled when available"""
+    torch_deterministic: bool = True
+    """if toggled, `torch.backends.cudnn.deterministic=True`"""
+    tf32: bool = True
+    """on CUDA, run float32 matmuls on TF32 tensor cores (torch.set_float32_matmul_precision("high")); --no-tf32: full fp32"""
+    bf16: bool = False
+    """run the LLM's forward passes under bfloat16 autocast (weights, optimizer and heads stay float32)"""
+    gradient_checkpointing: bool = False
+    """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
+    score_batch_size: int | Literal["auto"] = "auto"
+    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory of every process)"""
     grad_accum_minibatch: int | Literal["auto"] = "auto"
     """transitions per forward/backward pass, gradients accumulated over a process's share of a minibatch (auto: the most that fit; 0: all)"""
 
     # Logging and checkpoints
-    save_interval: int = 50
-    """write a checkpoint every this many updates (and always at the end)"""
+    exp_name: str = os.path.basename(__file__)[: -len(".py")]
+    """the name of this experiment"""
+    track: bool = False
+    """if toggled, this experiment will be tracked with Weights and Biases"""
+    wandb_project_name: str = "glam"
+    """the wandb's project name"""
+    wandb_entity: str | None = None
+    """the entity (team) of wandb's project"""
     num_probe_prompts: int = 3
     """fixed prompts whose action distribution is logged every update (at most one per env)"""
+    save_interval: int = 50
+    """write a checkpoint every this many updates (and always at the end)"""
     resume: str | None = None
     """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
 
@@ -187,39 +191,9 @@ class UsageError(Exception):
     """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
 
 
-def check_ranges(args, ranges: dict[str, str]):
-    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
-    for name, interval in ranges.items():
-        value = getattr(args, name)
-        if value is None or value == "auto":
-            continue
-        low, high = (float(bound) for bound in interval[1:-1].split(","))
-        above = low < value if interval[0] == "(" else low <= value
-        below = value < high if interval[-1] == ")" else value <= high
-        if not (math.isfinite(value) and above and below):
-            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
-
-
-def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
-    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
-    side by side)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: observation sentences
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# BabyAI-Text: the sentences an agent reads, its actions, and a vector of text envs
+# -----------------------------------------------------------------------------------------------------------------
 
 AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
 FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
@@ -289,137 +263,6 @@ def describe(image: np.ndarray, language: str = "english") -> list[str]:
             sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
     return sentences
 
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: the levels minigrid lacks
-# ---------------------------------------------------------------------------------------------------------------
-
-TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
-HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
-OBJECT_TYPES = ("key", "ball", "box")
-
-
-class LocalTaskLevel(RoomGridLevel):
-    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
-
-    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
-    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
-    """
-
-    def __init__(
-        self,
-        task_kinds=TASK_KINDS,
-        task_kind: str | None = None,
-        pairs: Literal["train", "test", "any"] = "train",
-        sequence_forms=("then", "after"),
-        second_task: str = "goto",
-        num_dists: int = 8,
-        room_size: int = 8,
-        **kwargs,
-    ):
-        if task_kind is not None and task_kind not in task_kinds:
-            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
-        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
-        self.pairs = pairs
-        self.sequence_forms = sequence_forms
-        self.second_task = second_task
-        self.num_dists = num_dists
-        self.task_kind = self.task_kinds[0]
-        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
-
-    def _gen_grid(self, width, height):
-        # The kind decides the grid's width, so draw it first, from this reset's seed.
-        self.task_kind = self._rand_elem(self.task_kinds)
-        self.num_cols = 2 if self.task_kind == "open" else 1
-        self.width = (self.room_size - 1) * self.num_cols + 1
-        super()._gen_grid(self.width, height)
-
-    def _allowed(self, pair: str) -> bool:
-        if self.pairs == "any":
-            return True
-        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
-
-    def _pick_targets(self, objs, count):
-        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
-        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
-        self.np_random.shuffle(candidates)
-        chosen, seen = [], set()
-        for obj in candidates:
-            if (obj.color, obj.type) not in seen:
-                chosen.append(obj)
-                seen.add((obj.color, obj.type))
-        if len(chosen) < count:
-            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
-        return chosen[:count]
-
-    def gen_mission(self):
-        if self.task_kind == "open":
-            self._gen_open_mission()
-            return
-        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
-        self.place_agent()
-        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
-        self.check_objs_reachable()
-        if self.task_kind in ("goto", "pickup"):
-            (target,) = self._pick_targets(objs, 1)
-            desc = ObjDesc(target.type, target.color)
-            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
-        elif self.task_kind == "putnext":
-            moved, fixed = self._pick_targets(objs, 2)
-            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
-        else:
-            first, second = self._pick_targets(objs, 2)
-            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
-            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
-            then_second = instr_cls(ObjDesc(second.type, second.color))
-            if self._rand_elem(self.sequence_forms) == "then":
-                self.instrs = BeforeInstr(pick_up_first, then_second)
-            else:
-                self.instrs = AfterInstr(then_second, pick_up_first)
-
-    def _gen_open_mission(self):
-        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
-        colour = self._rand_elem(door_colours)
-        agent_room = self._rand_int(0, 2)
-        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
-        self.add_object(agent_room, 0, "key", colour)
-        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
-        self.place_agent(agent_room, 0)
-        self.check_objs_reachable()
-        named = self.pairs == "test" or self._rand_bool()
-        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
-
-
-class GoToFrench(GoToLocal):
-    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
-
-    language = "french"
-
-
-# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
-BABYAI_TEXT_LEVELS = {
-    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
-    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
-    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
-    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
-    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
-    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
-    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
-    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
-    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
-}
-for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
-    if _env_id not in gym.registry:
-        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
-
-
-def babyai_env_ids() -> list[str]:
-    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# BabyAI-Text: actions, the text wrapper and a vector of text envs
-# ---------------------------------------------------------------------------------------------------------------
 
 ACTIONS = {
     "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
@@ -555,9 +398,9 @@ class TextVecEnv:
         return self.prompts(), rewards, dones, finished
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Prompt
-# ---------------------------------------------------------------------------------------------------------------
+# -----------------------------------------------------------------------------------------------------------------
+# The prompt
+# -----------------------------------------------------------------------------------------------------------------
 
 PROMPT_WORDS = {
     "english": ("Possible action of the agent:", "Goal of the agent"),
@@ -576,157 +419,9 @@ def build_prompt(goal: str, actions, obs_history, action_history, language: str 
     return prompt
 
 
-# ---------------------------------------------------------------------------------------------------------------
-# Model loading
-# ---------------------------------------------------------------------------------------------------------------
-
-MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
-TINY_MODELS = ("tiny-t5", "tiny-causal")
-
-
-def babyai_text_vocabulary() -> list[str]:
-    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
-    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
-    texts = [
-        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
-        "rotate left, rotate right, move ahead, take, release, switch",
-        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
-        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
-        "go to the a pick up put next open then after you object in front of behind on your",
-        "I would like the agent to You have to",
-        "0 1 2 3 4 5 6 7 8 9",
-    ]
-    for text in texts:
-        words.update(re.findall(r"\w+|[^\w\s]+", text))
-    return sorted(words)
-
-
-def build_tiny_model(kind: str):
-    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
-    from tokenizers import Tokenizer, models, pre_tokenizers, processors
-    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
-
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
-    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
-    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
-        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
-    else:  # like Llama's: a <s> in front
-        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
-    )
-    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
-    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
-    if kind == "tiny-t5":
-        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
-        return T5ForConditionalGeneration(config), tokenizer
-    config = LlamaConfig(
-        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
-        max_position_embeddings=2048, bos_token_id=3, **size,
-    )
-    return LlamaForCausalLM(config), tokenizer
-
-
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(**location)
-    config = AutoConfig.from_pretrained(**location)
-    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    if pretrained:
-        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
-    model = model_cls.from_config(config, **model_kwargs)
-    if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
-        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
-    return model, tokenizer
-
-
-def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
-    from transformers.utils import logging as transformers_logging
-
-    transformers_logging.set_verbosity_error()
-    transformers_logging.disable_progress_bar()
-    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    if name in TINY_MODELS:
-        return build_tiny_model(name)
-    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
-    is_path = source.startswith((".", "/")) or os.path.exists(source)
-    if is_path and not os.path.exists(source):
-        raise UsageError(f"cannot load model {name!r}: no such file or folder")
-    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
-    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
-    model_kwargs = {"dtype": torch.float32}
-    if attn_implementation:
-        model_kwargs["attn_implementation"] = attn_implementation
-    location = {"pretrained_model_name_or_path": source}
-    if source.endswith(".gguf"):
-        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
-    try:
-        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
-        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
-    except (OSError, ValueError) as error:
-        if is_path or not _hub_reachable():
-            raise _load_error(name, error, offline=not is_path) from None
-        try:
-            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
-        except (OSError, ValueError) as hub_error:
-            raise _load_error(name, hub_error, offline=False) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return model, tokenizer
-
-
-def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
-    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UsageError(
-        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
-        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
-    )
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Agent
-# ---------------------------------------------------------------------------------------------------------------
-
-
-def configure_matmul_precision(device: torch.device, tf32: bool):
-    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
-    if device.type == "cuda":
-        torch.set_float32_matmul_precision("high" if tf32 else "highest")
-
-
-def checkpoint_activations(llm):
-    """Recompute each transformer block in the backward pass instead of keeping its activations.
-
-    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
-    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
-    """
-    from torch.distributed._composable import checkpoint
-    from transformers.modeling_layers import GradientCheckpointingLayer
-
-    blocks = [module for module in llm.modules() if isinstance(module, GradientCheckpointingLayer)]
-    if not blocks:
-        raise UsageError("--gradient-checkpointing: transformers marks no block of this model as checkpointable; drop the flag")
-    for block in blocks:
-        checkpoint(block)
+# -----------------------------------------------------------------------------------------------------------------
+# The agent: an LLM that scores action strings, and a value head
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def glam_head(in_features: int, out_features: int, hidden: int = 1024) -> nn.Sequential:
@@ -1102,6 +797,618 @@ class GlamAgent(nn.Module):
         return token_lists
 
 
+# -----------------------------------------------------------------------------------------------------------------
+# PPO
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
+    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
+    num_steps = rewards.shape[0]
+    advantages = torch.zeros_like(rewards)
+    lastgaelam = 0
+    for t in reversed(range(num_steps)):
+        if t == num_steps - 1:
+            nextnonterminal = 1.0 - next_done
+            nextvalues = next_value
+        else:
+            nextnonterminal = 1.0 - dones[t + 1]
+            nextvalues = values[t + 1]
+        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
+        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
+    return advantages, advantages + values
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# Distributed: each rank its share of the envs, every rank the whole batch, gradients summed over the ranks
+# -----------------------------------------------------------------------------------------------------------------
+
+# Whole (unsharded) model and optimizer states on CPU: checkpoints look the same with or without FSDP.
+FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
+
+
+def setup_distributed(args: Args) -> tuple[int, torch.device]:
+    """(rank, device) from torchrun's environment; one process without torchrun runs alone."""
+    if "RANK" not in os.environ:
+        warnings.warn("not launched with torchrun: running as a single process (torchrun --nproc_per_node N for more)")
+        return 0, torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
+    use_cuda = torch.cuda.is_available() and args.cuda
+    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    backend = ("nccl" if use_cuda else "gloo") if args.backend == "auto" else args.backend
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
+    return dist.get_rank(), device
+
+
+def is_main_process() -> bool:
+    """Rank 0, which alone logs and writes checkpoints (a process without torchrun is rank 0)."""
+    return not dist.is_initialized() or dist.get_rank() == 0
+
+
+def gather(value) -> list:
+    """Every rank's `value` (any picklable object), in rank order, on every rank."""
+    if not dist.is_initialized():
+        return [value]
+    values = [None] * dist.get_world_size()
+    dist.all_gather_object(values, value)
+    return values
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    if dist.is_initialized():
+        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
+    return tensor
+
+
+def any_rank(flag, device: torch.device) -> bool:
+    """Whether `flag` is true (non-zero) on any rank, on every rank: so that all stop together, none left waiting alone in
+    a collective."""
+    return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item())
+
+
+def sample_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
+    """Inverse-CDF sampling with given uniforms, so that every rank draws from one shared random stream."""
+    cdf = logits.float().softmax(-1).cumsum(-1)
+    return (cdf < uniforms.to(cdf.device)[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)
+
+
+def gather_batch(obs, tensors, episodes, device: torch.device):
+    """The global batch on every rank, envs in global order, the arrays one process would have built: the prompts and
+    the [steps, this rank's envs] tensors flattened as one process flattens its [steps, envs] ones; and every rank's
+    finished episodes in the order they finished."""
+    shards = gather({"obs": obs, "tensors": [tensor.cpu() for tensor in tensors], "episodes": episodes})
+    b_obs = [prompt for step in range(len(obs)) for shard in shards for prompt in shard["obs"][step]]
+    flat = [torch.cat(parts, dim=1).reshape(-1).to(device) for parts in zip(*(shard["tensors"] for shard in shards))]
+    all_episodes = sorted((episode for shard in shards for episode in shard["episodes"]), key=lambda episode: episode["global_step"])
+    return b_obs, flat, all_episodes
+
+
+def all_reduce_gradients(parameters):
+    """Sums the gradients of all ranks in one flattened all-reduce."""
+    if not dist.is_initialized():
+        return
+    grads = [p.grad for p in parameters if p.grad is not None]
+    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
+    offset = 0
+    for grad in grads:
+        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
+        offset += grad.numel()
+
+
+def shard_agent(agent: GlamAgent, backend: str):
+    """FSDP2: each transformer block is one unit, the rest (embeddings, heads) the root unit."""
+    from torch.distributed.fsdp import FSDPModule, fully_shard
+
+    # FSDP warns that a unit returning a view could lose its pre-backward hook; the tests check the gradients
+    # (N ranks with FSDP make the update one process makes), so the warning is kept off the terminal.
+    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
+    block_names = set(getattr(agent.llm, "_no_split_modules", None) or [])
+    for module in agent.llm.modules():
+        if type(module).__name__ in block_names:
+            fully_shard(module)
+    fully_shard(agent)
+    # The loss already divides by the minibatch size, so the ranks' gradients are summed, as without FSDP. Each unit
+    # (not only the root) has its own divide factor.
+    for unit in agent.modules():
+        if isinstance(unit, FSDPModule):
+            unit.set_gradient_divide_factor(1.0)
+            if backend == "gloo":
+                unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
+
+
+def shard_envs(envs: TextVecEnv, start: int, stop: int) -> TextVecEnv:
+    """Envs start..stop-1 of a vector of envs, with their episode state."""
+    shard = pickle.loads(pickle.dumps(envs))
+    for name in ("envs", "missions", "obs_histories", "action_histories", "episode_returns", "episode_lengths"):
+        setattr(shard, name, getattr(shard, name)[start:stop])
+    return shard
+
+
+def merge_envs(shards: list[TextVecEnv]) -> TextVecEnv:
+    """One vector of envs from the ranks' shards, in rank order (the checkpoint holds this one)."""
+    merged = pickle.loads(pickle.dumps(shards[0]))
+    for name in ("envs", "missions", "obs_histories", "action_histories"):
+        setattr(merged, name, [item for shard in shards for item in getattr(shard, name)])
+    for name in ("episode_returns", "episode_lengths"):
+        setattr(merged, name, np.concatenate([getattr(shard, name) for shard in shards]))
+    return merged
+
+
+def main(args: Args):
+    stop = StopRequest()  # Ctrl-C or SIGTERM on any rank: every rank saves a checkpoint after the current step, then exits
+    rank, device = setup_distributed(args)
+    is_main = rank == 0
+    configure_matmul_precision(device, args.tf32)
+    checkpoint = args.resume_checkpoint
+    # Rank 0's clock names the run on every rank.
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else gather(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")[0]
+    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+
+    # TRY NOT TO MODIFY: seeding (the same on every rank: shuffling and sampling are shared, the envs are not)
+    random.seed(args.seed)
+    np.random.seed(args.seed)
+    torch.manual_seed(args.seed)
+    torch.backends.cudnn.deterministic = args.torch_deterministic
+    sampler = torch.Generator().manual_seed(args.seed)
+
+    # env setup: rank r steps envs r*L .. r*L+L-1 of the global vector, on the levels one process would give them
+    local_envs = slice(rank * args.local_num_envs, (rank + 1) * args.local_num_envs)
+    envs = TextVecEnv(args.env_id, args.local_num_envs, args.action_space, args.reward_scale)
+    next_prompts = envs.reset(seed=args.seed + local_envs.start)
+    probe_prompts = gather(next_prompts)[0][: args.num_probe_prompts]
+
+    llm, tokenizer = load_policy_model(args, checkpoint)
+    if args.gradient_checkpointing:
+        checkpoint_activations(llm)  # before FSDP wraps the blocks
+    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
+    load_heads(agent, checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None))
+    if args.fsdp and dist.is_initialized():
+        shard_agent(agent, dist.get_backend())
+    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
+    next_done = torch.zeros(args.local_num_envs, device=device)
+    global_step, start_iteration = 0, 1
+    if checkpoint is not None:
+        envs, trainer = restore_run(checkpoint, args, agent, optimizer, sampler, local_envs)
+        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
+        next_done, probe_prompts, next_prompts = trainer["next_done"][local_envs].to(device), trainer["probe_prompts"], envs.prompts()
+    writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if checkpoint else None) if is_main else NoLogs()
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
+    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
+    agent.eval()
+    update_sizer = update_pass_sizer(agent, optimizer, autocast, device)
+
+    # ALGO Logic: Storage setup (this rank's envs)
+    obs = [[""] * args.local_num_envs for _ in range(args.num_steps)]
+    actions = torch.zeros((args.num_steps, args.local_num_envs), dtype=torch.long, device=device)
+    logprobs = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    rewards = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    dones = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    values = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+
+    def state_after(iteration):  # this rank's part of a checkpoint besides the weights, with the shared sampler's state
+        state = run_state(envs, next_done=next_done.cpu(), global_step=global_step, iteration=iteration, probe_prompts=probe_prompts)
+        state["rng"]["sampler"] = sampler.get_state()
+        return state
+
+    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
+    total = args.num_iterations * args.batch_size
+    progress = tqdm(total=total, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0, disable=not is_main)
+    recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
+    start_time, start_step = time.time(), global_step
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
+        # resumed run replays the dropped partial rollout exactly.
+        resume_point = state_after(iteration - 1)
+        rollout_start = time.time()
+        finished_episodes = []  # this rank's, logged by rank 0 after the rollout
+        for step in range(0, args.num_steps):
+            global_step += args.num_envs
+            obs[step] = next_prompts
+            dones[step] = next_done
+
+            # ALGO LOGIC: action logic (uniforms for all envs from the shared stream, this rank's slice of them)
+            uniforms = torch.rand(args.num_envs, generator=sampler)[local_envs]
+            with torch.no_grad(), autocast:
+                logits, value = agent(next_prompts)
+            action = sample_actions(logits, uniforms)
+            values[step] = value.float()
+            actions[step] = action
+            logprobs[step] = Categorical(logits=logits.float()).log_prob(action)
+
+            # TRY NOT TO MODIFY: execute the game and log data.
+            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
+            rewards[step] = torch.as_tensor(reward, device=device)
+            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+            finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
+            progress.update(args.num_envs)
+            if any_rank(stop.requested, device):  # every rank stops at the same step, whichever was interrupted
+                return save_and_stop(run_dir, args, agent, optimizer, resume_point, progress)
+        rollout_time = time.time() - rollout_start
+
+        # bootstrap value if not done
+        with torch.no_grad(), autocast:
+            next_value = agent.get_value(next_prompts).float()
+        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
+
+        # flatten the batch: every rank gets the global one, envs in global order
+        b_obs, (b_logprobs, b_actions, b_advantages, b_returns, b_values), episodes = gather_batch(
+            obs, (logprobs, actions, advantages, returns, values), finished_episodes, device
+        )
+
+        # Optimizing the policy and value network: each minibatch split across the ranks, in passes of micro_size
+        update_start = time.time()
+        if args.grad_accum_minibatch == "auto":
+            micro_size = update_sizer(b_obs, device, total=args.minibatch_size // args.world_size)
+        else:
+            micro_size = args.grad_accum_minibatch or args.minibatch_size
+        b_inds = np.arange(args.batch_size)
+        clipfracs = []
+        for epoch in range(args.update_epochs):
+            np.random.shuffle(b_inds)
+            for start in range(0, args.batch_size, args.minibatch_size):
+                mb_inds = b_inds[start : start + args.minibatch_size]
+                local_inds = mb_inds[rank :: args.world_size]
+                if args.norm_adv:
+                    mb_mean, mb_std = b_advantages[mb_inds].mean(), b_advantages[mb_inds].std()
+                optimizer.zero_grad()
+                # sums over this rank's transitions of: policy loss, value loss, entropy, old and new approx KL, clipped
+                sums = torch.zeros(6, device=device)
+                non_finite_losses = 0
+                for micro in even_split(len(local_inds), micro_size):
+                    inds = local_inds[micro]
+                    with autocast:
+                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
+                    logratio = newlogprob.float() - b_logprobs[inds]
+                    ratio = logratio.exp()
+
+                    mb_advantages = b_advantages[inds]
+                    if args.norm_adv:  # over the whole minibatch, however it is split
+                        mb_advantages = (mb_advantages - mb_mean) / (mb_std + 1e-8)
+
+                    # Policy loss
+                    pg_loss1 = -mb_advantages * ratio
+                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                    pg_losses = torch.max(pg_loss1, pg_loss2)
+
+                    # Value loss
+                    newvalue = newvalue.float()
+                    if args.clip_vloss:
+                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
+                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
+                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
+                        v_losses = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
+                    else:
+                        v_losses = 0.5 * (newvalue - b_returns[inds]) ** 2
+
+                    entropies = entropy.float()
+                    # The minibatch's mean loss is the sum over all ranks' transitions divided by the minibatch size.
+                    loss = (pg_losses - args.ent_coef * entropies + v_losses * args.vf_coef).sum() / args.minibatch_size
+                    non_finite_losses += not torch.isfinite(loss)
+                    loss.backward()
+                    with torch.no_grad():
+                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+                        sums += torch.stack([
+                            pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
+                            ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
+                        ])
+                if any_rank(non_finite_losses, device):  # before any rank steps
+                    raise non_finite("loss", iteration, global_step, run_dir, progress)
+                if not args.fsdp:
+                    all_reduce_gradients(agent.parameters())
+                # The norm is over all ranks' gradients (a DTensor under FSDP): every rank sees the same and stops together.
+                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
+                if not torch.isfinite(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm):
+                    raise non_finite("gradient", iteration, global_step, run_dir, progress)
+                optimizer.step()
+                # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
+                # or save with them. Under FSDP each rank holds a shard of them.
+                if any_rank(any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in agent.parameters()), device):
+                    raise non_finite("weights", iteration, global_step, run_dir, progress)
+                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()
+                clipfracs.append(clipfrac)
+
+            if args.target_kl is not None and approx_kl > args.target_kl:
+                break
+        update_time = time.time() - update_start
+
+        for episode in episodes:  # the writer of the other ranks than 0 writes nothing (NoLogs)
+            recent_successes.append(float(episode["success"]))
+            recent_returns.append(episode["return"])
+            writer.add_scalar("charts/episodic_return", episode["return"], episode["global_step"])
+            writer.add_scalar("charts/episodic_length", episode["length"], episode["global_step"])
+            writer.add_scalar("charts/success_rate", float(episode["success"]), episode["global_step"])
+        y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
+        var_y = np.var(y_true)
+        explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
+
+        # TRY NOT TO MODIFY: record rewards for plotting purposes
+        sps = int((global_step - start_step) / (time.time() - start_time))
+        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
+        writer.add_scalar("losses/value_loss", v_loss, global_step)
+        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
+        writer.add_scalar("losses/entropy", entropy_loss, global_step)
+        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
+        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
+        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
+        writer.add_scalar("losses/explained_variance", explained_var, global_step)
+        writer.add_scalar("charts/SPS", sps, global_step)
+        writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
+        writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
+        log_probes(writer, agent, probe_prompts, autocast, global_step)  # every rank scores: under FSDP a pass is collective
+        progress.set_postfix(
+            update=f"{iteration}/{args.num_iterations}", SPS=sps,
+            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
+            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
+        )
+        if iteration % args.save_interval == 0 or iteration == args.num_iterations:
+            save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration), progress)
+    progress.close()
+    writer.close()
+    if is_main:
+        print(f"done: {global_step} frames on {args.world_size} process(es); checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
+
+
+# =================================================================================================================
+# APPENDICES: what main() calls besides the method itself
+# =================================================================================================================
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# A. The levels of BabyAI-Text that minigrid lacks
+# -----------------------------------------------------------------------------------------------------------------
+
+TASK_KINDS = ("goto", "pickup", "open", "putnext", "pick_up_seq_go_to")
+HELD_OUT_PAIRS = ("yellow box", "red key", "red door", "green ball", "grey door")
+OBJECT_TYPES = ("key", "ball", "box")
+
+
+class LocalTaskLevel(RoomGridLevel):
+    """One 8x8 room (two for `open`) with one BabyAI-Text task per episode.
+
+    Differs from the original: a Mixed level draws its task kind at every reset from that reset's RNG, so every
+    kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
+    """
+
+    def __init__(
+        self,
+        task_kinds=TASK_KINDS,
+        task_kind: str | None = None,
+        pairs: Literal["train", "test", "any"] = "train",
+        sequence_forms=("then", "after"),
+        second_task: str = "goto",
+        num_dists: int = 8,
+        room_size: int = 8,
+        **kwargs,
+    ):
+        if task_kind is not None and task_kind not in task_kinds:
+            raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
+        self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
+        self.pairs = pairs
+        self.sequence_forms = sequence_forms
+        self.second_task = second_task
+        self.num_dists = num_dists
+        self.task_kind = self.task_kinds[0]
+        super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
+
+    def _gen_grid(self, width, height):
+        # The kind decides the grid's width, so draw it first, from this reset's seed.
+        self.task_kind = self._rand_elem(self.task_kinds)
+        self.num_cols = 2 if self.task_kind == "open" else 1
+        self.width = (self.room_size - 1) * self.num_cols + 1
+        super()._gen_grid(self.width, height)
+
+    def _allowed(self, pair: str) -> bool:
+        if self.pairs == "any":
+            return True
+        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+
+    def _pick_targets(self, objs, count):
+        """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
+        candidates = [obj for obj in objs if self._allowed(f"{obj.color} {obj.type}")]
+        self.np_random.shuffle(candidates)
+        chosen, seen = [], set()
+        for obj in candidates:
+            if (obj.color, obj.type) not in seen:
+                chosen.append(obj)
+                seen.add((obj.color, obj.type))
+        if len(chosen) < count:
+            raise RejectSampling("not enough objects with allowed adjective-noun pairs")
+        return chosen[:count]
+
+    def gen_mission(self):
+        if self.task_kind == "open":
+            self._gen_open_mission()
+            return
+        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+        self.place_agent()
+        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        self.check_objs_reachable()
+        if self.task_kind in ("goto", "pickup"):
+            (target,) = self._pick_targets(objs, 1)
+            desc = ObjDesc(target.type, target.color)
+            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+        elif self.task_kind == "putnext":
+            moved, fixed = self._pick_targets(objs, 2)
+            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+        else:
+            first, second = self._pick_targets(objs, 2)
+            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
+            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
+            then_second = instr_cls(ObjDesc(second.type, second.color))
+            if self._rand_elem(self.sequence_forms) == "then":
+                self.instrs = BeforeInstr(pick_up_first, then_second)
+            else:
+                self.instrs = AfterInstr(then_second, pick_up_first)
+
+    def _gen_open_mission(self):
+        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
+        colour = self._rand_elem(door_colours)
+        agent_room = self._rand_int(0, 2)
+        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_object(agent_room, 0, "key", colour)
+        self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
+        self.place_agent(agent_room, 0)
+        self.check_objs_reachable()
+        named = self.pairs == "test" or self._rand_bool()
+        self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
+
+
+class GoToFrench(GoToLocal):
+    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
+
+    language = "french"
+
+
+# Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
+BABYAI_TEXT_LEVELS = {
+    "BabyAI-MixedTrainLocal-v0": (LocalTaskLevel, dict(pairs="train")),
+    "BabyAI-MixedTestLocal-v0": (LocalTaskLevel, dict(pairs="test")),
+    "BabyAI-PickupLocal-v0": (LocalTaskLevel, dict(task_kinds=("pickup",), pairs="any")),
+    "BabyAI-PickUpSeqGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",))),
+    "BabyAI-PickUpThenGoToLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("then",))),
+    "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
+    "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
+    "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
+    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
+}
+
+
+for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
+    if _env_id not in gym.registry:
+        gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
+
+
+def babyai_env_ids() -> list[str]:
+    return sorted(env_id for env_id in gym.registry if env_id.startswith("BabyAI-"))
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# B. Loading models
+# -----------------------------------------------------------------------------------------------------------------
+
+MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
+TINY_MODELS = ("tiny-t5", "tiny-causal")
+
+
+def babyai_text_vocabulary() -> list[str]:
+    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
+    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
+    texts = [
+        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
+        "rotate left, rotate right, move ahead, take, release, switch",
+        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
+        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
+        "go to the a pick up put next open then after you object in front of behind on your",
+        "I would like the agent to You have to",
+        "0 1 2 3 4 5 6 7 8 9",
+    ]
+    for text in texts:
+        words.update(re.findall(r"\w+|[^\w\s]+", text))
+    return sorted(words)
+
+
+def build_tiny_model(kind: str):
+    """A small random model with a word-level tokenizer over the BabyAI-Text vocabulary, built offline."""
+    from tokenizers import Tokenizer, models, pre_tokenizers, processors
+    from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
+
+    specials = ["<pad>", "</s>", "<unk>", "<s>"]
+    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
+    if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    else:  # like Llama's: a <s> in front
+        tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
+    )
+    # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
+    size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
+    if kind == "tiny-t5":
+        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
+        return T5ForConditionalGeneration(config), tokenizer
+    config = LlamaConfig(
+        hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
+        max_position_embeddings=2048, bos_token_id=3, **size,
+    )
+    return LlamaForCausalLM(config), tokenizer
+
+
+def _hub_reachable(timeout: float = 3.0) -> bool:
+    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(**location)
+    config = AutoConfig.from_pretrained(**location)
+    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+    if pretrained:
+        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
+    model = model_cls.from_config(config, **model_kwargs)
+    if load_embedding:
+        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
+        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
+    return model, tokenizer
+
+
+def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
+    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.set_verbosity_error()
+    transformers_logging.disable_progress_bar()
+    # peft (0.21) reads transformers' deprecated `is_gradient_checkpointing`: nothing a user can act on.
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
+    if name in TINY_MODELS:
+        return build_tiny_model(name)
+    source = os.path.expanduser(MODEL_ALIASES.get(name, name))
+    is_path = source.startswith((".", "/")) or os.path.exists(source)
+    if is_path and not os.path.exists(source):
+        raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
+    # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
+    model_kwargs = {"dtype": torch.float32}
+    if attn_implementation:
+        model_kwargs["attn_implementation"] = attn_implementation
+    location = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    try:
+        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
+        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+    except (OSError, ValueError) as error:
+        if is_path or not _hub_reachable():
+            raise _load_error(name, error, offline=not is_path) from None
+        try:
+            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
+        except (OSError, ValueError) as hub_error:
+            raise _load_error(name, hub_error, offline=False) from None
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
+    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
+    return UsageError(
+        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+    )
+
+
 # The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
 # any other is checked when its agent is built.
 TESTED_FAMILIES = {
@@ -1145,6 +1452,438 @@ def check_packed_scoring(agent: GlamAgent):
             f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
             "on wrong scores; use a tested family (README: model families) or --action-heads"
         )
+
+
+def load_policy_model(args: Args, checkpoint: str | None):
+    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
+    if checkpoint is None:
+        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        if args.lora_r:
+            from peft import LoraConfig, get_peft_model
+
+            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
+            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
+            llm = get_peft_model(llm, config)
+        return llm, tokenizer
+    model_dir = os.path.join(checkpoint, "model")
+    if args.lora_r:
+        from peft import PeftModel
+
+        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
+        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
+    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
+    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
+
+
+def configure_matmul_precision(device: torch.device, tf32: bool):
+    """On CUDA, let float32 matmuls run on TF32 tensor cores (fp32 accumulation): several times faster on A100/H100."""
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high" if tf32 else "highest")
+
+
+def checkpoint_activations(llm):
+    """Recompute each transformer block in the backward pass instead of keeping its activations.
+
+    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
+    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
+    """
+    from torch.distributed._composable import checkpoint
+    from transformers.modeling_layers import GradientCheckpointingLayer
+
+    blocks = [module for module in llm.modules() if isinstance(module, GradientCheckpointingLayer)]
+    if not blocks:
+        raise UsageError("--gradient-checkpointing: transformers marks no block of this model as checkpointable; drop the flag")
+    for block in blocks:
+        checkpoint(block)
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# C. Flags: parsing and checking
+# -----------------------------------------------------------------------------------------------------------------
+
+
+def check_ranges(args, ranges: dict[str, str]):
+    """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
+    for name, interval in ranges.items():
+        value = getattr(args, name)
+        if value is None or value == "auto":
+            continue
+        low, high = (float(bound) for bound in interval[1:-1].split(","))
+        above = low < value if interval[0] == "(" else low <= value
+        below = value < high if interval[-1] == ")" else value <= high
+        if not (math.isfinite(value) and above and below):
+            allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
+            finite = "" if math.isfinite(value) else "a finite number "
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
+
+
+def check_can_create(folder: str, what: str):
+    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
+    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
+    side by side)."""
+    existing = os.path.abspath(folder)
+    while not os.path.exists(existing):
+        existing = os.path.dirname(existing)
+    if not os.path.isdir(existing):
+        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
+    try:
+        tempfile.TemporaryDirectory(dir=existing).cleanup()
+    except OSError as error:
+        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+
+
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations",
+    "backend", "world_size", "local_num_envs", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch",
+    "resume_checkpoint",
+}
+
+
+def finish_args(args: Args, given: set[str]) -> Args:
+    """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
+    `given` on the command line."""
+    check_ranges(args, ARG_RANGES)
+    args.batch_size = args.num_envs * args.num_steps
+    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
+    if args.num_minibatches is None:
+        args.num_minibatches = max(
+            [n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n % args.world_size == 0], default=1
+        )
+    if args.batch_size % args.num_minibatches:
+        raise UsageError(
+            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
+            "transitions"
+        )
+    args.minibatch_size = args.batch_size // args.num_minibatches
+    if args.num_envs % args.world_size or args.minibatch_size % args.world_size:
+        raise UsageError(
+            f"--num-envs {args.num_envs} and the minibatch of {args.minibatch_size} transitions must both be divisible by "
+            f"the {args.world_size} processes; change --num-envs, --num-minibatches or --nproc-per-node"
+        )
+    args.local_num_envs = args.num_envs // args.world_size
+    if args.fsdp and args.lora_r:
+        raise UsageError("--fsdp and --lora-r together are not supported; LoRA's small gradients need no sharding, drop --fsdp")
+    if args.num_probe_prompts > args.num_envs:  # probes are first prompts of the envs
+        if {"num_probe_prompts", "num_envs"} <= given:
+            raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
+        args.num_probe_prompts = args.num_envs
+    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
+        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
+    check_can_create(args.resume or "runs", "the run folder")
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
+    args.num_iterations = args.total_timesteps // args.batch_size
+    if args.load_embedding and args.pretrained:
+        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
+    if args.track and importlib.util.find_spec("wandb") is None:
+        raise UsageError("--track needs Weights and Biases: pip install wandb")
+    if args.init_from is not None:
+        if not args.pretrained:
+            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
+        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
+        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
+        args.model = model_dir
+    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
+    return args
+
+
+def parse_args(argv=None) -> Args:
+    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
+    args = tyro.cli(Args, args=argv)
+    if args.resume is None:
+        return finish_args(args, given)
+    checkpoint = find_checkpoint(args.resume)
+    with open(os.path.join(checkpoint, "args.json")) as f:
+        saved = Args(**json.load(f))
+    args = tyro.cli(Args, args=argv, default=saved)
+    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
+    if changed:
+        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
+        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
+    args = finish_args(args, given)
+    args.resume_checkpoint = checkpoint
+    progress = checkpoint_progress(checkpoint)
+    if progress is not None and progress["iteration"] >= args.num_iterations:
+        raise UsageError(
+            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
+            "give more to continue it"
+        )
+    return args
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# D. Logs, checkpoints, resume and stopping
+# -----------------------------------------------------------------------------------------------------------------
+
+CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
+
+
+def open_logs(args: Args, run_name: str, run_dir: str, probe_prompts, resumed_at: int | None):
+    """TensorBoard's writer, and W&B's run with --track. A run resumed at frame `resumed_at` drops what it logged after
+    its checkpoint, so that no step is logged twice."""
+    if args.track:
+        import wandb
+
+        wandb.init(
+            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
+            name=run_name, save_code=True, resume="allow", id=run_name,
+        )
+    from torch.utils.tensorboard import SummaryWriter
+
+    writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
+    if resumed_at is None:
+        writer.add_text(
+            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
+        )
+        for index, prompt in enumerate(probe_prompts):
+            writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
+    return writer
+
+
+class NoLogs:
+    """The writer of the ranks other than 0, which log nothing: rank 0 logs for the whole run."""
+
+    def __getattr__(self, name):
+        return lambda *args, **kwargs: None
+
+
+@torch.no_grad()
+def log_probes(writer, agent: GlamAgent, probe_prompts, autocast, global_step: int):
+    """The policy's probability of every action on the fixed probe prompts."""
+    with autocast:
+        probe_probs = agent(probe_prompts)[0].float().softmax(-1)
+    for index, probs in enumerate(probe_probs):
+        for action_name, prob in zip(agent.actions, probs.tolist()):
+            writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
+
+
+def load_heads(agent: GlamAgent, folder: str | None):
+    """The value head (and the action head) saved in a checkpoint folder, if one is given."""
+    if folder is None:
+        return
+    heads = torch.load(os.path.join(folder, "heads.pt"), map_location=agent.device)
+    agent.value_head.load_state_dict(heads["value_head"])
+    if agent.action_head is not None and "action_head" in heads:
+        agent.action_head.load_state_dict(heads["action_head"])
+
+
+def restore_run(checkpoint: str, args: Args, agent: GlamAgent, optimizer, sampler, local_envs: slice) -> tuple[TextVecEnv, dict]:
+    """This rank's part of a run saved on any number of ranks: the optimizer (sharded as the agent is), the random number
+    generators as the checkpoint left them, this rank's share of the envs; the counters."""
+    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
+    if "sampler" not in trainer["rng"]:
+        raise UsageError(
+            f"{checkpoint} was written by glam_ppo.py; continue it with glam_ppo.py --resume, or start from its weights "
+            f"here with --init-from {args.resume}"
+        )
+    set_optimizer_state_dict(agent, optimizer, trainer["optimizer"], options=FULL_STATE)
+    random.setstate(trainer["rng"]["python"])
+    np.random.set_state(trainer["rng"]["numpy"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    sampler.set_state(trainer["rng"]["sampler"])
+    with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
+        saved_envs = pickle.load(f)
+    if len(saved_envs) != args.num_envs:
+        raise UsageError(f"{checkpoint} holds {len(saved_envs)} envs; resume with --num-envs {len(saved_envs)}")
+    if is_main_process():
+        set_aside_damaged(checkpoint)  # only now, once everything that a bad checkpoint could break has loaded
+    return shard_envs(saved_envs, local_envs.start, local_envs.stop), trainer
+
+
+def find_checkpoint(run_dir: str) -> str:
+    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
+    checkpoint = intact_checkpoint(run_dir)
+    if checkpoint is None:
+        raise UsageError(
+            f"no checkpoint written by glam_ppo.py or glam_ppo_multigpu.py in {run_dir!r} (expected {run_dir}/checkpoint/ with "
+            f"{', '.join(CHECKPOINT_FILES)})"
+        )
+    return checkpoint
+
+
+def find_init_checkpoint(path: str) -> str:
+    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
+    for folder in (path, os.path.join(path, "checkpoint")):
+        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
+            return folder
+    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
+
+
+def run_state(envs: TextVecEnv, **counters) -> dict:
+    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"envs": pickle.dumps(envs), "rng": rng, **counters}
+
+
+def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
+    """Collective: every rank hands rank 0 its part of the run (`state`, and with FSDP its shards of the weights and the
+    optimizer), and rank 0 writes runs/<run>/checkpoint in glam_ppo.py's layout: the whole model and optimizer states,
+    all the envs, rank 0's RNG states and the counters."""
+    rank_states = gather(state)
+    model_state, optimizer_state = get_state_dict(agent, optimizer, options=FULL_STATE)
+
+    def part(prefix):
+        return {name[len(prefix) :]: value for name, value in model_state.items() if name.startswith(prefix)}
+
+    def write(folder):
+        agent.llm.save_pretrained(os.path.join(folder, "model"), state_dict=part("llm."))
+        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
+        heads = {"value_head": part("value_head.")}
+        if agent.action_head is not None:
+            heads["action_head"] = part("action_head.")
+        torch.save(heads, os.path.join(folder, "heads.pt"))
+        trainer = {name: value for name, value in state.items() if name != "envs"}
+        trainer["next_done"] = torch.cat([rank_state["next_done"] for rank_state in rank_states])
+        torch.save({"optimizer": optimizer_state, **trainer}, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
+            pickle.dump(merge_envs([pickle.loads(rank_state["envs"]) for rank_state in rank_states]), f)
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    if is_main_process():
+        try:
+            commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
+        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
+            progress.close()
+            raise
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def save_and_stop(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
+    """A stop (Ctrl-C, SIGTERM) during a rollout: every rank saves its part, and rank 0 says how to continue the run."""
+    save_checkpoint(run_dir, args, agent, optimizer, state, progress)
+    progress.close()
+    if is_main_process():
+        print(f"saved {run_dir}/checkpoint at {state['global_step']} frames; continue with: torchrun ... glam_ppo_multigpu.py --resume {run_dir}")
+
+
+def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm) -> FloatingPointError:
+    """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed first)."""
+    progress.close()
+    saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
+    kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+    return FloatingPointError(
+        f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
+    )
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def commit_checkpoint(run_dir: str, write, progress: dict):
+    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
+    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
+    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
+    and stops the run with one line; the checkpoints already written stay as they were."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+        files = {}
+        for folder, _, names in os.walk(temporary):
+            for name in names:
+                path = os.path.join(folder, name)
+                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
+        with open(os.path.join(temporary, "manifest.json"), "w") as f:
+            json.dump({"progress": progress, "files": files}, f, indent=2)
+    except OSError as error:
+        shutil.rmtree(temporary, ignore_errors=True)
+        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+
+
+def checkpoint_damage(folder: str) -> str | None:
+    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
+    try:
+        with open(os.path.join(folder, "manifest.json")) as f:
+            files = json.load(f)["files"]
+    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
+        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
+    except (OSError, ValueError, KeyError, TypeError):
+        return "manifest.json is unreadable"
+    for name, expected in files.items():
+        path = os.path.join(folder, name)
+        if not os.path.exists(path):
+            return f"{name} is missing"
+        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
+            return f"{name} is not the file that was saved"
+    return None
+
+
+def intact_checkpoint(run_dir: str) -> str | None:
+    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
+    between its renames)."""
+    for name in ("checkpoint", "checkpoint.previous"):
+        path = os.path.join(run_dir, name)
+        if not os.path.isdir(path):
+            continue
+        damage = checkpoint_damage(path)
+        if damage is None:
+            return path
+        if os.environ.get("RANK", "0") == "0":  # once under torchrun
+            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
+    return None
+
+
+def set_aside_damaged(checkpoint: str):
+    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
+    the good one as checkpoint.previous rather than the damaged one."""
+    run_dir = os.path.dirname(checkpoint)
+    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
+    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
+        shutil.rmtree(aside, ignore_errors=True)
+        os.rename(damaged, aside)
+
+
+def checkpoint_progress(checkpoint: str) -> dict | None:
+    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
+    path = os.path.join(checkpoint, "manifest.json")
+    if not os.path.exists(path):
+        return None
+    with open(path) as f:
+        return json.load(f)["progress"]
+
+
+class StopRequest:
+    """First Ctrl-C (or SIGTERM, as torchrun and SLURM send): finish the step, save a checkpoint and exit; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        signal.signal(signal.SIGINT, self._handle)
+        # torchrun answers a Ctrl-C by sending SIGTERM to the ranks that the Ctrl-C already reached: never fatal.
+        signal.signal(signal.SIGTERM, self._request)
+
+    def _request(self, signum, frame):
+        self.requested = True
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+
+
+# -----------------------------------------------------------------------------------------------------------------
+# E. Memory: pass sizes that fit, and an allocator that keeps freed buffers
+# -----------------------------------------------------------------------------------------------------------------
 
 
 def keep_freed_memory():
@@ -1274,472 +2013,13 @@ class PassSizer:
         return -(-total // passes)
 
 
-def even_split(total: int, most: int) -> list[slice]:
-    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
-    passes = -(-total // most)
-    bounds = [total * k // passes for k in range(passes + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-
-def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
-    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
-    num_steps = rewards.shape[0]
-    advantages = torch.zeros_like(rewards)
-    lastgaelam = 0
-    for t in reversed(range(num_steps)):
-        if t == num_steps - 1:
-            nextnonterminal = 1.0 - next_done
-            nextvalues = next_value
-        else:
-            nextnonterminal = 1.0 - dones[t + 1]
-            nextvalues = values[t + 1]
-        delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
-        advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
-    return advantages, advantages + values
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Run set-up, checkpoints and resume
-# ---------------------------------------------------------------------------------------------------------------
-
-# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {
-    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations",
-    "backend", "world_size", "local_num_envs", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch",
-    "resume_checkpoint",
-}
-CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
-
-
-def finish_args(args: Args, given: set[str]) -> Args:
-    """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
-    `given` on the command line."""
-    check_ranges(args, ARG_RANGES)
-    args.batch_size = args.num_envs * args.num_steps
-    args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
-    if args.num_minibatches is None:
-        args.num_minibatches = max(
-            [n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n % args.world_size == 0], default=1
-        )
-    if args.batch_size % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
-            "transitions"
-        )
-    args.minibatch_size = args.batch_size // args.num_minibatches
-    if args.num_envs % args.world_size or args.minibatch_size % args.world_size:
-        raise UsageError(
-            f"--num-envs {args.num_envs} and the minibatch of {args.minibatch_size} transitions must both be divisible by "
-            f"the {args.world_size} processes; change --num-envs, --num-minibatches or --nproc-per-node"
-        )
-    args.local_num_envs = args.num_envs // args.world_size
-    if args.fsdp and args.lora_r:
-        raise UsageError("--fsdp and --lora-r together are not supported; LoRA's small gradients need no sharding, drop --fsdp")
-    if args.num_probe_prompts > args.num_envs:  # probes are first prompts of the envs
-        if {"num_probe_prompts", "num_envs"} <= given:
-            raise UsageError(f"--num-probe-prompts {args.num_probe_prompts} must be at most --num-envs {args.num_envs}: probes are first prompts of the envs")
-        args.num_probe_prompts = args.num_envs
-    if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
-        raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    check_can_create(args.resume or "runs", "the run folder")
-    if args.total_timesteps < args.batch_size:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
-    args.num_iterations = args.total_timesteps // args.batch_size
-    if args.load_embedding and args.pretrained:
-        raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
-    if args.track and importlib.util.find_spec("wandb") is None:
-        raise UsageError("--track needs Weights and Biases: pip install wandb")
-    if args.init_from is not None:
-        if not args.pretrained:
-            raise UsageError("--init-from loads trained weights; drop --no-pretrained")
-        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
-        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
-            raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
-        args.model = model_dir
-    make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
-    return args
-
-
-def parse_args(argv=None) -> Args:
-    """tyro's Args; with --resume, the saved run's args are the defaults, so only flags typed again can differ."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    given = {token[2:].split("=")[0].replace("-", "_") for token in argv if token.startswith("--")}
-    args = tyro.cli(Args, args=argv)
-    if args.resume is None:
-        return finish_args(args, given)
-    checkpoint = find_checkpoint(args.resume)
-    with open(os.path.join(checkpoint, "args.json")) as f:
-        saved = Args(**json.load(f))
-    args = tyro.cli(Args, args=argv, default=saved)
-    changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
-    if changed:
-        flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
-        raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args, given)
-    args.resume_checkpoint = checkpoint
-    progress = checkpoint_progress(checkpoint)
-    if progress is not None and progress["iteration"] >= args.num_iterations:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
-            "give more to continue it"
-        )
-    return args
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# Distributed helpers
-# ---------------------------------------------------------------------------------------------------------------
-
-# Whole (unsharded) model and optimizer states on CPU: checkpoints look the same with or without FSDP.
-FULL_STATE = StateDictOptions(full_state_dict=True, cpu_offload=True)
-
-
-def setup_distributed(args: Args) -> tuple[int, torch.device]:
-    """(rank, device) from torchrun's environment; one process without torchrun runs alone."""
-    if "RANK" not in os.environ:
-        warnings.warn("not launched with torchrun: running as a single process (torchrun --nproc_per_node N for more)")
-        return 0, torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
-    use_cuda = torch.cuda.is_available() and args.cuda
-    device = torch.device("cuda", int(os.environ["LOCAL_RANK"])) if use_cuda else torch.device("cpu")
-    if use_cuda:
-        torch.cuda.set_device(device)
-    backend = ("nccl" if use_cuda else "gloo") if args.backend == "auto" else args.backend
-    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=30))
-    return dist.get_rank(), device
-
-
-def gather(value) -> list:
-    """Every rank's `value` (any picklable object), in rank order, on every rank."""
-    if not dist.is_initialized():
-        return [value]
-    values = [None] * dist.get_world_size()
-    dist.all_gather_object(values, value)
-    return values
-
-
-def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
-    if dist.is_initialized():
-        dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
-    return tensor
-
-
-def all_reduce_gradients(parameters):
-    """Sums the gradients of all ranks in one flattened all-reduce."""
-    if not dist.is_initialized():
-        return
-    grads = [p.grad for p in parameters if p.grad is not None]
-    flat = all_reduce_sum(torch.cat([g.reshape(-1) for g in grads]))
-    offset = 0
-    for grad in grads:
-        grad.copy_(flat[offset : offset + grad.numel()].view_as(grad))
-        offset += grad.numel()
-
-
-def shard_agent(agent: GlamAgent, backend: str):
-    """FSDP2: each transformer block is one unit, the rest (embeddings, heads) the root unit."""
-    from torch.distributed.fsdp import FSDPModule, fully_shard
-
-    # FSDP warns that a unit returning a view could lose its pre-backward hook; the tests check the gradients
-    # (N ranks with FSDP make the update one process makes), so the warning is kept off the terminal.
-    warnings.filterwarnings("ignore", message="FSDP2-wrapped module .* returned a view tensor")
-    block_names = set(getattr(agent.llm, "_no_split_modules", None) or [])
-    for module in agent.llm.modules():
-        if type(module).__name__ in block_names:
-            fully_shard(module)
-    fully_shard(agent)
-    # The loss already divides by the minibatch size, so the ranks' gradients are summed, as without FSDP. Each unit
-    # (not only the root) has its own divide factor.
-    for unit in agent.modules():
-        if isinstance(unit, FSDPModule):
-            unit.set_gradient_divide_factor(1.0)
-            if backend == "gloo":
-                unit.set_force_sum_reduction_for_comms(True)  # gloo has no pre-multiplied sum
-
-
-def shard_envs(envs: TextVecEnv, start: int, stop: int) -> TextVecEnv:
-    """Envs start..stop-1 of a vector of envs, with their episode state."""
-    shard = pickle.loads(pickle.dumps(envs))
-    for name in ("envs", "missions", "obs_histories", "action_histories", "episode_returns", "episode_lengths"):
-        setattr(shard, name, getattr(shard, name)[start:stop])
-    return shard
-
-
-def merge_envs(shards: list[TextVecEnv]) -> TextVecEnv:
-    """One vector of envs from the ranks' shards, in rank order (the checkpoint holds this one)."""
-    merged = pickle.loads(pickle.dumps(shards[0]))
-    for name in ("envs", "missions", "obs_histories", "action_histories"):
-        setattr(merged, name, [item for shard in shards for item in getattr(shard, name)])
-    for name in ("episode_returns", "episode_lengths"):
-        setattr(merged, name, np.concatenate([getattr(shard, name) for shard in shards]))
-    return merged
-
-
-def sample_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
-    """Inverse-CDF sampling with given uniforms, so that every rank draws from one shared random stream."""
-    cdf = logits.float().softmax(-1).cumsum(-1)
-    return (cdf < uniforms.to(cdf.device)[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)
-
-
-def find_checkpoint(run_dir: str) -> str:
-    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
-    checkpoint = intact_checkpoint(run_dir)
-    if checkpoint is None:
-        raise UsageError(
-            f"no checkpoint written by glam_ppo.py or glam_ppo_multigpu.py in {run_dir!r} (expected {run_dir}/checkpoint/ with "
-            f"{', '.join(CHECKPOINT_FILES)})"
-        )
-    return checkpoint
-
-
-def find_init_checkpoint(path: str) -> str:
-    """The checkpoint folder that --init-from names: itself or <run>/checkpoint, from bc_finetune.py or glam_ppo.py."""
-    for folder in (path, os.path.join(path, "checkpoint")):
-        if all(os.path.exists(os.path.join(folder, name)) for name in ("model", "heads.pt", "args.json")):
-            return folder
-    raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
-
-
-def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, states: tuple[dict, dict], envs: TextVecEnv, counters: dict):
-    """Writes runs/<run>/checkpoint in glam_ppo.py's layout, from the whole (gathered) model and optimizer states."""
-    model_state, optimizer_state = states
-
-    def part(prefix):
-        return {name[len(prefix) :]: value for name, value in model_state.items() if name.startswith(prefix)}
-
-    def write(folder):
-        agent.llm.save_pretrained(os.path.join(folder, "model"), state_dict=part("llm."))
-        agent.tokenizer.save_pretrained(os.path.join(folder, "model"))
-        heads = {"value_head": part("value_head.")}
-        if agent.action_head is not None:
-            heads["action_head"] = part("action_head.")
-        torch.save(heads, os.path.join(folder, "heads.pt"))
-        torch.save({"optimizer": optimizer_state, **counters}, os.path.join(folder, "trainer.pt"))
-        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
-            pickle.dump(envs, f)
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(asdict(args), f, indent=2)
-
-    commit_checkpoint(run_dir, write, {"global_step": counters["global_step"], "iteration": counters["iteration"]})
-
-
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def commit_checkpoint(run_dir: str, write, progress: dict):
-    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
-    and stops the run with one line; the checkpoints already written stay as they were."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        os.makedirs(temporary)
-        write(temporary)
-        files = {}
-        for folder, _, names in os.walk(temporary):
-            for name in names:
-                path = os.path.join(folder, name)
-                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        with open(os.path.join(temporary, "manifest.json"), "w") as f:
-            json.dump({"progress": progress, "files": files}, f, indent=2)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(final, previous)
-    os.rename(temporary, final)
-
-
-def checkpoint_damage(folder: str) -> str | None:
-    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
-        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
-    for name, expected in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            return f"{name} is missing"
-        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
-            return f"{name} is not the file that was saved"
-    return None
-
-
-def intact_checkpoint(run_dir: str) -> str | None:
-    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
-    between its renames)."""
-    for name in ("checkpoint", "checkpoint.previous"):
-        path = os.path.join(run_dir, name)
-        if not os.path.isdir(path):
-            continue
-        damage = checkpoint_damage(path)
-        if damage is None:
-            return path
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
-    return None
-
-
-def set_aside_damaged(checkpoint: str):
-    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
-    the good one as checkpoint.previous rather than the damaged one."""
-    run_dir = os.path.dirname(checkpoint)
-    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
-    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(damaged, aside)
-
-
-def checkpoint_progress(checkpoint: str) -> dict | None:
-    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
-    path = os.path.join(checkpoint, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["progress"]
-
-
-def load_policy_model(args: Args, checkpoint: str | None):
-    """The LLM to train: from args.model, or from a checkpoint's model folder (a LoRA adapter over args.model)."""
-    if checkpoint is None:
-        llm, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        if args.lora_r:
-            from peft import LoraConfig, get_peft_model
-
-            task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
-            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
-            llm = get_peft_model(llm, config)
-        return llm, tokenizer
-    model_dir = os.path.join(checkpoint, "model")
-    if args.lora_r:
-        from peft import PeftModel
-
-        base, tokenizer = load_llm(args.model, args.pretrained, args.load_embedding)
-        return PeftModel.from_pretrained(base, model_dir, is_trainable=True), tokenizer
-    # A saved config does not keep the attention implementation; a tiny model must stay eager to resume exactly.
-    return load_llm(model_dir, attn_implementation="eager" if args.model in TINY_MODELS else None)
-
-
-class StopRequest:
-    """First Ctrl-C (or SIGTERM, as torchrun and SLURM send): finish the step, save a checkpoint and exit; a second one stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        signal.signal(signal.SIGINT, self._handle)
-        # torchrun answers a Ctrl-C by sending SIGTERM to the ranks that the Ctrl-C already reached: never fatal.
-        signal.signal(signal.SIGTERM, self._request)
-
-    def _request(self, signum, frame):
-        self.requested = True
-
-    def _handle(self, signum, frame):
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
-
-
-def main(args: Args):
-    stop = StopRequest()
-    rank, device = setup_distributed(args)
-    configure_matmul_precision(device, args.tf32)
-    is_main = rank == 0
-    checkpoint = args.resume_checkpoint
-    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else gather(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")[0]
-    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
-
-    # TRY NOT TO MODIFY: seeding (the same on every rank: shuffling and sampling are shared, the envs are not)
-    random.seed(args.seed)
-    np.random.seed(args.seed)
-    torch.manual_seed(args.seed)
-    torch.backends.cudnn.deterministic = args.torch_deterministic
-    sampler = torch.Generator().manual_seed(args.seed)
-
-    # env setup: rank r steps envs r*L .. r*L+L-1 of the global vector, on the levels one process would give them
-    first_env = rank * args.local_num_envs
-    local_envs = slice(first_env, first_env + args.local_num_envs)
-    envs = TextVecEnv(args.env_id, args.local_num_envs, args.action_space, args.reward_scale)
-    next_prompts = envs.reset(seed=args.seed + first_env)
-    probe_prompts = gather(next_prompts)[0][: args.num_probe_prompts]
-
-    llm, tokenizer = load_policy_model(args, checkpoint)
-    if args.gradient_checkpointing:
-        checkpoint_activations(llm)  # before FSDP wraps the blocks
-    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
-    heads_dir = checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None)
-    if heads_dir is not None:
-        heads = torch.load(os.path.join(heads_dir, "heads.pt"), map_location=device)
-        agent.value_head.load_state_dict(heads["value_head"])
-        if agent.action_head is not None and "action_head" in heads:
-            agent.action_head.load_state_dict(heads["action_head"])
-    if args.fsdp and dist.is_initialized():
-        shard_agent(agent, dist.get_backend())
-    optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
-    next_done = torch.zeros(args.local_num_envs, device=device)
-    global_step, start_iteration = 0, 1
-    if checkpoint is not None:
-        if "sampler" not in trainer["rng"]:
-            raise UsageError(
-                f"{checkpoint} was written by glam_ppo.py; continue it with glam_ppo.py --resume, or start from its weights "
-                f"here with --init-from {args.resume}"
-            )
-        set_optimizer_state_dict(agent, optimizer, trainer["optimizer"], options=FULL_STATE)
-        random.setstate(trainer["rng"]["python"])
-        np.random.set_state(trainer["rng"]["numpy"])
-        torch.set_rng_state(trainer["rng"]["torch"])
-        sampler.set_state(trainer["rng"]["sampler"])
-        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
-        next_done = trainer["next_done"][local_envs].to(device)
-        with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
-            saved_envs = pickle.load(f)
-        if len(saved_envs) != args.num_envs:
-            raise UsageError(f"{checkpoint} holds {len(saved_envs)} envs; resume with --num-envs {len(saved_envs)}")
-        envs = shard_envs(saved_envs, local_envs.start, local_envs.stop)
-        next_prompts = envs.prompts()
-        probe_prompts = trainer["probe_prompts"]
-
-    # The run folder only now, once everything that a bad flag could break has loaded.
-    if checkpoint is not None and is_main:
-        set_aside_damaged(checkpoint)
-    if args.track and is_main:
-        import wandb
-
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
-    if is_main:
-        from torch.utils.tensorboard import SummaryWriter
-
-        # A resumed run drops what it logged after its checkpoint, so that no step is logged twice.
-        writer = SummaryWriter(run_dir, purge_step=trainer["global_step"] + 1 if trainer else None)
-        if trainer is None:
-            writer.add_text(
-                "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-            )
-            for index, prompt in enumerate(probe_prompts):
-                writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
-    agent.eval()
+def update_pass_sizer(agent: GlamAgent, optimizer, autocast, device: torch.device) -> PassSizer:
+    """The sizer of --grad-accum-minibatch auto's passes; and --score-batch-size auto's budget, which leaves room for
+    the gradients of the updates and for Adam's state from the first rollout on. Every process probes and splits its
+    passes alike, to the size that fits them all: under FSDP a forward or backward pass is collective."""
 
     def all_ranks_max(value: int) -> int:
         return max(gather(value))
-
-    # Every process probes and splits its passes alike: under FSDP a forward or backward pass is collective.
-    agent.score_sizer.all_ranks_max = all_ranks_max
 
     def update_pass(prompts):
         optimizer.zero_grad()
@@ -1748,237 +2028,20 @@ def main(args: Args):
         (logprob.float().sum() + entropy.float().sum() + value.float().sum()).backward()
         optimizer.zero_grad()
 
-    update_sizer = PassSizer(
-        update_pass, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
-        "--grad-accum-minibatch", "transition", all_ranks_max,
-    )
+    agent.score_sizer.all_ranks_max = all_ranks_max
     # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
     agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
-
-    # ALGO Logic: Storage setup (this rank's envs)
-    obs = [[""] * args.local_num_envs for _ in range(args.num_steps)]
-    actions = torch.zeros((args.num_steps, args.local_num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    dones = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-
-    def state_after(iteration):
-        """This rank's part of a checkpoint besides the weights: its envs and dones, the RNG states and the counters."""
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(), "sampler": sampler.get_state()}
-        if torch.cuda.is_available():
-            rng["cuda"] = torch.cuda.get_rng_state_all()
-        return {"envs": pickle.dumps(envs), "next_done": next_done.cpu(), "rng": rng, "global_step": global_step, "iteration": iteration}
-
-    def save(state):
-        # Collective: every rank hands its part (and with FSDP its shards) to rank 0, which writes the whole run.
-        parts = gather(state)
-        model_and_optimizer = get_state_dict(agent, optimizer, options=FULL_STATE)
-        if is_main:
-            all_envs = merge_envs([pickle.loads(part["envs"]) for part in parts])
-            counters = {name: value for name, value in state.items() if name != "envs"}
-            counters.update(next_done=torch.cat([part["next_done"] for part in parts]), probe_prompts=probe_prompts)
-            try:
-                save_checkpoint(run_dir, args, agent, model_and_optimizer, all_envs, counters)
-            except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-                progress.close()
-                raise
-        if dist.is_initialized():
-            dist.barrier()
-
-    # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
-    progress = tqdm(
-        total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0, disable=not is_main
+    return PassSizer(
+        update_pass, agent.tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
+        "--grad-accum-minibatch", "transition", all_ranks_max,
     )
 
-    def non_finite(what: str) -> FloatingPointError:
-        progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
-        return FloatingPointError(
-            f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
-        )
 
-    recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
-    start_time, start_step = time.time(), global_step
-    for iteration in range(start_iteration, args.num_iterations + 1):
-        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
-        # resumed run replays the dropped partial rollout exactly.
-        resume_point = state_after(iteration - 1)
-        rollout_start = time.time()
-        finished_episodes = []
-        stop_now = False
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_prompts
-            dones[step] = next_done
-
-            # ALGO LOGIC: action logic (uniforms for all envs, this rank's slice)
-            uniforms = torch.rand(args.num_envs, generator=sampler)[local_envs]
-            with torch.no_grad(), autocast:
-                logits, value = agent(next_prompts)
-            action = sample_actions(logits, uniforms)
-            values[step] = value.float()
-            actions[step] = action
-            logprobs[step] = Categorical(logits=logits.float()).log_prob(action)
-
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
-            rewards[step] = torch.as_tensor(reward, device=device)
-            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-            finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
-            progress.update(args.num_envs)
-            # Every rank stops at the same step, whichever of them was interrupted.
-            stop_now = bool(all_reduce_sum(torch.tensor([float(stop.requested)], device=device)).item())
-            if stop_now:
-                break
-        if stop_now:
-            save(resume_point)
-            progress.close()
-            if is_main:
-                print(f"saved {run_dir}/checkpoint at {resume_point['global_step']} frames; continue with: torchrun ... glam_ppo_multigpu.py --resume {run_dir}")
-            return
-        rollout_time = time.time() - rollout_start
-
-        # bootstrap value if not done
-        with torch.no_grad(), autocast:
-            next_value = agent.get_value(next_prompts).float()
-        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-
-        # Every rank gets the global batch, envs in global order: the same arrays one process would have built.
-        local_batch = {
-            "obs": obs, "logprobs": logprobs.cpu(), "actions": actions.cpu(), "advantages": advantages.cpu(),
-            "returns": returns.cpu(), "values": values.cpu(), "episodes": finished_episodes,
-        }
-        shards = gather(local_batch)
-        b_obs = [prompt for step in range(args.num_steps) for shard in shards for prompt in shard["obs"][step]]
-
-        def flat(name):
-            return torch.cat([shard[name] for shard in shards], dim=1).reshape(-1).to(device)
-
-        b_logprobs, b_actions, b_advantages, b_returns, b_values = (flat(name) for name in ("logprobs", "actions", "advantages", "returns", "values"))
-
-        # Optimizing the policy and value network: each minibatch is split across the ranks
-        update_start = time.time()
-        if args.grad_accum_minibatch == "auto":
-            micro_size = update_sizer(b_obs, device, total=args.minibatch_size // args.world_size)
-        else:
-            micro_size = args.grad_accum_minibatch or args.minibatch_size
-        b_inds = np.arange(args.batch_size)
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, args.batch_size, args.minibatch_size):
-                mb_inds = b_inds[start : start + args.minibatch_size]
-                local_inds = mb_inds[rank :: args.world_size]
-                if args.norm_adv:
-                    mb_mean, mb_std = b_advantages[mb_inds].mean(), b_advantages[mb_inds].std()
-                optimizer.zero_grad()
-                # sums over this rank's transitions of: policy loss, value loss, entropy, old and new approx KL, clipped
-                sums = torch.zeros(6, device=device)
-                non_finite_losses = 0
-                for micro in even_split(len(local_inds), micro_size):
-                    inds = local_inds[micro]
-                    with autocast:
-                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
-                    logratio = newlogprob.float() - b_logprobs[inds]
-                    ratio = logratio.exp()
-
-                    mb_advantages = b_advantages[inds]
-                    if args.norm_adv:
-                        mb_advantages = (mb_advantages - mb_mean) / (mb_std + 1e-8)
-
-                    # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_losses = torch.max(pg_loss1, pg_loss2)
-
-                    # Value loss
-                    newvalue = newvalue.float()
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
-                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
-                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
-                        v_losses = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
-                    else:
-                        v_losses = 0.5 * (newvalue - b_returns[inds]) ** 2
-
-                    entropies = entropy.float()
-                    # The minibatch's mean loss is the sum over all ranks' transitions divided by the minibatch size.
-                    loss = (pg_losses - args.ent_coef * entropies + v_losses * args.vf_coef).sum() / args.minibatch_size
-                    non_finite_losses += not torch.isfinite(loss)
-                    loss.backward()
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        sums += torch.stack([
-                            pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
-                            ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
-                        ])
-                # Every rank stops together, before any of them steps: a rank that stopped alone would leave the others
-                # waiting in the next collective.
-                if all_reduce_sum(torch.tensor([float(non_finite_losses)], device=device)).item():
-                    raise non_finite("loss")
-                if not args.fsdp:
-                    all_reduce_gradients(agent.parameters())
-                # The norm is over all ranks' gradients (a DTensor under FSDP): every rank sees the same and stops together.
-                grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
-                if not torch.isfinite(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm):
-                    raise non_finite("gradient")
-                optimizer.step()
-                # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
-                # or save with them. Under FSDP each rank holds a shard of them, hence the sum over the ranks.
-                local_non_finite = sum(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in agent.parameters())
-                if all_reduce_sum(torch.tensor([float(local_non_finite)], device=device)).item():
-                    raise non_finite("weights")
-                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()
-                clipfracs.append(clipfrac)
-
-            if args.target_kl is not None and approx_kl > args.target_kl:
-                break
-        update_time = time.time() - update_start
-
-        episodes = sorted((episode for shard in shards for episode in shard["episodes"]), key=lambda e: e["global_step"])
-        for episode in episodes:
-            recent_successes.append(float(episode["success"]))
-            recent_returns.append(episode["return"])
-        sps = int((global_step - start_step) / (time.time() - start_time))
-        with torch.no_grad(), autocast:
-            probe_probs = agent(probe_prompts)[0].float().softmax(-1)
-        if is_main:
-            for episode in episodes:
-                writer.add_scalar("charts/episodic_return", episode["return"], episode["global_step"])
-                writer.add_scalar("charts/episodic_length", episode["length"], episode["global_step"])
-                writer.add_scalar("charts/success_rate", float(episode["success"]), episode["global_step"])
-            y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
-            var_y = np.var(y_true)
-            explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
-
-            # TRY NOT TO MODIFY: record rewards for plotting purposes
-            writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-            writer.add_scalar("losses/value_loss", v_loss, global_step)
-            writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-            writer.add_scalar("losses/entropy", entropy_loss, global_step)
-            writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-            writer.add_scalar("losses/approx_kl", approx_kl, global_step)
-            writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-            writer.add_scalar("losses/explained_variance", explained_var, global_step)
-            writer.add_scalar("charts/SPS", sps, global_step)
-            writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
-            writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
-            for index, probs in enumerate(probe_probs):
-                for action_name, prob in zip(envs.actions, probs.tolist()):
-                    writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
-        progress.set_postfix(
-            update=f"{iteration}/{args.num_iterations}", SPS=sps,
-            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
-            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
-        )
-        if iteration % args.save_interval == 0 or iteration == args.num_iterations:
-            save(state_after(iteration))
-    progress.close()
-    if is_main:
-        writer.close()
-        print(f"done: {global_step} frames on {args.world_size} process(es); checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
+def even_split(total: int, most: int) -> list[slice]:
+    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
+    passes = -(-total // most)
+    bounds = [total * k // passes for k in range(passes + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 if __name__ == "__main__":
