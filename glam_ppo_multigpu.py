@@ -121,6 +121,8 @@ class Args:
     """with --no-pretrained, copy the pretrained embedding weights (the NPAE-Flan-T5 baseline)"""
     action_heads: bool = False
     """choose actions with an MLP head on the decoder state instead of scoring action strings (NPAE)"""
+    value_head_input: Literal["decoder", "encoder"] = "decoder"
+    """what the value head reads: the decoder's first state (the paper) or the mean of the encoder's states (ablation)"""
     init_from: str | None = None
     """start from the model and heads of a bc_finetune.py or glam_ppo.py checkpoint (runs/<run>); replaces --model"""
     lora_r: int = 0
@@ -961,7 +963,8 @@ def main(args: Args):
     llm, tokenizer = load_policy_model(args, checkpoint)
     if args.gradient_checkpointing:
         checkpoint_activations(llm)  # before FSDP wraps the blocks
-    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size).to(device)
+    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size, args.value_head_input)
+    agent = agent.to(device)
     load_heads(agent, checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None))
     if args.fsdp and dist.is_initialized():
         shard_agent(agent, dist.get_backend())
