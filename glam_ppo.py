@@ -895,7 +895,7 @@ def main(args: Args):
             if stop.requested:
                 break
         if stop.requested:
-            return save_and_exit(run_dir, args, agent, optimizer, resume_point, progress)
+            return save_and_exit(run_dir, args, agent, optimizer, resume_point, progress, writer)
         rollout_time = time.time() - rollout_start
 
         # bootstrap value if not done
@@ -961,18 +961,18 @@ def main(args: Args):
                     entropy_loss = entropy.float().mean()
                     loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
                     if not torch.isfinite(loss):
-                        raise non_finite("loss", iteration, global_step, run_dir, progress)
+                        raise non_finite("loss", iteration, global_step, run_dir, progress, writer)
                     # Micro-batches are weighted by their share of the minibatch: the sum is the minibatch's gradient.
                     (loss * len(inds) / len(mb_inds)).backward()
                     pass_stats = torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
                     stats += pass_stats * len(inds) / len(mb_inds)
                 if not torch.isfinite(nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)):
-                    raise non_finite("gradient", iteration, global_step, run_dir, progress)
+                    raise non_finite("gradient", iteration, global_step, run_dir, progress, writer)
                 optimizer.step()
                 # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
                 # or save with them.
                 if not torch.stack([torch.isfinite(p).all() for p in agent.parameters()]).all():
-                    raise non_finite("weights", iteration, global_step, run_dir, progress)
+                    raise non_finite("weights", iteration, global_step, run_dir, progress, writer)
                 pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = stats.tolist()
                 clipfracs.append(clipfrac)
 
@@ -1582,16 +1582,19 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state
         raise
 
 
-def save_and_exit(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
-    """A stop (Ctrl-C, SIGTERM) during a rollout: the checkpoint, and the command that continues the run."""
+def save_and_exit(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm, writer):
+    """A stop (Ctrl-C, SIGTERM) during a rollout: the checkpoint, the logs written out, and the command that continues."""
     save_checkpoint(run_dir, args, agent, optimizer, state, progress)
     progress.close()
+    writer.close()
     print(f"saved {run_dir}/checkpoint at {state['global_step']} frames; continue with: python glam_ppo.py --resume {run_dir}")
 
 
-def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm) -> FloatingPointError:
-    """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed first)."""
+def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm, writer) -> FloatingPointError:
+    """The error that stops a run whose loss, gradient or weights are no longer finite; the bar closed first, and the
+    logs written out."""
     progress.close()
+    writer.close()
     saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
     kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
     return FloatingPointError(

@@ -1026,7 +1026,7 @@ def main(args: Args):
             finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
             progress.update(args.num_envs)
             if any_rank(stop.requested, device):  # every rank stops at the same step, whichever was interrupted
-                return save_and_stop(run_dir, args, agent, optimizer, resume_point, progress)
+                return save_and_stop(run_dir, args, agent, optimizer, resume_point, progress, writer)
         rollout_time = time.time() - rollout_start
 
         # bootstrap value if not done
@@ -1096,18 +1096,18 @@ def main(args: Args):
                             ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
                         ])
                 if any_rank(non_finite_losses, device):  # before any rank steps
-                    raise non_finite("loss", iteration, global_step, run_dir, progress)
+                    raise non_finite("loss", iteration, global_step, run_dir, progress, writer)
                 if not args.fsdp:
                     all_reduce_gradients(agent.parameters())
                 # The norm is over all ranks' gradients (a DTensor under FSDP): every rank sees the same and stops together.
                 grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
                 if not torch.isfinite(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm):
-                    raise non_finite("gradient", iteration, global_step, run_dir, progress)
+                    raise non_finite("gradient", iteration, global_step, run_dir, progress, writer)
                 optimizer.step()
                 # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
                 # or save with them. Under FSDP each rank holds a shard of them.
                 if any_rank(any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in agent.parameters()), device):
-                    raise non_finite("weights", iteration, global_step, run_dir, progress)
+                    raise non_finite("weights", iteration, global_step, run_dir, progress, writer)
                 pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()
                 clipfracs.append(clipfrac)
 
@@ -1760,17 +1760,21 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state
         dist.barrier()
 
 
-def save_and_stop(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
-    """A stop (Ctrl-C, SIGTERM) during a rollout: every rank saves its part, and rank 0 says how to continue the run."""
+def save_and_stop(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm, writer):
+    """A stop (Ctrl-C, SIGTERM) during a rollout: every rank saves its part, the logs are written out, and rank 0 says
+    how to continue the run."""
     save_checkpoint(run_dir, args, agent, optimizer, state, progress)
     progress.close()
+    writer.close()
     if is_main_process():
         print(f"saved {run_dir}/checkpoint at {state['global_step']} frames; continue with: torchrun ... glam_ppo_multigpu.py --resume {run_dir}")
 
 
-def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm) -> FloatingPointError:
-    """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed first)."""
+def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm, writer) -> FloatingPointError:
+    """The error that stops a run whose loss, gradient or weights are no longer finite; the bar closed first, and the
+    logs written out."""
     progress.close()
+    writer.close()
     saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
     kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
     return FloatingPointError(

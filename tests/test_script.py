@@ -81,17 +81,24 @@ def test_ctrl_c_during_a_rollout_resumes_as_the_straight_run(script, tmp_path, m
     flags = [*SMALL, "--model", "tiny-causal", "--num-steps", "24", "--total-timesteps", "288"]  # 3 updates, 72 steps per env
     straight = run_in_process(script, tmp_path / "straight", flags, monkeypatch)
 
-    env_steps, step = [], script.TextVecEnv.step
+    env_steps, finished, step = [], [], script.TextVecEnv.step
 
     def step_then_ctrl_c(self, actions):
         env_steps.append(1)
         if len(env_steps) == 29:  # the 5th step of the second rollout, after episodes of it were logged
             os.kill(os.getpid(), signal.SIGINT)
-        return step(self, actions)
+        result = step(self, actions)
+        finished.append(len(result[3]))
+        return result
 
     monkeypatch.setattr(script.TextVecEnv, "step", step_then_ctrl_c)
     split = run_in_process(script, tmp_path / "split", flags, monkeypatch)
     monkeypatch.setattr(script.TextVecEnv, "step", step)
+    # What was logged before the stop is on disk (the writer was closed, not left to its thread): the first update's
+    # speed, and glam_ppo.py's episodes, each logged as it ends (glam_ppo_multigpu.py logs a rollout's after it).
+    assert [step for step, _ in scalars(split, "charts/SPS")] == [96]
+    if script is g:
+        assert len(scalars(split, "charts/episodic_return")) == sum(finished) > 0
     trainer = torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)
     assert (trainer["iteration"], trainer["global_step"]) == (1, 96)
     run_in_process(script, tmp_path / "split", ["--resume", split], monkeypatch)
