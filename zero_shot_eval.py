@@ -641,7 +641,7 @@ class GlamAgent(nn.Module):
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
         self.scoring, self.score_batch_size, self.value_head_input = scoring, score_batch_size, value_head_input
         self.is_encoder_decoder = llm.config.is_encoder_decoder
-        self._check_architecture()
+        self.family, self.sliding_window, self.mask_per_layer_type, self.packed = packing_plan(llm)
         if value_head_input == "encoder" and (not self.is_encoder_decoder or action_heads):
             raise UsageError(
                 "--value-head-input encoder: a decoder-only model has no encoder, and its value head reads the prompt's "
@@ -703,90 +703,6 @@ class GlamAgent(nn.Module):
     # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
     # is scored on the tokens that the joint text `prompt + action` is made of (`_joint_action_tokens`).
 
-    def _check_architecture(self):
-        """One line refusing what a packed pass cannot score; the sliding windows and ALiBi that it must handle."""
-        config = self.llm.config
-        if config._attn_implementation not in ("eager", "sdpa"):
-            # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
-            raise UsageError(
-                f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
-                "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
-            )
-        text_config, self.family = config.get_text_config(), config.model_type
-        layer_types = getattr(text_config, "layer_types", None)
-        other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
-        if other_layers:
-            raise UsageError(
-                f"model family {self.family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
-                "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
-                "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
-            )
-        # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
-        # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
-        self.sliding_window = getattr(text_config, "sliding_window", None)
-        if layer_types is not None and "sliding_attention" not in layer_types:
-            self.sliding_window = None
-        self.mask_per_layer_type = layer_types is not None and self.sliding_window is not None
-        # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
-        # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
-        self.packed = not (self.family == "bloom" or getattr(text_config, "alibi", False))
-
-    def _pack_actions(self):
-        """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
-        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, with an </s> after it so that the whole action is scored.
-        if self.is_encoder_decoder:
-            token_lists = [self.tokenizer(action).input_ids for action in self.actions]
-        else:
-            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
-        width = max(map(len, token_lists))
-        action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
-        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            action_ids[index, : len(ids)] = torch.tensor(ids)
-            action_mask[index, : len(ids)] = 1
-        # Block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder start token and all but
-        # the last token. Decoder-only: all but the last (the prompt's last token predicts the first). score_source[a,
-        # j]: the position whose logits give action a's token j (decoder-only: position 0 is the prompt's last token).
-        if self.is_encoder_decoder:
-            blocks = [[self.llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
-        else:
-            blocks = [ids[:-1] for ids in token_lists]
-        block_starts = np.cumsum([0] + [len(block) for block in blocks])
-        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
-        for index, ids in enumerate(token_lists):
-            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
-            if not self.is_encoder_decoder:
-                score_source[index, 0] = 0
-        buffers = {
-            "action_ids": action_ids, "action_mask": action_mask,
-            "action_words": torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float),
-            "packed_ids": torch.tensor([token for block in blocks for token in block]),
-            "packed_blocks": torch.tensor([a for a, block in enumerate(blocks) for _ in block]),
-            "packed_offsets": torch.tensor([j for block in blocks for j in range(len(block))]),
-            "score_source": score_source,
-            # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
-            "pair_source": torch.arange(len(token_lists) * width).view(len(token_lists), width),
-        }
-        for name, tensor in buffers.items():
-            self.register_buffer(name, tensor, persistent=False)
-
-    @property
-    def device(self):
-        return self.value_head[0].weight.device
-
-    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
-        that they all end at the last position, and without the trailing space, which belongs to the action's first
-        token (`_joint_action_tokens`)."""
-        if self.is_encoder_decoder:
-            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
-        else:
-            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
-        lengths = [sum(mask) for mask in tokens.attention_mask]
-        return tokens.convert_to_tensors("pt").to(self.device), lengths
-
     def _hidden_and_scores(self, prompts):
         """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
         `score_batch_size` (or in memory: auto)."""
@@ -801,16 +717,6 @@ class GlamAgent(nn.Module):
         hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
         scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
         return hidden, scores
-
-    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
-        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
-        width = max(lengths[start:stop])
-        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
-        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
-
-    def score_pass(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
     def _score_tokens(self, tokens, packed: bool | None = None):
         """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
@@ -861,6 +767,72 @@ class GlamAgent(nn.Module):
         causal = self.packed_offsets[:, None] >= self.packed_offsets[None, :]
         return (same_block & causal).expand(num_rows, -1, -1)
 
+    def _pack_actions(self):
+        """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
+        # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
+        # action continues the prompt, with an </s> after it so that the whole action is scored.
+        if self.is_encoder_decoder:
+            token_lists = [self.tokenizer(action).input_ids for action in self.actions]
+        else:
+            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
+        width = max(map(len, token_lists))
+        action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
+        action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            action_ids[index, : len(ids)] = torch.tensor(ids)
+            action_mask[index, : len(ids)] = 1
+        # Block a feeds the tokens that predict action a's tokens. Encoder-decoder: the decoder start token and all but
+        # the last token. Decoder-only: all but the last (the prompt's last token predicts the first). score_source[a,
+        # j]: the position whose logits give action a's token j (decoder-only: position 0 is the prompt's last token).
+        if self.is_encoder_decoder:
+            blocks = [[self.llm.config.decoder_start_token_id] + ids[:-1] for ids in token_lists]
+        else:
+            blocks = [ids[:-1] for ids in token_lists]
+        block_starts = np.cumsum([0] + [len(block) for block in blocks])
+        score_source = torch.zeros(len(token_lists), width, dtype=torch.long)
+        for index, ids in enumerate(token_lists):
+            score_source[index, : len(ids)] = torch.arange(len(ids)) + int(block_starts[index])
+            if not self.is_encoder_decoder:
+                score_source[index, 0] = 0
+        buffers = {
+            "action_ids": action_ids, "action_mask": action_mask,
+            "action_words": torch.tensor([len(a.split()) for a in self.actions], dtype=torch.float),
+            "packed_ids": torch.tensor([token for block in blocks for token in block]),
+            "packed_blocks": torch.tensor([a for a, block in enumerate(blocks) for _ in block]),
+            "packed_offsets": torch.tensor([j for block in blocks for j in range(len(block))]),
+            "score_source": score_source,
+            # One sequence per (prompt, action) pair instead (`_pair_pass`): action a's token j is read at a x width + j.
+            "pair_source": torch.arange(len(token_lists) * width).view(len(token_lists), width),
+        }
+        for name, tensor in buffers.items():
+            self.register_buffer(name, tensor, persistent=False)
+
+    def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
+        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
+        that they all end at the last position, and without the trailing space, which belongs to the action's first
+        token (`_joint_action_tokens`)."""
+        if self.is_encoder_decoder:
+            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
+        else:
+            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
+        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        lengths = [sum(mask) for mask in tokens.attention_mask]
+        return tokens.convert_to_tensors("pt").to(self.device), lengths
+
+    def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
+        """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
+        width = max(lengths[start:stop])
+        columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
+        return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
+
+    def score_pass(self, prompts):
+        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
+        return self._score_tokens(self.tokenize_prompts(prompts)[0])
+
+    @property
+    def device(self):
+        return self.value_head[0].weight.device
+
     def _attention_mask(self, allowed: torch.Tensor) -> torch.Tensor:
         """[B, Q, K] booleans (True: may attend) as the 4D mask that the model's attention implementation takes."""
         if self.llm.config._attn_implementation == "eager":  # eager attention adds the mask to the scores
@@ -904,6 +876,14 @@ class GlamAgent(nn.Module):
         finally:
             hook.remove()
 
+    def _value_input(self, decoder_state: torch.Tensor, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
+        """What the value head reads: the decoder's first state (the paper), or the mean of the encoder's final states
+        over the prompt's tokens, padding excluded (`value_head_input="encoder"`)."""
+        if self.value_head_input == "decoder":
+            return decoder_state
+        mask = attention_mask.unsqueeze(-1).to(encoded.last_hidden_state.dtype)
+        return (encoded.last_hidden_state * mask).sum(1) / mask.sum(1)
+
     def _pair_pass(self, tokens):
         """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
         action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
@@ -930,14 +910,6 @@ class GlamAgent(nn.Module):
                 )
                 hidden = captured[0][::num_actions, prompt_ids.shape[1] - 1]
         return hidden, out.logits.reshape(num_rows, num_actions * width, -1)
-
-    def _value_input(self, decoder_state: torch.Tensor, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
-        """What the value head reads: the decoder's first state (the paper), or the mean of the encoder's final states
-        over the prompt's tokens, padding excluded (`value_head_input="encoder"`)."""
-        if self.value_head_input == "decoder":
-            return decoder_state
-        mask = attention_mask.unsqueeze(-1).to(encoded.last_hidden_state.dtype)
-        return (encoded.last_hidden_state * mask).sum(1) / mask.sum(1)
 
     def _final_hidden(self, tokens) -> torch.Tensor:
         """The heads' input alone, for the action-head path: no vocabulary projection, no cache."""
@@ -1236,6 +1208,36 @@ def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
         f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
         f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
     )
+
+
+def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
+    """How a packed pass scores this model: (its family, the sliding window its block mask needs or None, whether that
+    mask is one per layer type, whether to pack at all); one line refusing what no pass can score."""
+    config = llm.config
+    if config._attn_implementation not in ("eager", "sdpa"):
+        # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+        raise UsageError(
+            f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
+            "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
+        )
+    text_config, family = config.get_text_config(), config.model_type
+    layer_types = getattr(text_config, "layer_types", None)
+    other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
+    if other_layers:
+        raise UsageError(
+            f"model family {family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
+            "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
+            "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+        )
+    # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
+    # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
+    sliding_window = getattr(text_config, "sliding_window", None)
+    if layer_types is not None and "sliding_attention" not in layer_types:
+        sliding_window = None
+    # ALiBi models (Bloom, Falcon with alibi=True) build their position bias from a 2D mask, which cannot describe
+    # packed blocks: they are scored one (prompt, action) pair per sequence (`_pair_pass`), exact and slower.
+    packed = not (family == "bloom" or getattr(text_config, "alibi", False))
+    return family, sliding_window, layer_types is not None and sliding_window is not None, packed
 
 
 # The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
