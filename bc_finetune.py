@@ -1203,7 +1203,7 @@ def babyai_env_ids() -> list[str]:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# B. Loading models
+# B. Loading models, and the model families a packed pass can score
 # -----------------------------------------------------------------------------------------------------------------
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}

@@ -1109,7 +1109,7 @@ def babyai_env_ids() -> list[str]:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# B. Loading models
+# B. Loading models, and the model families a packed pass can score
 # -----------------------------------------------------------------------------------------------------------------
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
@@ -1473,7 +1473,7 @@ def parse_args(argv=None) -> Args:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# D. Checkpoints, resume and stopping
+# D. Logs, checkpoints, resume and stopping
 # -----------------------------------------------------------------------------------------------------------------
 
 CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
