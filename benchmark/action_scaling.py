@@ -196,17 +196,19 @@ def fit_exponent(counts, values) -> float:
 
 
 def exponents(rows, fit_from: int) -> list[dict]:
-    """Per model and scheme, how time per prompt and peak memory grow with the number of actions, from `fit_from` up."""
+    """Per model and scheme, how time per prompt and peak memory grow with the number of actions, fitted from
+    `fit_from` up; and time's local exponent between the two largest counts, where the trend is heading."""
     found = []
     for model in dict.fromkeys(r["model"] for r in rows):
         for scheme in SCHEMES:
-            fitted = [r for r in rows if r["model"] == model and r["scheme"] == scheme and r["actions"] >= fit_from]
+            fitted = sorted((r for r in rows if r["model"] == model and r["scheme"] == scheme and r["actions"] >= fit_from), key=lambda r: r["actions"])
             if len(fitted) < 2:
                 continue
             counts = [r["actions"] for r in fitted]
             found.append({
                 "model": model, "scheme": scheme, "counts": counts,
                 "time": fit_exponent(counts, [r["seconds_per_prompt"] for r in fitted]),
+                "time_last": fit_exponent(counts[-2:], [r["seconds_per_prompt"] for r in fitted[-2:]]),
                 "memory": fit_exponent(counts, [max(r["peak_bytes"], 1) for r in fitted]),
             })
     return found
@@ -280,15 +282,14 @@ def format_tables(result: dict) -> str:
             )
     fits = result["exponents"]
     if fits:
+        counts = fits[0]["counts"]
         lines += [
             "",
-            f"scaling exponents over {', '.join(map(str, fits[0]['counts']))} actions: time per prompt (and peak memory) grow as actions ** k",
-            "| model | (a) naive | (b) authors | (c) ours |",
-            "|---|---:|---:|---:|",
+            f"scaling exponents k (cost grows as actions ** k), fitted over {', '.join(map(str, counts))} actions",
+            f"| model | scheme | time per prompt | time, {counts[-2]} to {counts[-1]} only | peak memory |",
+            "|---|---|---:|---:|---:|",
         ]
-        for model in dict.fromkeys(f["model"] for f in fits):
-            by = {f["scheme"]: f for f in fits if f["model"] == model}
-            lines.append(f"| {model} | " + " | ".join(f"{by[s]['time']:.2f} ({by[s]['memory']:.2f})" for s in SCHEMES) + " |")
+        lines += [f"| {f['model']} | {SCHEME_STYLE[f['scheme']][1]} | {f['time']:.2f} | {f['time_last']:.2f} | {f['memory']:.2f} |" for f in fits]
     if result["end_to_end"]:
         e2e = result["end_to_end"]
         lines += [
@@ -368,6 +369,7 @@ def main(args: Args) -> dict:
     if args.load:
         with open(args.load) as f:
             result = json.load(f)
+        result["exponents"] = exponents(result["rows"], result["args"]["fit_from"])  # as this version fits them
     else:
         if args.pair_sample < 3 or args.pair_sample % 3:
             raise SystemExit("action_scaling.py: error: --pair-sample must be a positive multiple of 3 (the authors' minibatch)")
