@@ -257,6 +257,10 @@ def end_to_end(count: int, args: Args) -> dict:
     }
 
 
+def rate(value: float) -> str:
+    return f"{value:.0f}" if value >= 100 else f"{value:.1f}" if value >= 10 else f"{value:.2f}"
+
+
 def megabytes(value: float) -> str:
     return f"{value / 2**20:.1f}" if value < 10 * 2**20 else f"{value / 2**20:.0f}"
 
@@ -274,7 +278,7 @@ def format_tables(result: dict) -> str:
         for count in dict.fromkeys(r["actions"] for r in rows if r["model"] == model):
             by = {r["scheme"]: r for r in rows if r["model"] == model and r["actions"] == count}
             star = {s: "*" if by[s]["sampled"] else "" for s in SCHEMES}
-            speed = [f"{by[s]['pairs_per_s']:.3g}{star[s]}" for s in SCHEMES]
+            speed = [f"{rate(by[s]['pairs_per_s'])}{star[s]}" for s in SCHEMES]
             lines.append(
                 f"| {model} | {count} | {by['ours']['prompts']} x {by['ours']['prompt_tokens']:.0f} | {' | '.join(speed)} | "
                 f"{by['ours']['pairs_per_s'] / by['naive']['pairs_per_s']:.1f}x | {by['ours']['pairs_per_s'] / by['authors']['pairs_per_s']:.1f}x | "
@@ -355,7 +359,7 @@ def measure_all(args: Args) -> dict:
         for count in args.actions:
             result["rows"] += measure_count(name, llm, tokenizer, count, args)
             by = {r["scheme"]: r for r in result["rows"][-3:]}
-            print(f"{name}, {count} actions: " + ", ".join(f"{s} {by[s]['pairs_per_s']:.3g} pairs/s {megabytes(by[s]['peak_bytes'])} MB" for s in SCHEMES), flush=True)
+            print(f"{name}, {count} actions: " + ", ".join(f"{s} {rate(by[s]['pairs_per_s'])} pairs/s {megabytes(by[s]['peak_bytes'])} MB" for s in SCHEMES), flush=True)
     result["exponents"] = exponents(result["rows"], args.fit_from)
     result["end_to_end"] = []
     for count in args.end_to_end:
