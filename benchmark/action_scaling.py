@@ -375,6 +375,8 @@ def main(args: Args) -> dict:
             result = json.load(f)
         result["exponents"] = exponents(result["rows"], result["args"]["fit_from"])  # as this version fits them
     else:
+        if args.device not in ("cpu", "cuda") or (args.device == "cuda" and not torch.cuda.is_available()):
+            raise SystemExit(f"action_scaling.py: error: --device {args.device}: choose cpu, or cuda where a GPU is visible")
         if args.pair_sample < 3 or args.pair_sample % 3:
             raise SystemExit("action_scaling.py: error: --pair-sample must be a positive multiple of 3 (the authors' minibatch)")
         if args.e2e_updates < 2 and args.end_to_end:

@@ -22,6 +22,8 @@ def test_action_sets_grow_from_the_canonical_ones():
     for count in (4, 97):
         with pytest.raises(SystemExit, match="choose 3, or 6 to 96"):
             action_scaling.offered_actions(count)
+    with pytest.raises(SystemExit, match="--device cuda:0: choose cpu, or cuda"):  # glam_ppo.py's runs take no index
+        action_scaling.main(action_scaling.Args(device="cuda:0"))
 
 
 @pytest.mark.parametrize("name", ["tiny-t5", "tiny-causal"])
