@@ -72,16 +72,21 @@ def run_main_blocks(script, cwd, argvs):
         return json.load(f)
 
 
-def run_in_process(script, cwd, flags, monkeypatch):
-    """script.main on flags, in cwd, with the signal handlers it installs put back afterwards."""
+def main_in_process(script, cwd, flags, monkeypatch):
+    """What script.main returns on flags, run in cwd, with the signal handlers it installs put back afterwards."""
     os.makedirs(cwd, exist_ok=True)
     monkeypatch.chdir(cwd)
     handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
     try:
-        script.main(script.parse_args(flags))
+        return script.main(script.parse_args(flags))
     finally:
         for number, handler in handlers.items():
             signal.signal(number, handler)
+
+
+def run_in_process(script, cwd, flags, monkeypatch):
+    """script.main on flags, in cwd (as main_in_process): the run folder it made."""
+    main_in_process(script, cwd, flags, monkeypatch)
     return only_run_dir(cwd)
 
 
