@@ -183,7 +183,7 @@ def test_progress_bar_rate_counts_the_updates_too(tmp_path, monkeypatch):
         return env_step(self, actions)
 
     def slow_update(*args, **kwargs):
-        time.sleep(3.0)  # an update phase as long as the rollout, as with a real model
+        time.sleep(1.5)  # an update phase as long as the rollout (16 steps), as with a real model
         return compute_gae(*args, **kwargs)
 
     class RecordingBar(g.tqdm):
@@ -195,8 +195,8 @@ def test_progress_bar_rate_counts_the_updates_too(tmp_path, monkeypatch):
     monkeypatch.setattr(g.TextVecEnv, "step", slow_step)
     monkeypatch.setattr(g, "compute_gae", slow_update)
     monkeypatch.setattr(g, "tqdm", RecordingBar)
-    run_in_process(g, tmp_path, [*SMALL, "--num-steps", "32", "--total-timesteps", "256"], monkeypatch)
-    displayed, overall = shown[-1]  # the second rollout's last step, after a 3 s update
+    run_in_process(g, tmp_path, [*SMALL, "--num-steps", "16", "--total-timesteps", "128"], monkeypatch)
+    displayed, overall = shown[-1]  # the second rollout's last step, after a 1.5 s update
     assert displayed < 1.2 * overall, (displayed, overall)
 
 
