@@ -57,15 +57,16 @@ with open("results.json", "w") as f:
 """
 
 
-def run_main_blocks(script, cwd, argvs):
+def run_main_blocks(script, cwd, argvs, env=None):
     """[exit code, stderr, files and folders it left] of `python <script> argv` for each argv, all run in one process
-    through the script's own __main__ block (one launch instead of one per command line)."""
+    (with environment env) through the script's own __main__ block: one launch instead of one per command line."""
     os.makedirs(cwd, exist_ok=True)
     runner = os.path.join(cwd, "main_blocks.py")
     with open(runner, "w") as f:
         f.write(MAIN_BLOCKS)
     result = subprocess.run(
-        [sys.executable, runner, os.path.join(REPO, script), json.dumps(argvs)], cwd=cwd, capture_output=True, text=True, timeout=300
+        [sys.executable, runner, os.path.join(REPO, script), json.dumps(argvs)], cwd=cwd, capture_output=True, text=True, timeout=300,
+        env=env,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     with open(os.path.join(cwd, "results.json")) as f:

@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import glam_ppo as g
 import glam_ppo_multigpu
-from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_script, steps_write_infinity
+from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_main_blocks, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -244,10 +244,23 @@ def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path,
     assert moved["model.embed_tokens.weight"] > 0.1, moved
 
 
-@pytest.mark.parametrize("flags", [["--model", "tiny-t5"], ["--model", "tiny-causal"], ["--model", "tiny-causal", "--lora-r", "4"]])
-def test_a_run_emits_no_deprecation_warning(flags, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONWARNINGS", "error::FutureWarning,error::DeprecationWarning")
-    run(tmp_path, *SMALL, *flags, "--total-timesteps", "32", "--update-epochs", "1")
+WARNING_FREE = [["--model", "tiny-t5"], ["--model", "tiny-causal"], ["--model", "tiny-causal", "--lora-r", "4"]]
+
+
+@pytest.fixture(scope="module")
+def runs_with_warnings_as_errors(tmp_path_factory):
+    """[exit code, stderr, what it left] of a run of each of WARNING_FREE, through glam_ppo.py's __main__ block, all in
+    one process started with PYTHONWARNINGS turning deprecation and future warnings into errors (imports included: the
+    first run makes them; a warning that a library gives once is an error in the first run that meets it)."""
+    argvs = [[*SMALL, *flags, "--total-timesteps", "32", "--update-epochs", "1"] for flags in WARNING_FREE]
+    env = {**os.environ, "PYTHONWARNINGS": "error::FutureWarning,error::DeprecationWarning"}
+    return run_main_blocks("glam_ppo.py", tmp_path_factory.mktemp("warnings"), argvs, env=env)
+
+
+@pytest.mark.parametrize("flags", WARNING_FREE)
+def test_a_run_emits_no_deprecation_warning(flags, runs_with_warnings_as_errors):
+    code, stderr, _ = runs_with_warnings_as_errors[WARNING_FREE.index(flags)]
+    assert code == 0, stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -279,25 +292,34 @@ def test_resume_with_different_settings_is_refused(runs):
     assert g.parse_args(["--resume", run_dir, "--total-timesteps", "64"]).num_iterations == 2
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--model", "google/flan-t5-typo"], "cannot load model 'google/flan-t5-typo'.*tiny-t5"),
-        (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
-    ],
-)
-def test_command_line_errors_are_one_line_without_traceback(tmp_path, flags, message):
-    result = run(tmp_path, "--total-timesteps", "1280", *flags, check=False)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
+COMMAND_LINE_ERRORS = [
+    (["--model", "google/flan-t5-typo"], "cannot load model 'google/flan-t5-typo'.*tiny-t5"),
+    (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
+]
+UNKNOWN_ACTION_SPACE = ["--action-space", "everything"]
+
+
+@pytest.fixture(scope="module")
+def command_line_errors(tmp_path_factory):
+    """[exit code, stderr, what it left] of the command lines of the two tests below, through glam_ppo.py's __main__
+    block, in one process: COMMAND_LINE_ERRORS's, then UNKNOWN_ACTION_SPACE."""
+    argvs = [["--total-timesteps", "1280", *flags] for flags, _ in COMMAND_LINE_ERRORS] + [UNKNOWN_ACTION_SPACE]
+    return run_main_blocks("glam_ppo.py", tmp_path_factory.mktemp("errors"), argvs)
+
+
+@pytest.mark.parametrize("flags, message", COMMAND_LINE_ERRORS)
+def test_command_line_errors_are_one_line_without_traceback(command_line_errors, flags, message):
+    code, stderr, _ = command_line_errors[COMMAND_LINE_ERRORS.index((flags, message))]
+    assert code != 0
+    assert "Traceback" not in stderr
+    last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("glam_ppo.py: error:")
     assert __import__("re").search(message, last_line)
 
 
-def test_unknown_action_space_lists_the_choices(tmp_path):
-    result = run(tmp_path, "--action-space", "everything", check=False)
-    assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
+def test_unknown_action_space_lists_the_choices(command_line_errors):
+    code, stderr, _ = command_line_errors[-1]
+    assert code != 0 and "canonical" in stderr and "augmented" in stderr
 
 
 @pytest.mark.parametrize(
