@@ -3,11 +3,19 @@ import sys
 
 import pytest
 
+# One thread per process, for torch in this process and in every script the tests launch (they inherit it): the tests'
+# models are tiny, and torch's OpenMP threads spin while they wait, so that two of them on a CPU that other work is
+# also using run several times slower than one (torchrun gives its workers one thread already).
+os.environ["OMP_NUM_THREADS"] = "1"
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)
 
+import torch  # noqa: E402
+
 import glam_ppo  # noqa: E402
 
+torch.set_num_threads(1)
 glam_ppo.keep_freed_memory()  # as the scripts do at start, for the tests that run them in this process
 
 

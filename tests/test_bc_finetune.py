@@ -16,7 +16,7 @@ import bc_finetune as bc
 import glam_ppo
 import offline_models
 import zero_shot_eval
-from script_runs import checkpoint_weights, only_run_dir, run_script, steps_write_infinity
+from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_main_blocks, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--batch-size", "32",
@@ -101,15 +101,15 @@ def test_reading_demonstrations_checks_every_line(tmp_path):
         bc.read_demos(str(tmp_path / "missing.jsonl"), actions)
 
 
-def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(tmp_path):
-    result = run(tmp_path, *SMALL, "--num-transitions", "800", "--batch-size", "16", "--eval-every", "100000")
-    run_dir = only_run_dir(tmp_path)
-    assert "done: " in result.stdout and os.path.exists(os.path.join(run_dir, "demos.jsonl"))
+def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(tmp_path, monkeypatch, capsys):
+    run_dir = run_in_process(bc, tmp_path, [*SMALL, "--num-transitions", "800", "--batch-size", "16", "--eval-every", "100000"], monkeypatch)
+    stdout = capsys.readouterr().out
+    assert "done: " in stdout and os.path.exists(os.path.join(run_dir, "demos.jsonl"))
     events = EventAccumulator(run_dir)
     events.Reload()
     losses = [event.value for event in events.Scalars("losses/bc_loss")]
     num_training = sum(len(json.loads(line)["actions"]) for line in open(os.path.join(run_dir, "demos.jsonl"))) - json.loads(
-        result.stdout.split(" held-out")[0].split(" and ")[-1]
+        stdout.split(" held-out")[0].split(" and ")[-1]
     )
     assert num_training < 800 and len(losses) == -(-num_training // 16)
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
@@ -126,36 +126,46 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(t
     assert rows[0]["episodes"] == 4
 
     # PPO with a zero learning rate leaves the cloned weights as they were: it started from them
-    ppo_dir = tmp_path / "ppo"
-    run_script(
-        "glam_ppo.py", ppo_dir, "--init-from", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
+    ppo_dir = run_in_process(glam_ppo, tmp_path / "ppo", [
+        "--init-from", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
         "--num-minibatches", "2", "--total-timesteps", "32", "--learning-rate", "0",
-    )
-    cloned, continued = checkpoint_weights(run_dir), checkpoint_weights(only_run_dir(ppo_dir))
+    ], monkeypatch)
+    cloned, continued = checkpoint_weights(run_dir), checkpoint_weights(ppo_dir)
     assert cloned.keys() == continued.keys()
     assert all(torch.equal(cloned[name], continued[name]) for name in cloned)
 
 
-def test_fewer_evaluation_episodes_than_envs(tmp_path):
-    result = run(tmp_path, *SMALL, "--num-transitions", "64", "--num-envs", "2", "--eval-episodes", "1")
-    assert "(99% interval, 1 episodes)" in result.stdout and "done: " in result.stdout
+def test_fewer_evaluation_episodes_than_envs(tmp_path, monkeypatch, capsys):
+    run_in_process(bc, tmp_path, [*SMALL, "--num-transitions", "64", "--num-envs", "2", "--eval-episodes", "1"], monkeypatch)
+    stdout = capsys.readouterr().out
+    assert "(99% interval, 1 episodes)" in stdout and "done: " in stdout
 
 
-def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path):
+def test_trajectories_saved_by_zero_shot_eval_are_demonstrations(tmp_path, monkeypatch, capsys):
     zero_shot_eval.main(zero_shot_eval.parse_args([
         "--policy", "bot", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "6", "--num-envs", "3",
         "--save-trajectories", "--output-dir", str(tmp_path / "eval"),
     ]))
-    result = run(tmp_path, *SMALL, "--demos", str(tmp_path / "eval" / "trajectories.jsonl"), "--holdout-fraction", "0.2")
-    assert "held-out transitions from" in result.stdout and "done: " in result.stdout
+    capsys.readouterr()
+    run_in_process(bc, tmp_path, [*SMALL, "--demos", str(tmp_path / "eval" / "trajectories.jsonl"), "--holdout-fraction", "0.2"], monkeypatch)
+    stdout = capsys.readouterr().out
+    assert "held-out transitions from" in stdout and "done: " in stdout
+
+
+INTERRUPTED = [*SMALL, "--num-transitions", "480", "--eval-every", "96", "--eval-episodes", "1", "--num-envs", "1"]
+
+
+@pytest.fixture(scope="module")
+def straight_run(tmp_path_factory):
+    """The uninterrupted run that the interrupted and resumed ones must end as, run once, in this process."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run_in_process(bc, tmp_path_factory.mktemp("straight"), INTERRUPTED, monkeypatch)
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path, stop_signal):
-    flags = [*SMALL, "--num-transitions", "480", "--eval-every", "96", "--eval-episodes", "1", "--num-envs", "1"]
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    straight.mkdir(), split.mkdir()
-    run(straight, *flags)
+def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path, stop_signal, straight_run):
+    flags, split = INTERRUPTED, tmp_path / "split"
+    split.mkdir()
     process = subprocess.Popen(
         [sys.executable, os.path.join(repo, "bc_finetune.py"), *flags], cwd=split, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
@@ -169,27 +179,35 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     stopped_at = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"]
     assert f"checkpoint at step {stopped_at}; continue with" in stdout and 3 <= stopped_at < 15
     run(split, "--resume", run_dir)
-    expected, resumed = checkpoint_weights(only_run_dir(straight)), checkpoint_weights(run_dir)
+    expected, resumed = checkpoint_weights(straight_run), checkpoint_weights(run_dir)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
-        (["--demos", "missing.jsonl"], "cannot read demonstrations 'missing.jsonl'"),
-        (["--action-space", "restricted"], "need all six actions"),
-        (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
-        (["--holdout-fraction", "1.5"], "--holdout-fraction 1.5 must be in (0, 1)"),
-        (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
-    ],
-)
-def test_bad_input_gets_a_one_line_error(tmp_path, flags, message):
-    result = run(tmp_path, *SMALL, "--num-transitions", "64", *flags, check=False)
-    assert result.returncode == 1 and message in result.stderr
-    assert "Traceback" not in result.stderr
-    assert not (tmp_path / "runs").exists()
+BAD_INPUT = [
+    (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
+    (["--demos", "missing.jsonl"], "cannot read demonstrations 'missing.jsonl'"),
+    (["--action-space", "restricted"], "need all six actions"),
+    (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
+    (["--holdout-fraction", "1.5"], "--holdout-fraction 1.5 must be in (0, 1)"),
+    (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
+]
+
+
+@pytest.fixture(scope="module")
+def bad_input_results(tmp_path_factory):
+    """[exit code, stderr, what it left in its folder] of each command line of BAD_INPUT, through bc_finetune.py's
+    __main__ block, all in one process."""
+    argvs = [[*SMALL, "--num-transitions", "64", *flags] for flags, _ in BAD_INPUT]
+    return run_main_blocks("bc_finetune.py", tmp_path_factory.mktemp("bad_input"), argvs)
+
+
+@pytest.mark.parametrize("flags, message", BAD_INPUT)
+def test_bad_input_gets_a_one_line_error(bad_input_results, flags, message):
+    code, stderr, left = bad_input_results[BAD_INPUT.index((flags, message))]
+    assert code == 1 and message in stderr
+    assert "Traceback" not in stderr
+    assert "runs" not in left
 
 
 def test_non_finite_weights_stop_before_evaluating_or_saving(tmp_path, monkeypatch):

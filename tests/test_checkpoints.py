@@ -15,7 +15,7 @@ import torch
 import bc_finetune
 import glam_ppo as g
 import glam_ppo_multigpu
-from script_runs import only_run_dir, run_script
+from script_runs import main_in_process, only_run_dir, run_in_process
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -26,10 +26,10 @@ DAMAGEABLE = ["heads.pt", "model/model.safetensors", "trainer.pt", "envs.pkl", "
 
 @pytest.fixture(scope="module")
 def two_checkpoints(tmp_path_factory):
-    """A run saved after each of its two updates: checkpoint/ (update 2) and checkpoint.previous/ (update 1)."""
-    cwd = tmp_path_factory.mktemp("run")
-    run_script("glam_ppo.py", cwd, *SMALL, "--total-timesteps", "64", "--save-interval", "1")
-    return only_run_dir(cwd)
+    """A run saved after each of its two updates: checkpoint/ (update 2) and checkpoint.previous/ (update 1); made in
+    this process, as the resume that reads it below."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run_in_process(g, tmp_path_factory.mktemp("run"), [*SMALL, "--total-timesteps", "64", "--save-interval", "1"], monkeypatch)
 
 
 def progress(checkpoint):
@@ -60,13 +60,14 @@ def test_both_checkpoints_damaged_is_one_clear_error(two_checkpoints, tmp_path):
         g.find_checkpoint(run_dir)
 
 
-def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_damaged(two_checkpoints, tmp_path):
+def test_a_run_resumes_from_the_previous_checkpoint_when_the_newest_is_damaged(two_checkpoints, tmp_path, monkeypatch, capsys):
     run_dir = str(tmp_path / "run")
     shutil.copytree(two_checkpoints, run_dir)
     with open(os.path.join(run_dir, "checkpoint", "trainer.pt"), "r+b") as f:
         f.truncate(100)
-    result = run_script("glam_ppo.py", tmp_path, "--resume", run_dir, "--total-timesteps", "64")
-    assert f"{run_dir}/checkpoint is damaged (trainer.pt is not the file that was saved)" in result.stderr
+    capsys.readouterr()
+    main_in_process(g, tmp_path, ["--resume", run_dir, "--total-timesteps", "64"], monkeypatch)
+    assert f"{run_dir}/checkpoint is damaged (trainer.pt is not the file that was saved)" in capsys.readouterr().err
     # Update 2 again: the new checkpoint is sealed, and the good one the run went back to stays the previous (the
     # damaged one is set aside as checkpoint.damaged, never kept in place of a good one).
     assert sorted(os.listdir(run_dir)).count("checkpoint.damaged") == 1

@@ -117,16 +117,16 @@ def test_recurrent_layers_are_refused_in_one_line(smollm2):
         g.GlamAgent(llm, smollm2, g.action_names("canonical"))
 
 
-def test_a_user_trains_an_alibi_family_from_its_folder(smollm2, tmp_path):
+def test_a_user_trains_an_alibi_family_from_its_folder(smollm2, tmp_path, monkeypatch, capsys):
     """The whole path a user takes, on the family scored one pair per sequence: `glam_ppo.py --model <folder>` trains,
-    its gradients flowing through `_pair_pass`, and saves."""
-    from script_runs import only_run_dir, run_script
+    its gradients flowing through `_pair_pass`, and saves (glam_ppo.py's main, in this process)."""
+    from script_runs import run_in_process
 
     folder = model_families.save_family("bloom", tmp_path / "bloom", smollm2)
     flags = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "2", "--num-steps", "4", "--num-minibatches", "2", "--update-epochs", "1"]
-    result = run_script("glam_ppo.py", tmp_path, "--model", folder, *flags, "--total-timesteps", "8", "--learning-rate", "1e-3")
-    assert "done: 8 frames" in result.stdout
-    trained, _ = g.load_llm(f"{only_run_dir(tmp_path)}/checkpoint/model")
+    run_dir = run_in_process(g, tmp_path / "run", ["--model", folder, *flags, "--total-timesteps", "8", "--learning-rate", "1e-3"], monkeypatch)
+    assert "done: 8 frames" in capsys.readouterr().out
+    trained, _ = g.load_llm(f"{run_dir}/checkpoint/model")
     untrained, _ = g.load_llm(folder)
     assert any((a - b).abs().max() > 0 for a, b in zip(trained.parameters(), untrained.parameters()))
 

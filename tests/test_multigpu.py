@@ -3,6 +3,7 @@
 import glob
 import os
 import pickle
+import shutil
 import signal
 import subprocess
 import time
@@ -11,9 +12,10 @@ import pytest
 import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+import glam_ppo
 import glam_ppo_multigpu
 import zero_shot_eval
-from script_runs import TORCHRUN, checkpoint_weights, only_run_dir, run_script
+from script_runs import TORCHRUN, checkpoint_weights, only_run_dir, run_in_process, run_script
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -34,12 +36,41 @@ def max_difference(a, b):
     return max((a[name] - b[name]).abs().max().item() for name in common)
 
 
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
-def test_two_ranks_make_the_same_update_as_one(tmp_path, sharding):
-    launch(tmp_path / "one", 0, *SMALL, "--total-timesteps", "32")
-    result = launch(tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", *sharding)
-    assert "done: 32 frames on 2 process(es)" in result.stdout
-    one, two = only_run_dir(tmp_path / "one"), only_run_dir(tmp_path / "two")
+SHARDINGS = {"all-reduce": [], "fsdp": ["--fsdp"]}
+
+
+@pytest.fixture(scope="module")
+def one_rank(tmp_path_factory):
+    """The script on one process (this one: no torchrun), 32 and 64 frames: {frames: run folder}. Read, never written."""
+    runs = {}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        for frames in (32, 64):
+            cwd = tmp_path_factory.mktemp(f"one_rank_{frames}")
+            runs[frames] = run_in_process(glam_ppo_multigpu, cwd, [*SMALL, "--total-timesteps", str(frames)], monkeypatch)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """sharding -> (run folder, stdout) of the script on 2 gloo ranks for 32 frames, launched once per module. Tests
+    that write into the run (a resume) copy it first."""
+    runs = {}
+
+    def run(sharding):
+        if sharding not in runs:
+            cwd = tmp_path_factory.mktemp(f"two_ranks_{sharding}")
+            result = launch(cwd, 2, *SMALL, "--total-timesteps", "32", *SHARDINGS[sharding])
+            runs[sharding] = only_run_dir(cwd), result.stdout
+        return runs[sharding]
+
+    return run
+
+
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_two_ranks_make_the_same_update_as_one(one_rank, two_ranks, sharding):
+    two, stdout = two_ranks(sharding)
+    assert "done: 32 frames on 2 process(es)" in stdout
+    one = one_rank[32]
     difference = max_difference(checkpoint_weights(one), checkpoint_weights(two))
     print(f"largest parameter difference, 1 rank vs 2 ranks {sharding}: {difference:.2e}")
     assert difference < 1e-5
@@ -53,14 +84,13 @@ def test_two_ranks_make_the_same_update_as_one(tmp_path, sharding):
     assert abs(events.Scalars("losses/approx_kl")[0].value - one_events.Scalars("losses/approx_kl")[0].value) < 1e-5
 
 
-@pytest.mark.parametrize("sharding", [[], ["--fsdp"]], ids=["all-reduce", "fsdp"])
-def test_resume_on_another_number_of_ranks_continues_the_run(tmp_path, sharding):
-    launch(tmp_path / "straight", 0, *SMALL, "--total-timesteps", "64")
-    launch(tmp_path / "split", 2, *SMALL, "--total-timesteps", "32", *sharding)
-    split_dir = only_run_dir(tmp_path / "split")
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_resume_on_another_number_of_ranks_continues_the_run(one_rank, two_ranks, tmp_path, sharding):
+    split_dir = str(tmp_path / "split" / "runs" / os.path.basename(two_ranks(sharding)[0]))
+    shutil.copytree(two_ranks(sharding)[0], split_dir)
     result = launch(tmp_path / "split", 0, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames on 1 process(es)" in result.stdout
-    straight_dir = only_run_dir(tmp_path / "straight")
+    straight_dir = one_rank[64]
     # The same envs in the same states (the prompts hold the last actions): envs and the sampling stream were handed
     # over exactly.
     assert saved_envs(split_dir).prompts() == saved_envs(straight_dir).prompts()
@@ -78,14 +108,13 @@ def saved_envs(run_dir):
         return ScriptUnpickler(f).load()
 
 
-def test_checkpoint_is_evaluated_and_continued_by_the_single_gpu_scripts(tmp_path):
-    launch(tmp_path / "two", 2, *SMALL, "--total-timesteps", "32", "--fsdp")  # gathered from shards
-    run_dir = only_run_dir(tmp_path / "two")
+def test_checkpoint_is_evaluated_and_continued_by_the_single_gpu_scripts(two_ranks, tmp_path, monkeypatch):
+    run_dir, _ = two_ranks("fsdp")  # gathered from shards
     rows = zero_shot_eval.main(zero_shot_eval.parse_args(
         ["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2", "--output-dir", str(tmp_path / "eval")]
     ))
     assert rows[0]["episodes"] == 2
-    run_script("glam_ppo.py", tmp_path / "ppo", "--init-from", run_dir, *SMALL[2:], "--total-timesteps", "32")
+    run_in_process(glam_ppo, tmp_path / "ppo", ["--init-from", run_dir, *SMALL[2:], "--total-timesteps", "32"], monkeypatch)
 
 
 def test_envs_that_do_not_split_over_the_ranks_are_a_clear_error(tmp_path):

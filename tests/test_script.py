@@ -15,7 +15,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import glam_ppo as g
 import glam_ppo_multigpu
-from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_script, steps_write_infinity
+from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_main_blocks, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8",
@@ -25,6 +25,21 @@ SMALL = [
 
 def run(cwd, *flags, check=True):
     return run_script("glam_ppo.py", cwd, *flags, check=check)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """glam_ppo.py's main in this process, each set of flags run once per module: flags -> run folder. The tests that
+    share a run only read it."""
+    made = {}
+
+    def run_once(*flags):
+        if flags not in made:
+            with pytest.MonkeyPatch.context() as monkeypatch:
+                made[flags] = run_in_process(g, tmp_path_factory.mktemp("run"), list(flags), monkeypatch)
+        return made[flags]
+
+    return run_once
 
 
 def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(tmp_path):
@@ -55,16 +70,14 @@ def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(tmp_path):
     assert llm.config.is_encoder_decoder
 
 
-def test_resume_continues_exactly(tmp_path):
-    straight, split = tmp_path / "straight", tmp_path / "split"
-    straight.mkdir(), split.mkdir()
-    run(straight, *SMALL, "--total-timesteps", "64")
+def test_resume_continues_exactly(runs, tmp_path):
+    straight, split = runs(*SMALL, "--total-timesteps", "64"), tmp_path / "split"
     run(split, *SMALL, "--total-timesteps", "32")
     split_dir = only_run_dir(split)
     first_half = checkpoint_weights(split_dir)
     result = run(split, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames" in result.stdout
-    resumed, reference = checkpoint_weights(split_dir), checkpoint_weights(only_run_dir(straight))
+    resumed, reference = checkpoint_weights(split_dir), checkpoint_weights(straight)
     assert any(not torch.equal(first_half[k], resumed[k]) for k in resumed)  # the second update did train
     for name, weight in reference.items():
         torch.testing.assert_close(resumed[name], weight, rtol=0, atol=1e-6, msg=name)
@@ -177,7 +190,7 @@ def test_progress_bar_rate_counts_the_updates_too(tmp_path, monkeypatch):
         return env_step(self, actions)
 
     def slow_update(*args, **kwargs):
-        time.sleep(3.0)  # an update phase as long as the rollout, as with a real model
+        time.sleep(1.5)  # an update phase as long as the rollout (16 steps), as with a real model
         return compute_gae(*args, **kwargs)
 
     class RecordingBar(g.tqdm):
@@ -189,8 +202,8 @@ def test_progress_bar_rate_counts_the_updates_too(tmp_path, monkeypatch):
     monkeypatch.setattr(g.TextVecEnv, "step", slow_step)
     monkeypatch.setattr(g, "compute_gae", slow_update)
     monkeypatch.setattr(g, "tqdm", RecordingBar)
-    run_in_process(g, tmp_path, [*SMALL, "--num-steps", "32", "--total-timesteps", "256"], monkeypatch)
-    displayed, overall = shown[-1]  # the second rollout's last step, after a 3 s update
+    run_in_process(g, tmp_path, [*SMALL, "--num-steps", "16", "--total-timesteps", "128"], monkeypatch)
+    displayed, overall = shown[-1]  # the second rollout's last step, after a 1.5 s update
     assert displayed < 1.2 * overall, (displayed, overall)
 
 
@@ -222,14 +235,14 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     assert g.find_checkpoint(str(tmp_path)).endswith("checkpoint.previous")
 
 
-def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path):
+def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path, monkeypatch):
     torch.manual_seed(0)
     llm, tokenizer = g.load_llm("tiny-causal")
     llm.to(torch.bfloat16).save_pretrained(tmp_path / "bf16")  # as most hub checkpoints are stored
     tokenizer.save_pretrained(tmp_path / "bf16")
     stored = {name: weight.float() for name, weight in llm.state_dict().items()}
-    run(tmp_path, *SMALL, "--model", str(tmp_path / "bf16"), "--learning-rate", "1e-6", "--total-timesteps", "32")
-    trained = checkpoint_weights(only_run_dir(tmp_path))
+    run_dir = run_in_process(g, tmp_path / "run", [*SMALL, "--model", str(tmp_path / "bf16"), "--learning-rate", "1e-6", "--total-timesteps", "32"], monkeypatch)
+    trained = checkpoint_weights(run_dir)
     assert all(trained[name].dtype == torch.float32 for name in stored)
     moved = {name: (trained[name] != weight).float().mean().item() for name, weight in stored.items() if weight.dim() == 2}
     # bf16 weights of size 0.02 are 1.2e-4 apart: 8 Adam steps of 1e-6 would move none of them. The embedding moves
@@ -238,10 +251,23 @@ def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path)
     assert moved["model.embed_tokens.weight"] > 0.1, moved
 
 
-@pytest.mark.parametrize("flags", [["--model", "tiny-t5"], ["--model", "tiny-causal"], ["--model", "tiny-causal", "--lora-r", "4"]])
-def test_a_run_emits_no_deprecation_warning(flags, tmp_path, monkeypatch):
-    monkeypatch.setenv("PYTHONWARNINGS", "error::FutureWarning,error::DeprecationWarning")
-    run(tmp_path, *SMALL, *flags, "--total-timesteps", "32", "--update-epochs", "1")
+WARNING_FREE = [["--model", "tiny-t5"], ["--model", "tiny-causal"], ["--model", "tiny-causal", "--lora-r", "4"]]
+
+
+@pytest.fixture(scope="module")
+def runs_with_warnings_as_errors(tmp_path_factory):
+    """[exit code, stderr, what it left] of a run of each of WARNING_FREE, through glam_ppo.py's __main__ block, all in
+    one process started with PYTHONWARNINGS turning deprecation and future warnings into errors (imports included: the
+    first run makes them; a warning that a library gives once is an error in the first run that meets it)."""
+    argvs = [[*SMALL, *flags, "--total-timesteps", "32", "--update-epochs", "1"] for flags in WARNING_FREE]
+    env = {**os.environ, "PYTHONWARNINGS": "error::FutureWarning,error::DeprecationWarning"}
+    return run_main_blocks("glam_ppo.py", tmp_path_factory.mktemp("warnings"), argvs, env=env)
+
+
+@pytest.mark.parametrize("flags", WARNING_FREE)
+def test_a_run_emits_no_deprecation_warning(flags, runs_with_warnings_as_errors):
+    code, stderr, _ = runs_with_warnings_as_errors[WARNING_FREE.index(flags)]
+    assert code == 0, stderr[-3000:]
 
 
 @pytest.mark.parametrize(
@@ -266,33 +292,41 @@ def test_track_without_wandb_says_how_to_install_it():
         g.parse_args(["--track"])
 
 
-def test_resume_with_different_settings_is_refused(tmp_path):
-    run(tmp_path, *SMALL, "--total-timesteps", "32")
-    run_dir = only_run_dir(tmp_path)
+def test_resume_with_different_settings_is_refused(runs):
+    run_dir = runs(*SMALL, "--total-timesteps", "32")
     with pytest.raises(g.UsageError, match=r"--num-envs 8 \(run has 4\).*drop these flags"):
         g.parse_args(["--resume", run_dir, "--num-envs", "8"])
     assert g.parse_args(["--resume", run_dir, "--total-timesteps", "64"]).num_iterations == 2
 
 
-@pytest.mark.parametrize(
-    "flags, message",
-    [
-        (["--model", "google/flan-t5-typo"], "cannot load model 'google/flan-t5-typo'.*tiny-t5"),
-        (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
-    ],
-)
-def test_command_line_errors_are_one_line_without_traceback(tmp_path, flags, message):
-    result = run(tmp_path, "--total-timesteps", "1280", *flags, check=False)
-    assert result.returncode != 0
-    assert "Traceback" not in result.stderr
-    last_line = result.stderr.strip().splitlines()[-1]
+COMMAND_LINE_ERRORS = [
+    (["--model", "google/flan-t5-typo"], "cannot load model 'google/flan-t5-typo'.*tiny-t5"),
+    (["--env-id", "Nope-v0"], "unknown env id 'Nope-v0'; valid ids"),
+]
+UNKNOWN_ACTION_SPACE = ["--action-space", "everything"]
+
+
+@pytest.fixture(scope="module")
+def command_line_errors(tmp_path_factory):
+    """[exit code, stderr, what it left] of the command lines of the two tests below, through glam_ppo.py's __main__
+    block, in one process: COMMAND_LINE_ERRORS's, then UNKNOWN_ACTION_SPACE."""
+    argvs = [["--total-timesteps", "1280", *flags] for flags, _ in COMMAND_LINE_ERRORS] + [UNKNOWN_ACTION_SPACE]
+    return run_main_blocks("glam_ppo.py", tmp_path_factory.mktemp("errors"), argvs)
+
+
+@pytest.mark.parametrize("flags, message", COMMAND_LINE_ERRORS)
+def test_command_line_errors_are_one_line_without_traceback(command_line_errors, flags, message):
+    code, stderr, _ = command_line_errors[COMMAND_LINE_ERRORS.index((flags, message))]
+    assert code != 0
+    assert "Traceback" not in stderr
+    last_line = stderr.strip().splitlines()[-1]
     assert last_line.startswith("glam_ppo.py: error:")
     assert __import__("re").search(message, last_line)
 
 
-def test_unknown_action_space_lists_the_choices(tmp_path):
-    result = run(tmp_path, "--action-space", "everything", check=False)
-    assert result.returncode != 0 and "canonical" in result.stderr and "augmented" in result.stderr
+def test_unknown_action_space_lists_the_choices(command_line_errors):
+    code, stderr, _ = command_line_errors[-1]
+    assert code != 0 and "canonical" in stderr and "augmented" in stderr
 
 
 @pytest.mark.parametrize(
@@ -304,18 +338,16 @@ def test_unknown_action_space_lists_the_choices(tmp_path):
     ],
     ids=["accumulation", "accumulation-norm-adv", "checkpointing"],
 )
-def test_accumulated_or_recomputed_update_is_the_same_update(tmp_path, common, variant):
+def test_accumulated_or_recomputed_update_is_the_same_update(runs, common, variant):
     """The same weights, and the same statistics logged (those of the whole minibatch, not of its last pass)."""
-    whole, accumulated = tmp_path / "whole", tmp_path / "accumulated"
-    whole.mkdir(), accumulated.mkdir()
-    run(whole, *SMALL, "--total-timesteps", "32", *common)
-    run(accumulated, *SMALL, "--total-timesteps", "32", *common, *variant)
-    reference = checkpoint_weights(only_run_dir(whole))
-    for name, weight in checkpoint_weights(only_run_dir(accumulated)).items():
+    whole = runs(*SMALL, "--total-timesteps", "32", *common)
+    accumulated = runs(*SMALL, "--total-timesteps", "32", *common, *variant)
+    reference = checkpoint_weights(whole)
+    for name, weight in checkpoint_weights(accumulated).items():
         torch.testing.assert_close(weight, reference[name], rtol=0, atol=1e-5, msg=name)
     logged = {}
     for folder in (whole, accumulated):
-        events = EventAccumulator(only_run_dir(folder))
+        events = EventAccumulator(folder)
         events.Reload()
         logged[folder] = {tag: events.Scalars(tag)[-1].value for tag in events.Tags()["scalars"] if tag.startswith("losses/")}
     assert len(logged[whole]) == 7
@@ -323,16 +355,16 @@ def test_accumulated_or_recomputed_update_is_the_same_update(tmp_path, common, v
         assert logged[accumulated][tag] == pytest.approx(value, rel=1e-4, abs=1e-9), tag
 
 
-def test_lora_run_saves_an_adapter_and_resumes(tmp_path):
-    run(tmp_path, *SMALL, "--total-timesteps", "32", "--lora-r", "4")
-    run_dir = only_run_dir(tmp_path)
+def test_lora_run_saves_an_adapter_and_resumes(tmp_path, monkeypatch, capsys):
+    run_dir = run_in_process(g, tmp_path, [*SMALL, "--total-timesteps", "32", "--lora-r", "4"], monkeypatch)
     assert os.path.exists(os.path.join(run_dir, "checkpoint", "model", "adapter_model.safetensors"))
-    result = run(tmp_path, "--resume", run_dir, "--total-timesteps", "64")
-    assert "done: 64 frames" in result.stdout
+    capsys.readouterr()
+    run_in_process(g, tmp_path, ["--resume", run_dir, "--total-timesteps", "64"], monkeypatch)
+    assert "done: 64 frames" in capsys.readouterr().out
 
 
-def test_decoder_only_model_with_action_heads_trains(tmp_path):
-    result = run(tmp_path, *SMALL, "--total-timesteps", "32", "--model", "tiny-causal", "--action-heads")
-    assert "done: 32 frames" in result.stdout
-    heads = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "heads.pt"))
+def test_decoder_only_model_with_action_heads_trains(tmp_path, monkeypatch, capsys):
+    run_dir = run_in_process(g, tmp_path, [*SMALL, "--total-timesteps", "32", "--model", "tiny-causal", "--action-heads"], monkeypatch)
+    assert "done: 32 frames" in capsys.readouterr().out
+    heads = torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))
     assert heads["action_head"]["4.weight"].shape == (6, 1024)

@@ -5,6 +5,7 @@ import glob
 import inspect
 import json
 import os
+import sys
 
 import imageio_ffmpeg
 import numpy as np
@@ -16,7 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 import bc_finetune
 import glam_ppo as g
 import zero_shot_eval
-from script_runs import checkpoint_weights, only_run_dir, run_script
+from script_runs import checkpoint_weights, main_in_process, only_run_dir, run_in_process
 
 LEVEL = "BabyAI-GoToLocalS5N2-v0"
 SMALL = ["--model", "tiny-t5", "--env-id", LEVEL, "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--learning-rate", "3e-4"]
@@ -94,8 +95,9 @@ def test_zero_shot_policies_return_the_distribution_they_draw_from():
     assert (probs == np.eye(6)[actions]).all()
 
 
-def fake_wandb(folder) -> dict:
-    """An environment whose `wandb` module writes what is logged to wandb_log.jsonl (the real one needs an account)."""
+def fake_wandb(folder, monkeypatch):
+    """A `wandb` module, first on the import path, that writes what is logged to wandb_log.jsonl (the real one needs an
+    account)."""
     (folder / "wandb").mkdir(parents=True)
     (folder / "wandb" / "__init__.py").write_text(
         "import json\n"
@@ -106,17 +108,19 @@ def fake_wandb(folder) -> dict:
         "    with open('wandb_log.jsonl', 'a') as f:\n"
         "        f.write(json.dumps({k: v.path for k, v in data.items()}) + '\\n')\n"
     )
-    return {**os.environ, "PYTHONPATH": str(folder)}
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, "wandb", raising=False)
 
 
-def test_recording_leaves_the_training_run_as_it_is(tmp_path):
+def test_recording_leaves_the_training_run_as_it_is(tmp_path, monkeypatch):
     """Also: with --track, each video goes to Weights and Biases."""
     plain, recording = tmp_path / "plain", tmp_path / "recording"
-    run_script("glam_ppo.py", plain, *SMALL, "--total-timesteps", "64")
-    run_script(
-        "glam_ppo.py", recording, *SMALL, "--total-timesteps", "64", "--capture-video", "--video-interval", "1", "--track",
-        env=fake_wandb(tmp_path / "fake"),
-    )
+    run_in_process(g, plain, [*SMALL, "--total-timesteps", "64"], monkeypatch)
+    fake_wandb(tmp_path / "fake", monkeypatch)
+    try:
+        run_in_process(g, recording, [*SMALL, "--total-timesteps", "64", "--capture-video", "--video-interval", "1", "--track"], monkeypatch)
+    finally:
+        sys.modules.pop("wandb", None)  # the fake, imported by the run
     expected, recorded_run = checkpoint_weights(only_run_dir(plain)), checkpoint_weights(only_run_dir(recording))
     for name in expected:
         torch.testing.assert_close(recorded_run[name], expected[name], rtol=0, atol=0)
@@ -136,21 +140,23 @@ def test_recording_leaves_the_training_run_as_it_is(tmp_path):
     assert [os.path.join(recording, path) for path in logged] == videos
 
 
-def test_bc_recording_leaves_the_cloning_as_it_is(tmp_path):
+def test_bc_recording_leaves_the_cloning_as_it_is(tmp_path, monkeypatch):
     flags = ["--model", "tiny-t5", "--env-id", LEVEL, "--num-transitions", "96", "--num-envs", "2", "--eval-episodes", "2", "--batch-size", "32"]
-    run_script("bc_finetune.py", tmp_path / "plain", *flags)
-    run_script("bc_finetune.py", tmp_path / "recording", *flags, "--capture-video", "--video-interval", "2", "--video-format", "gif")
+    run_in_process(bc_finetune, tmp_path / "plain", flags, monkeypatch)
+    run_in_process(bc_finetune, tmp_path / "recording", [*flags, "--capture-video", "--video-interval", "2", "--video-format", "gif"], monkeypatch)
     expected, recorded_run = checkpoint_weights(only_run_dir(tmp_path / "plain")), checkpoint_weights(only_run_dir(tmp_path / "recording"))
     for name in expected:
         torch.testing.assert_close(recorded_run[name], expected[name], rtol=0, atol=0)
     assert [os.path.basename(path).split("__")[0] for path in glob.glob(str(tmp_path / "recording" / "videos" / "*" / "*.gif"))] == ["step2"]
 
 
-def test_zero_shot_records_the_first_episodes_of_each_probe_and_plays_them_unchanged(tmp_path):
+def test_zero_shot_records_the_first_episodes_of_each_probe_and_plays_them_unchanged(tmp_path, monkeypatch, capsys):
     flags = ["--model", "tiny-t5", "--env-id", LEVEL, "--episodes", "3", "--num-envs", "2", "--suite", "none", "--probes", "no-change", "invented-nouns"]
-    plain = run_script("zero_shot_eval.py", tmp_path / "plain", *flags, "--output-dir", "out")
-    recording = run_script("zero_shot_eval.py", tmp_path / "recording", *flags, "--output-dir", "out", "--capture-video", "--video-episodes", "2")
-    assert plain.stdout.splitlines()[-4:-1] == recording.stdout.splitlines()[-4:-1]  # the same table
+    main_in_process(zero_shot_eval, tmp_path / "plain", [*flags, "--output-dir", "out"], monkeypatch)
+    plain = capsys.readouterr().out
+    main_in_process(zero_shot_eval, tmp_path / "recording", [*flags, "--output-dir", "out", "--capture-video", "--video-episodes", "2"], monkeypatch)
+    recording = capsys.readouterr().out
+    assert plain.splitlines()[-4:-1] == recording.splitlines()[-4:-1]  # the same table
     with open(tmp_path / "recording" / "out" / "results.json") as f:
         assert len(json.load(f)["rows"]) == 2
     names = sorted(os.path.basename(path).rsplit("__", 1)[0] for path in glob.glob(str(tmp_path / "recording" / "videos" / "out" / "*.mp4")))

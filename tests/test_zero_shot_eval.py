@@ -17,6 +17,7 @@ import torch
 import bc_finetune
 import glam_ppo
 import zero_shot_eval as z
+from script_runs import run_in_process
 
 
 def evaluate(tmp_path, *flags):
@@ -94,13 +95,11 @@ def test_tiny_model_end_to_end_writes_the_table_files(tmp_path, capsys):
 
 
 @pytest.mark.parametrize("extra", [[], ["--no-pretrained", "--action-heads"]], ids=["scoring", "npae-action-head"])
-def test_glam_ppo_checkpoint_loads_and_evaluates(repo, tmp_path, extra):
-    subprocess.run(
-        [sys.executable, os.path.join(repo, "glam_ppo.py"), "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0",
-         "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2", "--total-timesteps", "32", *extra],
-        cwd=tmp_path, check=True, capture_output=True,
-    )
-    (run_dir,) = glob.glob(str(tmp_path / "runs" / "*"))
+def test_glam_ppo_checkpoint_loads_and_evaluates(tmp_path, monkeypatch, extra):
+    run_dir = run_in_process(glam_ppo, tmp_path, [
+        "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2",
+        "--total-timesteps", "32", *extra,
+    ], monkeypatch)
     args = z.parse_args(["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2", "--output-dir", str(tmp_path / "out")])
     agent = z.load_agent(args, glam_ppo.action_names("canonical"), torch.device("cpu"))
     heads = torch.load(os.path.join(run_dir, "checkpoint", "heads.pt"))
