@@ -49,7 +49,7 @@ def test_scoring_table_and_bars(tmp_path):
 
 
 def test_train_speed_reads_the_runs_speeds(tmp_path):
-    rows = train_speed.main(train_speed.Args(models=("tiny-causal",), updates=2, env_id="BabyAI-GoToLocalS5N2-v0"))
+    rows = train_speed.main(train_speed.Args(models=("tiny-causal",), updates=2, env_id="BabyAI-GoToLocalS5N2-v0", extra_flags="--update-epochs 1"))
     assert rows[0]["rollout"] > 0 and rows[0]["update"] > 0 and rows[0]["overall"] < min(rows[0]["rollout"], rows[0]["update"])
 
 
