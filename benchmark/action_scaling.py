@@ -46,6 +46,7 @@ import tyro
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scoring_speed  # noqa: E402
+import train_speed  # noqa: E402
 from scoring_speed import glam_ppo  # noqa: E402
 
 SCHEMES = ("naive", "authors", "ours")
@@ -239,13 +240,8 @@ def end_to_end(count: int, args: Args) -> dict:
             glam_ppo.USELESS_ACTIONS = useless
             os.chdir(cwd)
         (run_dir,) = glob.glob(os.path.join(folder, "runs", "*"))
-        events = EventAccumulator(run_dir)
-        events.Reload()
-
-        def after_warm_up(tag):
-            return float(np.mean([event.value for event in events.Scalars(tag)[1:]]))
-
-        rollout, update = after_warm_up("charts/rollout_SPS"), after_warm_up("charts/update_SPS")
+        events = EventAccumulator(run_dir).Reload()
+        rollout, update = train_speed.logged_speeds(events)
         # The probes' logged distribution names every action the run offered: the patch took.
         offered = [tag for tag in events.Tags()["scalars"] if tag.startswith("probes/prompt_0/")]
         if len(offered) != count:

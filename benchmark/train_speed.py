@@ -62,6 +62,11 @@ def model_flag(name: str, folder: str) -> str:
     return path
 
 
+def logged_speeds(events: EventAccumulator) -> tuple[float, float]:
+    """A run's rollout and update frames/s, each the mean over its updates after the first (the warm-up)."""
+    return tuple(float(np.mean([event.value for event in events.Scalars(tag)[1:]])) for tag in ("charts/rollout_SPS", "charts/update_SPS"))
+
+
 def measure(name: str, args: Args, folder: str) -> dict:
     flags, frames_per_update = batch_flags(args.paper_batch)
     run_root = os.path.join(folder, f"runs_{name}")
@@ -78,13 +83,7 @@ def measure(name: str, args: Args, folder: str) -> dict:
     if result.returncode != 0:
         raise SystemExit(f"train_speed.py: error: {name}: {os.path.basename(launcher[-1])} failed:\n{result.stderr[-2000:]}")
     (run_dir,) = glob.glob(os.path.join(run_root, "runs", "*"))
-    events = EventAccumulator(run_dir)
-    events.Reload()
-
-    def after_warm_up(tag):
-        return float(np.mean([event.value for event in events.Scalars(tag)[1:]]))
-
-    rollout, update = after_warm_up("charts/rollout_SPS"), after_warm_up("charts/update_SPS")
+    rollout, update = logged_speeds(EventAccumulator(run_dir).Reload())
     return {"model": name if not args.nproc else f"{name}, {args.nproc} process(es)", "frames_per_update": frames_per_update, "rollout": rollout, "update": update,
             "overall": 1 / (1 / rollout + 1 / update)}
 
