@@ -26,13 +26,25 @@ BASE = {name: ["--model", "tiny-t5"] for name in SCRIPTS}
 BASE["zero_shot_eval.py"] += ["--suite", "none", "--probes", "no-change"]
 
 # Runs each case of a table through the script's __main__ block; writes [exit code, stderr, folders made] per case to
-# results_<rank>.json (rank 0 without torchrun).
+# results_<rank>.json (rank 0 without torchrun). The ranks of a torchrun share the folder, so that each lists it only
+# once every rank has finished the case, and none starts the next before every rank has listed it: a rank still in a
+# case has its transient folders there (check_can_create's probe). They meet through marker files in the folder argv[3].
 RUNNER = """
-import contextlib, io, json, os, runpy, sys, traceback, warnings
+import contextlib, io, json, os, runpy, sys, time, traceback, warnings
 warnings.simplefilter("ignore")
-script, cases = sys.argv[1], json.loads(sys.argv[2])
+script, cases, meeting = sys.argv[1], json.loads(sys.argv[2]), sys.argv[3]
+rank, ranks = os.environ.get("RANK", "0"), int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def all_ranks_reach(point):
+    open(os.path.join(meeting, f"{point}.{rank}"), "w").close()
+    deadline = time.time() + 300
+    while sum(name.startswith(f"{point}.") for name in os.listdir(meeting)) < ranks and time.time() < deadline:
+        time.sleep(0.01)
+
+
 results = []
-for argv in cases:
+for case, argv in enumerate(cases):
     sys.argv = [script, *argv]
     stderr, code = io.StringIO(), 0
     with contextlib.redirect_stderr(stderr):
@@ -43,7 +55,9 @@ for argv in cases:
         except BaseException:
             traceback.print_exc()
             code = -1
+    all_ranks_reach(f"{case}-done")
     results.append([code, stderr.getvalue(), sorted(name for name in os.listdir(".") if not name.startswith("results_"))])
+    all_ranks_reach(f"{case}-listed")
 with open(f"results_{os.environ.get('RANK', '0')}.json", "w") as f:
     json.dump(results, f)
 """
@@ -118,7 +132,7 @@ def test_every_numeric_flag_has_a_range():
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_bad_input_is_one_line_naming_the_flag(tmp_path, monkeypatch, script):
+def test_bad_input_is_one_line_naming_the_flag(tmp_path, tmp_path_factory, monkeypatch, script):
     """glam_ppo_multigpu.py's table runs under torchrun with 2 gloo ranks: rank 0 says it, rank 1 says nothing."""
     for name in ("a_file", "videos"):
         (tmp_path / name).write_text("")
@@ -129,7 +143,7 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, monkeypatch, script):
     ranks = 2 if script == "glam_ppo_multigpu.py" else 1
     launcher = [*TORCHRUN, "--nproc_per_node", "2"] if ranks == 2 else [sys.executable]
     process = subprocess.run(
-        [*launcher, str(tmp_path / "runner.py"), os.path.join(REPO, script), json.dumps(argvs)],
+        [*launcher, str(tmp_path / "runner.py"), os.path.join(REPO, script), json.dumps(argvs), str(tmp_path_factory.mktemp("meeting"))],
         cwd=tmp_path, capture_output=True, text=True, timeout=600,
     )
     assert process.returncode == 0, process.stderr[-3000:]
