@@ -65,6 +65,8 @@ class Args:
     """flan-t5-small|base|large|xl|xxl, tiny-t5, tiny-causal, a hub id, a save_pretrained folder or a .gguf file"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score: sum (correct), means, or the paper-era softmax(P/max P)"""
+    prompt_format: Literal["raw", "chat"] = "raw"
+    """raw: the action continues the prompt (the paper); chat: the prompt as the chat template's user turn, the action as the reply"""
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the id of the BabyAI-Text level"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
@@ -425,16 +427,20 @@ class GlamAgent(nn.Module):
     decoder start token's) or the prompt's last token's (decoder-only); `value_head_input="encoder"` (an ablation,
     not in the paper) makes it read the mean of the encoder's final states over the prompt's tokens instead. `score`
     computes the scores of every action of many prompts in one forward pass: see "Scoring every action in one pass".
+    `prompt_format="chat"` (instruct decoder-only models, not in the paper) puts the prompt in the tokenizer's chat
+    template and scores the action as the assistant's reply: see `model_text`.
     """
 
     def __init__(
         self, llm, tokenizer, actions, scoring: str = "sum", action_heads: bool = False, score_batch_size: int | str = 1024,
-        value_head_input: str = "decoder",
+        value_head_input: str = "decoder", prompt_format: str = "raw",
     ):
         super().__init__()
         self.llm, self.tokenizer, self.actions = llm, tokenizer, list(actions)
         self.scoring, self.score_batch_size, self.value_head_input = scoring, score_batch_size, value_head_input
         self.is_encoder_decoder = llm.config.is_encoder_decoder
+        self.prompt_format = prompt_format
+        self.end_of_turn = self._end_of_turn() if prompt_format == "chat" else None
         self.family, self.sliding_window, self.mask_per_layer_type, self.packed = packing_plan(llm)
         if value_head_input == "encoder" and (not self.is_encoder_decoder or action_heads):
             raise UsageError(
@@ -448,7 +454,7 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
         self.score_sizer = PassSizer(
-            self._scoring_probe, tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
+            self._scoring_probe, self.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
         )
         self._pack_actions()
         if self.action_head is None and self.family not in TESTED_FAMILIES:
@@ -564,9 +570,12 @@ class GlamAgent(nn.Module):
     def _pack_actions(self):
         """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
-        # action continues the prompt, with an </s> after it so that the whole action is scored.
+        # action continues the prompt, with an </s> after it so that the whole action is scored (chat: the reply
+        # ends with the template's end-of-turn token instead, part of `reply_text`).
         if self.is_encoder_decoder:
             token_lists = [self.tokenizer(action).input_ids for action in self.actions]
+        elif self.prompt_format == "chat":
+            token_lists = self._joint_action_tokens()
         else:
             token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
         width = max(map(len, token_lists))
@@ -601,17 +610,35 @@ class GlamAgent(nn.Module):
         for name, tensor in buffers.items():
             self.register_buffer(name, tensor, persistent=False)
 
+    def model_text(self, prompt: str) -> str:
+        """The text the model reads for a GLAM prompt. Encoder-decoder: the prompt. Decoder-only: the prompt without its
+        trailing space, which belongs to the action's first token (`_joint_action_tokens`); with prompt_format "chat",
+        the prompt as the user turn of the tokenizer's chat template, with the template's default system turn where it
+        has one (the conversation the model was tuned on; the prompt says the task already), then the generation
+        prompt that opens the assistant's reply."""
+        if self.prompt_format == "chat":
+            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+        return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
+
+    def reply_text(self, action: str) -> str:
+        """Decoder-only: the text that follows `model_text(prompt)` when the agent takes `action`."""
+        return action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
+
+    def _tokenize(self, texts, **kwargs) -> BatchEncoding:
+        # A chat template writes the special tokens the model expects (Llama 3's <|begin_of_text|>) itself.
+        return self.tokenizer(list(texts), add_special_tokens=self.prompt_format == "raw", **kwargs)
+
     def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them, and each one's length in tokens: decoder-only ones left-padded, so
-        that they all end at the last position, and without the trailing space, which belongs to the action's first
-        token (`_joint_action_tokens`)."""
-        if self.is_encoder_decoder:
-            tokens = self.tokenizer(list(prompts), padding=True, padding_side="right")
-        else:
-            tokens = self.tokenizer([prompt.removesuffix(" ") for prompt in prompts], padding=True, padding_side="left")
+        """The prompts as the model reads them (`model_text`), and each one's length in tokens: decoder-only ones
+        left-padded, so that they all end at the last position."""
+        padding_side = "right" if self.is_encoder_decoder else "left"
+        tokens = self._tokenize(map(self.model_text, prompts), padding=True, padding_side=padding_side)
         # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
         lengths = [sum(mask) for mask in tokens.attention_mask]
         return tokens.convert_to_tensors("pt").to(self.device), lengths
+
+    def prompt_lengths(self, prompts) -> list[int]:
+        return [len(ids) for ids in self._tokenize(map(self.model_text, prompts)).input_ids]
 
     def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
         """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
@@ -726,18 +753,19 @@ class GlamAgent(nn.Module):
         Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
         the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
         the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-        to split exactly after every `Action k: ` a prompt can end with.
+        to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
+        generation prompt, through its end-of-turn token, checked the same way.
         """
-        contexts = []  # prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `, without the trailing space
+        contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
         for k in range(3):
             history = [self.actions[i % len(self.actions)] for i in range(k)]
-            context = build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history).removesuffix(" ")
-            contexts.append((context, self.tokenizer(context).input_ids))
+            context = self.model_text(build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
+            contexts.append((context, self._tokenize([context]).input_ids[0]))
         token_lists = []
         for action in self.actions:
             found = set()
             for context, context_ids in contexts:
-                joint_ids = self.tokenizer(f"{context} {action}").input_ids
+                joint_ids = self._tokenize([context + self.reply_text(action)]).input_ids[0]
                 if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                     raise UsageError(
                         f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
@@ -749,6 +777,26 @@ class GlamAgent(nn.Module):
                 raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
             token_lists.append(list(found.pop()))
         return token_lists
+
+    def _end_of_turn(self) -> str:
+        """The text the chat template closes the assistant's reply with (SmolLM2's and Qwen's `<|im_end|>`, Llama 3's
+        `<|eot_id|>`), read off a rendered reply."""
+        if self.is_encoder_decoder or not getattr(self.tokenizer, "chat_template", None):
+            raise UsageError(
+                "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
+                if self.is_encoder_decoder else
+                "--prompt-format chat: this model's tokenizer has no chat template; use --prompt-format raw, or an instruct model"
+            )
+        user, reply = [{"role": "user", "content": "Goal of the agent: go to the red ball"}], "turn left"
+        opening = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
+        whole = self.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=False)
+        end_of_turn = whole.removeprefix(opening + reply).rstrip()
+        if not whole.startswith(opening + reply) or not end_of_turn:
+            raise UsageError(
+                "--prompt-format chat: this model's chat template does not write the assistant's reply right after its "
+                "generation prompt, closed by an end-of-turn token; use --prompt-format raw"
+            )
+        return end_of_turn
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -795,7 +843,9 @@ def main(args: Args):
     llm, tokenizer = load_policy_model(args, checkpoint)
     if args.gradient_checkpointing:
         checkpoint_activations(llm)
-    agent = GlamAgent(llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size, args.value_head_input)
+    agent = GlamAgent(
+        llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size, args.value_head_input, args.prompt_format
+    )
     agent = agent.to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     next_done = torch.zeros(args.num_envs, device=device)
@@ -1438,10 +1488,14 @@ def finish_args(args: Args, given: set[str]) -> Args:
     if args.init_from is not None:
         if not args.pretrained:
             raise UsageError("--init-from loads trained weights; drop --no-pretrained")
-        model_dir = os.path.join(find_init_checkpoint(args.init_from), "model")
+        init_checkpoint = find_init_checkpoint(args.init_from)
+        model_dir = os.path.join(init_checkpoint, "model")
         if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
             raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
         args.model = model_dir
+        if "prompt_format" not in given:  # the model goes on reading prompts as it was trained to
+            with open(os.path.join(init_checkpoint, "args.json")) as f:
+                args.prompt_format = json.load(f).get("prompt_format", "raw")
     make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
     return args
 
@@ -1807,8 +1861,8 @@ class PassSizer:
     no pass holds more than the worst case measured. The probes leave the random number generators as they were.
     `all_ranks_max` makes the processes of a distributed run probe together and agree on one size."""
 
-    def __init__(self, run_pass, tokenizer, budget, flag: str, unit: str, all_ranks_max=lambda value: value):
-        self.run_pass, self.tokenizer, self.budget = run_pass, tokenizer, budget
+    def __init__(self, run_pass, count_tokens, budget, flag: str, unit: str, all_ranks_max=lambda value: value):
+        self.run_pass, self.count_tokens, self.budget = run_pass, count_tokens, budget
         self.flag, self.unit, self.all_ranks_max = flag, unit, all_ranks_max
         self.longest, self.fits = 0, None
 
@@ -1816,7 +1870,7 @@ class PassSizer:
         """The size of the passes that `total` prompts like these (all of them by default) are split into; `lengths`,
         the prompts' token counts, when the caller has them already."""
         if lengths is None:
-            lengths = [len(ids) for ids in self.tokenizer(list(prompts))["input_ids"]]
+            lengths = self.count_tokens(prompts)
         longest, changed = self.all_ranks_max(max(lengths)), False
         if longest > self.longest:
             prompt = prompts[int(np.argmax(lengths))]
@@ -1857,7 +1911,7 @@ def update_pass_sizer(agent: GlamAgent, optimizer, autocast) -> PassSizer:
     # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
     agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer, gradients=True)
     return PassSizer(
-        update_pass, agent.tokenizer, lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer),
+        update_pass, agent.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer),
         "--grad-accum-minibatch", "transition",
     )
 

@@ -121,7 +121,7 @@ def auto_row(args: Args) -> dict:
         memory.run_pass(agent, prompts, update=True, bf16=False, device_type=args.device)
 
     prompts = memory.real_prompts(args.num_prompts)
-    size = glam_ppo.PassSizer(update_pass, tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, device, args.minibatch)
+    size = glam_ppo.PassSizer(update_pass, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, device, args.minibatch)
     longest = max(prompts, key=lambda prompt: len(tokenizer(prompt).input_ids))
     peak = glam_ppo.peak_memory(lambda: update_pass([longest] * size), device)
     return {"budget_gb": budget / 1e9, "pass_size": size, "passes": -(-args.minibatch // size), "peak_gb": peak / 1e9}

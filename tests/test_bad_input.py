@@ -101,6 +101,7 @@ def table(script: str) -> list[tuple[list[str], str]]:
         for value in out_of_range(interval, numeric_fields(module)[name]):
             cases.append(([flag(name), value], f"{flag(name)} {value}"))
     cases.append((["--model", "./no-such-model"], "cannot load model './no-such-model'"))  # found after parsing: still no folder
+    cases.append((["--prompt-format", "chat"], "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder"))
     if script != "zero_shot_eval.py":
         cases += [
             (["--exp-name", "a/b"], "--exp-name 'a/b'"),

