@@ -426,7 +426,7 @@ class GlamAgent(nn.Module):
         self.scoring, self.score_batch_size, self.value_head_input = scoring, score_batch_size, value_head_input
         self.is_encoder_decoder = llm.config.is_encoder_decoder
         self.prompt_format = prompt_format
-        self.end_of_turn = self._end_of_turn() if prompt_format == "chat" else None
+        self.reply_prefix, self.end_of_turn = self._reply_format() if prompt_format == "chat" else ("", None)
         self.family, self.sliding_window, self.mask_per_layer_type, self.packed = packing_plan(llm)
         if value_head_input == "encoder" and (not self.is_encoder_decoder or action_heads):
             raise UsageError(
@@ -557,7 +557,7 @@ class GlamAgent(nn.Module):
         """The action tokens and the packed sequence, as buffers that follow the agent to its device."""
         # Encoder-decoder: the action tokens as the tokenizer gives them (T5 ends them with </s>). Decoder-only: the
         # action continues the prompt, with an </s> after it so that the whole action is scored (chat: the reply
-        # ends with the template's end-of-turn token instead, part of `reply_text`).
+        # ends with the template's end-of-turn text instead, part of `reply_text`).
         if self.is_encoder_decoder:
             token_lists = [self.tokenizer(action).input_ids for action in self.actions]
         elif self.prompt_format == "chat":
@@ -603,12 +603,17 @@ class GlamAgent(nn.Module):
         has one (the conversation the model was tuned on; the prompt says the task already), then the generation
         prompt that opens the assistant's reply."""
         if self.prompt_format == "chat":
-            return self.tokenizer.apply_chat_template([{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
+            return self._chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
         """Decoder-only: the text that follows `model_text(prompt)` when the agent takes `action`."""
-        return action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
+        return self.reply_prefix + action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
+
+    def _chat(self, messages, **kwargs) -> str:
+        # Templates that date the conversation (Llama 3.1-3.3) get their own fallback date rather than today's, so that
+        # the text a model reads does not change with the calendar between training, resuming and evaluating.
+        return self.tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
 
     def _tokenize(self, texts, **kwargs) -> BatchEncoding:
         # A chat template writes the special tokens the model expects (Llama 3's <|begin_of_text|>) itself.
@@ -740,7 +745,7 @@ class GlamAgent(nn.Module):
         the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
         the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
         to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
-        generation prompt, through its end-of-turn token, checked the same way.
+        generation prompt, through its end-of-turn text, checked the same way.
         """
         contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
         for k in range(3):
@@ -764,9 +769,10 @@ class GlamAgent(nn.Module):
             token_lists.append(list(found.pop()))
         return token_lists
 
-    def _end_of_turn(self) -> str:
-        """The text the chat template closes the assistant's reply with (SmolLM2's and Qwen's `<|im_end|>`, Llama 3's
-        `<|eot_id|>`), read off a rendered reply."""
+    def _reply_format(self) -> tuple[str, str]:
+        """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace
+        before it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`,
+        Llama 3's `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
         if self.is_encoder_decoder or not getattr(self.tokenizer, "chat_template", None):
             raise UsageError(
                 "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
@@ -774,15 +780,20 @@ class GlamAgent(nn.Module):
                 "--prompt-format chat: this model's tokenizer has no chat template; use --prompt-format raw, or an instruct model"
             )
         user, reply = [{"role": "user", "content": "Goal of the agent: go to the red ball"}], "turn left"
-        opening = self.tokenizer.apply_chat_template(user, tokenize=False, add_generation_prompt=True)
-        whole = self.tokenizer.apply_chat_template(user + [{"role": "assistant", "content": reply}], tokenize=False)
-        end_of_turn = whole.removeprefix(opening + reply).rstrip()
-        if not whole.startswith(opening + reply) or not end_of_turn:
+        opening = self._chat(user, add_generation_prompt=True)
+        whole = self._chat(user + [{"role": "assistant", "content": reply}])
+        before, found, after = whole.removeprefix(opening).partition(reply)
+        added = (token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)
+        special = [token for token in {*self.tokenizer.all_special_tokens, *added} if token and token in after]
+        if special:
+            start = min(after.index(token) for token in special)
+            after = after[: max(start + len(token) for token in special if after.startswith(token, start))]
+        if not whole.startswith(opening) or not found or before.strip() or not after.strip():
             raise UsageError(
                 "--prompt-format chat: this model's chat template does not write the assistant's reply right after its "
                 "generation prompt, closed by an end-of-turn token; use --prompt-format raw"
             )
-        return end_of_turn
+        return before, after.rstrip()
 
 
 # -----------------------------------------------------------------------------------------------------------------

@@ -121,6 +121,51 @@ def test_a_template_that_writes_the_bos_token_gets_it_once():
     assert tokens.input_ids[0].tolist().count(tokenizer.bos_token_id) == 1
 
 
+# Templates written here in the shapes real ones take, over SmolLM2's tokenizer (BOS <|im_start|>, EOS <|im_end|>):
+# Mistral's ` ` before the reply and EOS after it, Phi-3's `<|end|>` followed by a newline and EOS, and Llama 3's dated
+# system header and `<|eot_id|>` (with one newline after a header, not Llama 3's two: SmolLM2's pre-tokenizer, unlike
+# Llama 3's, splits `\n\nturn` as `\n`, `\n`, `turn`, and `\n\n` alone as one token, so that split is refused).
+# (template, extra special tokens, what comes before the reply, the end of turn)
+SHAPES = {
+    "mistral": (
+        "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}[INST] {{ m['content'] }}[/INST]"
+        "{% else %} {{ m['content'] }}{{ eos_token }}{% endif %}{% endfor %}", [], " ", "<|im_end|>",
+    ),
+    "phi3": (
+        "{% for m in messages %}<|{{ m['role'] }}|>\n{{ m['content'] }}<|end|>\n{% endfor %}"
+        "{% if add_generation_prompt %}<|assistant|>\n{% else %}{{ eos_token }}{% endif %}", ["<|end|>"], "", "<|end|>",
+    ),
+    "llama3": (
+        "{{ bos_token }}{% if not date_string is defined %}{% set date_string = strftime_now('%d %b %Y') %}{% endif %}"
+        "<|start_header_id|>system<|end_header_id|>\nToday Date: {{ date_string }}<|eot_id|>"
+        "{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
+        "{% if add_generation_prompt %}<|start_header_id|>assistant<|end_header_id|>\n{% endif %}",
+        ["<|start_header_id|>", "<|end_header_id|>", "<|eot_id|>"], "", "<|eot_id|>",
+    ),
+}
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_the_reply_is_read_off_templates_of_other_shapes(smollm2, shape):
+    template, special, before, end = SHAPES[shape]
+    tokenizer = copy.deepcopy(smollm2)
+    tokenizer.add_special_tokens({"additional_special_tokens": special})
+    tokenizer.chat_template = template
+    torch.manual_seed(0)
+    agent = g.GlamAgent(offline_models.tiny_llama(tokenizer).eval(), tokenizer, g.action_names("canonical"), prompt_format="chat")
+    assert (agent.reply_prefix, agent.end_of_turn) == (before, end)
+    prompt = prompts_of_several_lengths()[-1]
+    prompt_ids = agent.tokenize_prompts([prompt])[0].input_ids[0].tolist()
+    for action, ids, mask in zip(agent.actions, agent.action_ids, agent.action_mask):
+        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": action}]
+        whole = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False, date_string="26 Jul 2024"), add_special_tokens=False).input_ids
+        reply = ids[mask.bool()].tolist()
+        assert whole[: len(prompt_ids) + len(reply)] == prompt_ids + reply, action
+        assert tokenizer.decode(reply) == before + action + end
+    if shape == "llama3":  # the date is the template's own fallback, not today's
+        assert "Today Date: 26 Jul 2024" in agent.model_text(prompt)
+
+
 @pytest.mark.parametrize("build, says", [
     (lambda: g.load_llm("tiny-t5"), "an encoder-decoder model reads the prompt in its encoder"),
     (lambda: (offline_models.tiny_llama(offline_models.byte_level_bpe()), offline_models.byte_level_bpe()), "has no chat template"),
@@ -176,4 +221,5 @@ def test_a_chat_clone_learns_the_reply_and_ppo_goes_on_in_chat(smollm2, tmp_path
     assert num_tokens == int(agent.action_mask[labels].sum())
     ppo_args = g.parse_args(["--init-from", run_dir, *SMALL])
     assert ppo_args.prompt_format == "chat"  # PPO goes on reading the prompts as the clone learned them
-    assert g.parse_args(["--init-from", run_dir, *SMALL, "--prompt-format", "raw"]).prompt_format == "raw"
+    raw_ppo = run_in_process(g, tmp_path / "ppo", ["--init-from", run_dir, *SMALL, "--prompt-format", "raw", "--save-interval", "1"], monkeypatch)
+    assert g.parse_args(["--resume", raw_ppo, "--total-timesteps", "64"]).prompt_format == "raw"  # not the clone's again
