@@ -440,7 +440,9 @@ class GlamAgent(nn.Module):
         self.scoring, self.score_batch_size, self.value_head_input = scoring, score_batch_size, value_head_input
         self.is_encoder_decoder = llm.config.is_encoder_decoder
         self.prompt_format = prompt_format
-        self.reply_prefix, self.end_of_turn = self._reply_format() if prompt_format == "chat" else ("", None)
+        self.reply_prefix, self.end_of_turn = "", None  # chat: what the template writes before and after a reply
+        if prompt_format == "chat":
+            self.reply_prefix, self.end_of_turn = chat_reply_format(tokenizer, self.is_encoder_decoder)
         self.family, self.sliding_window, self.mask_per_layer_type, self.packed = packing_plan(llm)
         if value_head_input == "encoder" and (not self.is_encoder_decoder or action_heads):
             raise UsageError(
@@ -501,7 +503,7 @@ class GlamAgent(nn.Module):
     # decoder sequence starts with its own decoder start token (T5's position bias depends on distances alone, so a
     # block computes what it would compute alone; BART-like models number each block's positions from 0). Decoder-only
     # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
-    # is scored on the tokens that the joint text `prompt + action` is made of (`_joint_action_tokens`).
+    # is scored on the tokens that the joint text `prompt + action` is made of (`joint_action_tokens`).
 
     def _hidden_and_scores(self, prompts):
         """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
@@ -575,9 +577,9 @@ class GlamAgent(nn.Module):
         if self.is_encoder_decoder:
             token_lists = [self.tokenizer(action).input_ids for action in self.actions]
         elif self.prompt_format == "chat":
-            token_lists = self._joint_action_tokens()
+            token_lists = joint_action_tokens(self)
         else:
-            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in self._joint_action_tokens()]
+            token_lists = [ids + [self.tokenizer.eos_token_id] for ids in joint_action_tokens(self)]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
         action_mask = torch.zeros(len(token_lists), width, dtype=torch.long)
@@ -612,22 +614,17 @@ class GlamAgent(nn.Module):
 
     def model_text(self, prompt: str) -> str:
         """The text the model reads for a GLAM prompt. Encoder-decoder: the prompt. Decoder-only: the prompt without its
-        trailing space, which belongs to the action's first token (`_joint_action_tokens`); with prompt_format "chat",
+        trailing space, which belongs to the action's first token (`joint_action_tokens`); with prompt_format "chat",
         the prompt as the user turn of the tokenizer's chat template, with the template's default system turn where it
         has one (the conversation the model was tuned on; the prompt says the task already), then the generation
         prompt that opens the assistant's reply."""
         if self.prompt_format == "chat":
-            return self._chat([{"role": "user", "content": prompt}], add_generation_prompt=True)
+            return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
         """Decoder-only: the text that follows `model_text(prompt)` when the agent takes `action`."""
         return self.reply_prefix + action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
-
-    def _chat(self, messages, **kwargs) -> str:
-        # Templates that date the conversation (Llama 3.1-3.3) get their own fallback date rather than today's, so that
-        # the text a model reads does not change with the calendar between training, resuming and evaluating.
-        return self.tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
 
     def _tokenize(self, texts, **kwargs) -> BatchEncoding:
         # A chat template writes the special tokens the model expects (Llama 3's <|begin_of_text|>) itself.
@@ -752,62 +749,7 @@ class GlamAgent(nn.Module):
     def _scoring_probe(self, prompts):
         self.score_pass(prompts)
 
-    def _joint_action_tokens(self) -> list[list[int]]:
-        """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
 
-        Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
-        the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
-        the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-        to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
-        generation prompt, through its end-of-turn text, checked the same way.
-        """
-        contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
-        for k in range(3):
-            history = [self.actions[i % len(self.actions)] for i in range(k)]
-            context = self.model_text(build_prompt("go to the red ball", self.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
-            contexts.append((context, self._tokenize([context]).input_ids[0]))
-        token_lists = []
-        for action in self.actions:
-            found = set()
-            for context, context_ids in contexts:
-                joint_ids = self._tokenize([context + self.reply_text(action)]).input_ids[0]
-                if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
-                    raise UsageError(
-                        f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
-                        "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
-                        "and the action's log-likelihood is not defined; use a model with another tokenizer"
-                    )
-                found.add(tuple(joint_ids[len(context_ids) :]))
-            if len(found) > 1:
-                raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
-            token_lists.append(list(found.pop()))
-        return token_lists
-
-    def _reply_format(self) -> tuple[str, str]:
-        """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace
-        before it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`,
-        Llama 3's `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
-        if self.is_encoder_decoder or not getattr(self.tokenizer, "chat_template", None):
-            raise UsageError(
-                "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
-                if self.is_encoder_decoder else
-                "--prompt-format chat: this model's tokenizer has no chat template; use --prompt-format raw, or an instruct model"
-            )
-        user, reply = [{"role": "user", "content": "Goal of the agent: go to the red ball"}], "turn left"
-        opening = self._chat(user, add_generation_prompt=True)
-        whole = self._chat(user + [{"role": "assistant", "content": reply}])
-        before, found, after = whole.removeprefix(opening).partition(reply)
-        added = (token.content for token in self.tokenizer.added_tokens_decoder.values() if token.special)
-        special = [token for token in {*self.tokenizer.all_special_tokens, *added} if token and token in after]
-        if special:
-            start = min(after.index(token) for token in special)
-            after = after[: max(start + len(token) for token in special if after.startswith(token, start))]
-        if not whole.startswith(opening) or not found or before.strip() or not after.strip():
-            raise UsageError(
-                "--prompt-format chat: this model's chat template does not write the assistant's reply right after its "
-                "generation prompt, closed by an end-of-turn token; use --prompt-format raw"
-            )
-        return before, after.rstrip()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -1170,7 +1112,7 @@ def babyai_env_ids() -> list[str]:
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# B. Loading models, and the model families a packed pass can score
+# B. Loading models, the model families a packed pass can score, and the tokens an action is scored on
 # -----------------------------------------------------------------------------------------------------------------
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
@@ -1368,6 +1310,71 @@ def check_packed_scoring(agent: GlamAgent):
             f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
             "on wrong scores; use a tested family (README: model families) or --action-heads"
         )
+
+
+def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
+    """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
+
+    Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
+    the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
+    the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
+    to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
+    generation prompt, through its end-of-turn text, checked the same way.
+    """
+    contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
+    for k in range(3):
+        history = [agent.actions[i % len(agent.actions)] for i in range(k)]
+        context = agent.model_text(build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
+        contexts.append((context, agent._tokenize([context]).input_ids[0]))
+    token_lists = []
+    for action in agent.actions:
+        found = set()
+        for context, context_ids in contexts:
+            joint_ids = agent._tokenize([context + agent.reply_text(action)]).input_ids[0]
+            if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
+                raise UsageError(
+                    f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
+                    "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
+                    "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                )
+            found.add(tuple(joint_ids[len(context_ids) :]))
+        if len(found) > 1:
+            raise UsageError(f"this model's tokenizer gives the action {action!r} different tokens after different prompts")
+        token_lists.append(list(found.pop()))
+    return token_lists
+
+
+def render_chat(tokenizer, messages, **kwargs) -> str:
+    # Templates that date the conversation (Llama 3.1-3.3) get their own fallback date rather than today's, so that
+    # the text a model reads does not change with the calendar between training, resuming and evaluating.
+    return tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
+
+
+def chat_reply_format(tokenizer, is_encoder_decoder: bool) -> tuple[str, str]:
+    """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace
+    before it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`,
+    Llama 3's `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
+    if is_encoder_decoder or not getattr(tokenizer, "chat_template", None):
+        raise UsageError(
+            "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
+            if is_encoder_decoder else
+            "--prompt-format chat: this model's tokenizer has no chat template; use --prompt-format raw, or an instruct model"
+        )
+    user, reply = [{"role": "user", "content": "Goal of the agent: go to the red ball"}], "turn left"
+    opening = render_chat(tokenizer, user, add_generation_prompt=True)
+    whole = render_chat(tokenizer, user + [{"role": "assistant", "content": reply}])
+    before, found, after = whole.removeprefix(opening).partition(reply)
+    added = (token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+    special = [token for token in {*tokenizer.all_special_tokens, *added} if token and token in after]
+    if special:
+        start = min(after.index(token) for token in special)
+        after = after[: max(start + len(token) for token in special if after.startswith(token, start))]
+    if not whole.startswith(opening) or not found or before.strip() or not after.strip():
+        raise UsageError(
+            "--prompt-format chat: this model's chat template does not write the assistant's reply right after its "
+            "generation prompt, closed by an end-of-turn token; use --prompt-format raw"
+        )
+    return before, after.rstrip()
 
 
 def load_policy_model(args: Args, checkpoint: str | None):
