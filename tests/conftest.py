@@ -7,6 +7,8 @@ import pytest
 # models are tiny, and torch's OpenMP threads spin while they wait, so that two of them on a CPU that other work is
 # also using run several times slower than one (torchrun gives its workers one thread already).
 os.environ["OMP_NUM_THREADS"] = "1"
+# No test reaches the hub: a model that is not in the local cache fails at once, as on an offline machine.
+os.environ["HF_HUB_OFFLINE"] = "1"
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, REPO)

@@ -30,16 +30,20 @@ DECODER_ONLY = {
     "bloom": lambda: t.BloomConfig(hidden_size=64, n_layer=2, n_head=4),
     "falcon": lambda: t.FalconConfig(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, alibi=True),
 }
-ENCODER_DECODER_SIZE = dict(
+ENCODER_DECODER = {
+    "t5": lambda: t.T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0),
+    "mt5": lambda: t.MT5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0),
+}
+# Encoder-decoder families with absolute decoder positions, which run across the packed blocks: the check refuses them.
+BART_LIKE_SIZE = dict(
     d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,
     encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=1024,
 )
-ENCODER_DECODER = {
-    "t5": lambda: t.T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0),
-    "bart": lambda: t.BartConfig(**ENCODER_DECODER_SIZE, decoder_start_token_id=1),  # BART starts with </s>
-    "mbart": lambda: t.MBartConfig(**ENCODER_DECODER_SIZE, decoder_start_token_id=1),
-    "pegasus": lambda: t.PegasusConfig(**ENCODER_DECODER_SIZE, decoder_start_token_id=0),
-    "marian": lambda: t.MarianConfig(**ENCODER_DECODER_SIZE, decoder_start_token_id=0, decoder_vocab_size=None),
+REFUSED = {
+    "bart": lambda: t.BartConfig(**BART_LIKE_SIZE, decoder_start_token_id=1),  # BART starts with </s>
+    "mbart": lambda: t.MBartConfig(**BART_LIKE_SIZE, decoder_start_token_id=1),
+    "pegasus": lambda: t.PegasusConfig(**BART_LIKE_SIZE, decoder_start_token_id=0),
+    "marian": lambda: t.MarianConfig(**BART_LIKE_SIZE, decoder_start_token_id=0, decoder_vocab_size=None),
 }
 FAMILIES = [*ENCODER_DECODER, *DECODER_ONLY]
 
@@ -56,9 +60,9 @@ def smollm2_tokenizer():
 def save_family(family: str, folder: str, smollm2=None, seed: int = 0) -> str:
     """A tiny random model of `family` and its tokenizer, written to `folder` with save_pretrained."""
     torch.manual_seed(seed)
-    if family in ENCODER_DECODER:
+    if family in ENCODER_DECODER or family in REFUSED:
         _, tokenizer = g.load_llm("tiny-t5")
-        config = ENCODER_DECODER[family]()
+        config = {**ENCODER_DECODER, **REFUSED}[family]()
         config.update(dict(vocab_size=len(tokenizer), pad_token_id=0, eos_token_id=1, bos_token_id=3, forced_eos_token_id=None))
         model = t.AutoModelForSeq2SeqLM.from_config(config)
     else:

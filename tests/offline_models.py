@@ -1,6 +1,8 @@
 """Tiny decoder-only models with the tokenizers real checkpoints use, built offline over BabyAI-Text text:
 a byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2) and a SentencePiece-style Metaspace BPE (Llama 2, Mistral)."""
 
+import re
+
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -10,7 +12,7 @@ import glam_ppo as g
 
 def babyai_text_corpus() -> list[str]:
     """Prompts of every level kind with actions taken, the action strings, and the words of the vocabulary."""
-    texts = [" ".join(g.babyai_text_vocabulary())]
+    texts = [" ".join(sorted(set(re.findall(r"\w+|[^\w\s]+", g.VOCABULARY_TEXT))))]  # the tiny models' words
     for action_space in ("canonical", "augmented"):
         envs = g.TextVecEnv("BabyAI-MixedTrainLocal-v0", 8, action_space)
         texts += envs.reset(seed=0)

@@ -1,5 +1,7 @@
 """Action scoring, value head placement, scoring rules, action heads and GAE (reference sections 5-6)."""
 
+import re
+
 import pytest
 import torch
 from torch.distributed._tools.mem_tracker import MemTracker
@@ -150,6 +152,23 @@ def test_a_tokenizer_that_merges_prompt_and_action_is_refused():
     tokenizer = offline_models.merging_bpe()
     with pytest.raises(g.UsageError, match="merges the end of the prompt .* no split .* is exact"):
         g.GlamAgent(offline_models.tiny_llama(tokenizer), tokenizer, g.action_names("canonical"))
+
+
+@pytest.mark.parametrize("template, fix", [(None, "use a model whose tokenizer has one"), ("{{ messages[0]['content'] }}", "--prompt-format chat")])
+def test_a_raw_decoder_only_tokenizer_without_eos_is_refused_naming_the_eos(template, fix):
+    llm, tokenizer = g.load_llm("tiny-causal")
+    tokenizer.eos_token, tokenizer.chat_template = None, template
+    with pytest.raises(g.UsageError, match=f"no EOS token.*{re.escape(fix)}"):
+        g.GlamAgent(llm, tokenizer, g.action_names("canonical"))
+
+
+def test_a_tokenizer_that_appends_eos_to_every_text_is_refused_naming_the_eos():
+    from tokenizers import processors
+
+    llm, tokenizer = g.load_llm("tiny-causal")
+    tokenizer._tokenizer.post_processor = processors.TemplateProcessing(single="<s> $A </s>", special_tokens=[("<s>", 3), ("</s>", 1)])
+    with pytest.raises(g.UsageError, match="appends its EOS token '</s>' to every text"):
+        g.GlamAgent(llm, tokenizer, g.action_names("canonical"))
 
 
 def test_an_attention_implementation_without_4d_masks_is_refused():

@@ -34,15 +34,6 @@ def test_reference_example_english():
     ]
 
 
-def test_reference_example_french():
-    image = view({(3, 2): ("wall", "grey", 0), (1, 5): ("key", "red", 0), (1, 6): ("box", "grey", 0)})
-    assert g.describe(image, "french") == [
-        "Tu vois un mur à 4 pas devant",
-        "Tu vois une clef rouge 2 pas à gauche et 1 pas devant",
-        "Tu vois une boîte grise 2 pas à gauche",
-    ]
-
-
 def test_carry_walls_on_three_rays_and_doors():
     image = view(
         {
@@ -63,14 +54,6 @@ def test_carry_walls_on_three_rays_and_doors():
         "You see a purple ball 1 step left and 5 steps forward",
         "You see a locked blue door 1 step right and 3 steps forward",
         "You see a open red door 2 steps right",
-    ]
-    assert g.describe(image, "french") == [
-        "Tu portes une balle bleue",
-        "Tu vois un mur à 1 pas devant",
-        "Tu vois un mur à 3 pas à gauche",
-        "Tu vois une balle violette 1 pas à gauche et 5 pas devant",
-        "Tu vois une porte bleue fermée à clef 1 pas à droite et 3 pas devant",
-        "Tu vois une porte rouge ouverte 2 pas à droite",
     ]
 
 
@@ -194,19 +177,10 @@ def test_levels_are_solvable_by_the_babyai_bot(env_id):
         assert info["success"] and reward == pytest.approx(20 * (1 - 0.9 * env.unwrapped.step_count / env.unwrapped.max_steps))
 
 
-def test_french_level_translates_the_goal():
-    env = g.make_env("BabyAI-GoToFrench-v0")
-    obs, _ = env.reset(seed=0)
-    assert re.fullmatch(r"aller à (la|une) (clef|balle|boîte) (rouge|verte|bleue|violette|jaune|grise)", obs["mission"])
-    assert obs["sentences"] and all(s.startswith("Tu ") for s in obs["sentences"])
-    assert g.french_goal("go to a yellow box") == "aller à une boîte jaune"
-
-
 def test_action_spaces_and_no_op_mapping():
     assert g.action_names("canonical") == ["turn left", "turn right", "go forward", "pick up", "drop", "toggle"]
     assert g.action_names("restricted") == ["turn left", "turn right", "go forward"]
     assert g.action_names("augmented")[6:] == ["sleep", "do nothing", "think"]
-    assert g.action_names("canonical", "french")[2] == "aller tout droit"
     with pytest.raises(g.UsageError, match="canonical, restricted or augmented"):
         g.action_names("everything")
     env = g.make_env("BabyAI-GoToLocal-v0")

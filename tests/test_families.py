@@ -1,4 +1,4 @@
-"""Every model family users load is scored exactly or refused before any work starts (issue 18, items 1-3).
+"""Every model family users load is scored exactly or refused before any work starts (issues 18 and 27).
 
 Each family is built tiny and offline, written with save_pretrained and loaded from that folder as `--model <folder>`
 loads it; the prompts (up to about 420 tokens) are far longer than the 16-token sliding windows under test."""
@@ -56,12 +56,20 @@ def test_family_is_scored_exactly(family, smollm2, long_prompts, tmp_path):
     assert score_error < 1e-4 and hidden_error < 1e-4, (score_error, hidden_error)
 
 
-@pytest.mark.parametrize("family", ["bart", "mistral", "gemma3", "bloom"])
+@pytest.mark.parametrize("family", ["t5", "mistral", "gemma3", "bloom"])
 def test_family_is_scored_exactly_with_eager_attention(family, smollm2, long_prompts, tmp_path):
     """Eager attention takes an additive mask where SDPA takes booleans: the windows and blocks must survive both."""
     folder = model_families.save_family(family, tmp_path / family, smollm2)
     score_error, hidden_error, _ = scoring_errors(folder, long_prompts, attn_implementation="eager")
     assert score_error < 1e-4 and hidden_error < 1e-4, (score_error, hidden_error)
+
+
+@pytest.mark.parametrize("family", model_families.REFUSED)
+def test_a_family_with_absolute_decoder_positions_is_refused_in_one_line(family, smollm2, tmp_path):
+    """BART, mBART, Pegasus and Marian number their decoder positions across the packed blocks: the check finds it."""
+    llm, tokenizer = g.load_llm(model_families.save_family(family, tmp_path / family, smollm2))
+    with pytest.raises(g.UsageError, match=rf"^model family '{family}' is not among those tested, .*--action-heads$"):
+        g.GlamAgent(llm, tokenizer, g.action_names("canonical"))
 
 
 def tiny_decoder_only(config_class, smollm2, **sizes):
@@ -136,6 +144,13 @@ if __name__ == "__main__":
             score_error, hidden_error, packed = scoring_errors(model_families.save_family(family, f"{folder}/{family}", tokenizer), prompts)
             kind = "packed" if packed else "one sequence per pair (ALiBi)"
             print(f"| {family} | exact, {kind} | {score_error:.1e}, {hidden_error:.1e} |")
+        for family in model_families.REFUSED:
+            llm, family_tokenizer = g.load_llm(model_families.save_family(family, f"{folder}/{family}", tokenizer))
+            try:
+                g.GlamAgent(llm, family_tokenizer, g.action_names("canonical"))
+                print(f"| {family} | exact, packed | (the check's 1e-3) |")
+            except g.UsageError as error:
+                print(f"| {family} | refused: {error} | |")
     untested = {
         "olmo2 (untested: checked when built)": lambda: tiny_decoder_only(
             t.Olmo2Config, tokenizer, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4),

@@ -1,16 +1,17 @@
-"""`auto` pass sizes (--score-batch-size, --grad-accum-minibatch, --grad-accum-batch): the CPU's counter of tensor bytes
-agrees with torch's MemTracker, and a pass of the size that auto picks does not exceed the memory it was given."""
+"""Pass sizes (--score-batch-size, --grad-accum-minibatch, --grad-accum-batch): `auto` halves a pass that runs out of
+memory and keeps the size that fits, a number fixes the pass, and on CPU `auto` follows the rule the README states."""
 
-import importlib
 import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 import torch
-from torch.distributed._tools.mem_tracker import MemTracker
+from safetensors.torch import load_file
+from transformers import LlamaConfig
 
 import glam_ppo as g
 from script_runs import run_in_process
@@ -26,148 +27,86 @@ def agent_and_prompts(model: str = "tiny-t5"):
     short = envs.reset(seed=0)
     for step in range(3):
         long, *_ = envs.step([(step + k) % 3 for k in range(8)])
-    return g.GlamAgent(llm, tokenizer, envs.actions).eval(), short + long
+    return g.GlamAgent(llm, tokenizer, envs.actions, score_batch_size="auto").eval(), short + long
 
 
-def update_pass(agent):
-    def run(prompts):
-        _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long))
-        (logprob.sum() + entropy.sum() + value.sum()).backward()
-        agent.zero_grad(set_to_none=True)
+def out_of_memory_above(most: int, calls: list):
+    """A stand-in for a pass that runs out of memory with more than `most` prompts; `calls` gets every pass's size."""
 
-    return run
+    def run(original):
+        def score_tokens(tokens, *args, **kwargs):
+            calls.append(len(tokens.input_ids))
+            if len(tokens.input_ids) > most:
+                raise torch.OutOfMemoryError("CUDA out of memory (raised on purpose)")
+            return original(tokens, *args, **kwargs)
 
-
-def scoring_pass(agent):
-    def run(prompts):
-        with torch.no_grad():
-            agent.score_pass(prompts)
+        return score_tokens
 
     return run
 
 
-def tracked_peak(agent, run, prompts) -> int:
-    """The pass's peak above the weights, as torch's own MemTracker sees it: a measurement independent of ours."""
-    tracker = MemTracker()
-    tracker.track_external(agent)
-    with tracker:
-        run(prompts)
-    weights = sum(t.numel() * t.element_size() for t in [*agent.parameters(), *agent.buffers()])
-    return tracker.get_tracker_snapshot("peak")[CPU]["Total"] - weights
-
-
-def longest(agent, prompts) -> str:
-    return max(prompts, key=lambda prompt: len(agent.tokenizer(prompt).input_ids))
-
-
-@pytest.mark.parametrize("model", ["tiny-t5", "tiny-causal"])
-@pytest.mark.parametrize("kind", [update_pass, scoring_pass], ids=["update", "scoring"])
-def test_cpu_counter_agrees_with_mem_tracker(model, kind):
-    agent, prompts = agent_and_prompts(model)
-    run = kind(agent)
-    ours = g.peak_memory(lambda: run(prompts[8:]), CPU)
-    assert ours == pytest.approx(tracked_peak(agent, run, prompts[8:]), rel=0.02)
-
-
-@pytest.mark.parametrize("model", ["tiny-t5", "tiny-causal"])
-@pytest.mark.parametrize("budget", [40e6, 80e6])
-def test_auto_pass_fits_the_budget_in_as_few_passes_as_possible(model, budget):
-    agent, prompts = agent_and_prompts(model)
-    run, total = update_pass(agent), 64
-    size = g.PassSizer(run, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, CPU, total)
-    passes = math.ceil(total / size)
-    assert 1 < passes < total  # the budget splits the minibatch, so the test says something
-    worst = longest(agent, prompts)
-    assert tracked_peak(agent, run, [worst] * size) <= budget
-    # One pass fewer would not fit.
-    assert tracked_peak(agent, run, [worst] * math.ceil(total / (passes - 1))) > budget
-    # Passes of real, mixed prompts hold no more than the worst case.
-    for start in range(0, len(prompts), size):
-        assert tracked_peak(agent, run, prompts[start : start + size]) <= budget
-
-
-def test_a_longer_prompt_is_measured_again():
-    agent, prompts = agent_and_prompts()
-    run, budget = update_pass(agent), 60e6
-    sizer = g.PassSizer(run, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")
-    size_short = sizer(prompts[:8], CPU, total=64)
-    size_long = sizer(prompts[8:], CPU, total=64)
-    assert size_long < size_short
-    assert tracked_peak(agent, run, [longest(agent, prompts)] * size_long) <= budget
-
-
-def test_too_small_a_budget_is_one_clear_error():
-    agent, prompts = agent_and_prompts()
-    sizer = g.PassSizer(update_pass(agent), agent.prompt_lengths, lambda: 1e5, "--grad-accum-minibatch", "transition")
-    with pytest.raises(g.UsageError, match=r"--grad-accum-minibatch auto: one transition of \d+ tokens needs .*--gradient-checkpointing"):
-        sizer(prompts, CPU, total=64)
-
-
-def test_probes_leave_the_random_state_as_it_was():
-    agent, prompts = agent_and_prompts()
-    agent.train()  # dropout draws random numbers in every pass
-    sizer = g.PassSizer(update_pass(agent), agent.prompt_lengths, lambda: 60e6, "--grad-accum-minibatch", "transition")
-    before = torch.get_rng_state()
-    sizer(prompts, CPU, total=64)
-    assert torch.equal(torch.get_rng_state(), before)
-
-
-def test_auto_scoring_splits_a_large_batch_and_scores_alike():
+def test_auto_scoring_halves_a_pass_that_runs_out_of_memory_and_keeps_the_size(monkeypatch):
     agent, prompts = agent_and_prompts()
     with torch.no_grad():
-        expected = agent.score_pass(prompts)[1]
-        agent.score_batch_size = "auto"
-        agent.score_sizer.budget = lambda: 25e6  # a few prompts per pass
-        scores = agent.score(prompts)
-    assert 1 < agent.score_sizer.fits < len(prompts)
-    torch.testing.assert_close(scores, expected, rtol=0, atol=1e-5)
+        expected = agent.score(prompts)
+        calls = []
+        monkeypatch.setattr(agent, "_score_tokens", out_of_memory_above(5, calls)(agent._score_tokens))
+        torch.testing.assert_close(agent.score(prompts), expected, rtol=0, atol=1e-5)
+        assert calls == [16, 8, 4, 4, 4, 4] and agent.score_size.fits == 4  # 16 fails, 8 fails, four passes of 4
+        calls.clear()
+        agent.score(prompts)
+        assert calls == [4, 4, 4, 4]  # the size that fits is kept for the rest of the run
 
 
-def test_training_memory_to_come_is_adams_two_moments_and_the_gradients_until_they_exist():
+def test_a_fixed_pass_size_that_runs_out_of_memory_is_one_line_naming_the_flag(monkeypatch):
     agent, prompts = agent_and_prompts()
-    optimizer = torch.optim.Adam(agent.parameters())
-    parameter_bytes = 4 * sum(p.numel() for p in agent.parameters())
-    assert g.training_memory_to_come(optimizer) == 2 * parameter_bytes
-    assert g.training_memory_to_come(optimizer, gradients=True) == 3 * parameter_bytes
-    update_pass(agent)(prompts[:2])
-    agent(prompts[:2])[1].sum().backward()
-    optimizer.step()
-    assert g.training_memory_to_come(optimizer) == 0 and g.training_memory_to_come(optimizer, gradients=True) == 0
+    agent.score_size.setting = 48  # pairs: 8 prompts of 6 actions
+    monkeypatch.setattr(agent, "_score_tokens", out_of_memory_above(5, [])(agent._score_tokens))
+    with torch.no_grad(), pytest.raises(g.UsageError, match=r"^--score-batch-size 48: a pass of 8 runs out of memory; give a smaller number"):
+        agent.score(prompts)
 
 
-@pytest.mark.parametrize("script", ["glam_ppo", "bc_finetune"])
-def test_scoring_budget_leaves_room_for_the_training_state_from_the_first_rollout(script, tmp_path, monkeypatch):
-    """The first scoring pass comes before any gradient or Adam moment exists: its budget must count them already."""
-    module = importlib.import_module(script)
-    monkeypatch.setattr(module, "free_memory", lambda device: 10e9)
-    budgets, call = [], module.PassSizer.__call__
-
-    def recording_call(self, *args, **kwargs):
-        budgets.append((self.flag, self.budget()))
-        return call(self, *args, **kwargs)
-
-    monkeypatch.setattr(module.PassSizer, "__call__", recording_call)
-    flags = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "2"]
-    flags += ["--num-steps", "2", "--total-timesteps", "4"] if script == "glam_ppo" else ["--num-transitions", "40", "--eval-episodes", "1"]
-    run_in_process(module, tmp_path, flags, monkeypatch)
-    llm, _ = module.load_llm("tiny-t5")
-    trained = sum(p.numel() for p in llm.parameters()) + (sum(p.numel() for p in module.glam_head(64, 1).parameters()) if script == "glam_ppo" else 0)
-    first_scoring_budget = next(budget for flag, budget in budgets if flag == "--score-batch-size")
-    assert first_scoring_budget == pytest.approx(module.AUTO_MEMORY_MARGIN * 10e9 - 3 * 4 * trained)
+TRAINING = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "4", "--num-minibatches", "1",
+            "--update-epochs", "2", "--total-timesteps", "32", "--learning-rate", "1e-3", "--score-batch-size", "1024"]
 
 
-def test_scoring_tokenizes_each_prompt_once_however_it_is_chunked(monkeypatch):
+def test_auto_update_passes_halve_on_out_of_memory_and_make_the_update_of_that_fixed_size(tmp_path, monkeypatch, capsys):
+    """16 transitions a minibatch, out of memory above 5: passes of 16 and 8 fail, then 4 fit; the run's weights are those
+    of a run with --grad-accum-minibatch 4."""
+    fixed = run_in_process(g, tmp_path / "fixed", [*TRAINING, "--grad-accum-minibatch", "4"], monkeypatch)
+    calls, original = [], g.GlamAgent._score_tokens
+    monkeypatch.setattr(g.GlamAgent, "_score_tokens", lambda self, tokens, *a, **k: out_of_memory_above(5, calls)(lambda *a, **k: original(self, *a, **k))(tokens, *a, **k))
+    halved = run_in_process(g, tmp_path / "halved", [*TRAINING, "--grad-accum-minibatch", "auto"], monkeypatch)
+    assert "--grad-accum-minibatch auto: 16 per pass ran out of memory; 8 from now on" in capsys.readouterr().out
+    weights, expected = load_file(f"{halved}/checkpoint/model/model.safetensors"), load_file(f"{fixed}/checkpoint/model/model.safetensors")
+    assert all(torch.equal(weights[name], expected[name]) for name in expected)
+
+
+def smollm2_shaped(**sizes):
+    return SimpleNamespace(config=LlamaConfig(hidden_size=576, num_hidden_layers=30, vocab_size=49152, **sizes))
+
+
+def test_the_cpu_rule_sizes_passes_from_the_model_and_the_longest_prompt():
+    """README: an update pass holds 100 bytes per token per hidden unit per layer, up to 2 GiB; on CUDA all in one."""
+    update = g.PassSize("auto", "--grad-accum-minibatch", g.update_bytes_per_token(smollm2_shaped()))
+    assert update.most(64, lambda: 300, CPU) == 2**31 // (100 * 576 * 30 * 300) == 4  # SmolLM2-135M, 300-token prompts
+    assert update.most(64, lambda: 600, CPU) == 2 and update.most(64, lambda: 10**6, CPU) == 1
+    assert update.most(64, lambda: 300, torch.device("cuda")) == 64
+    tiny, _ = g.load_llm("tiny-t5")
+    assert g.PassSize("auto", "--grad-accum-minibatch", g.update_bytes_per_token(tiny)).most(64, lambda: 400, CPU) == 64
+    assert g.PassSize(8, "--grad-accum-minibatch", None).most(64, None, CPU) == 8
+    assert g.PassSize(0, "--grad-accum-minibatch", None).most(64, None, CPU) == 64
+
+
+def test_an_update_pass_scores_its_prompts_in_one_pass_whatever_the_scoring_size(monkeypatch):
     agent, prompts = agent_and_prompts()
-    agent.score_batch_size = "auto"
-    agent.score_sizer.budget = lambda: 25e6  # a few prompts per pass
+    agent.score_size.setting = 6  # one prompt per scoring pass
+    calls = []
+    monkeypatch.setattr(agent, "_score_tokens", out_of_memory_above(100, calls)(agent._score_tokens))
+    agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long))
     with torch.no_grad():
-        agent.score(prompts)  # measures the passes' memory first
-        calls, tokenize = [], type(agent.tokenizer).__call__
-        monkeypatch.setattr(type(agent.tokenizer), "__call__", lambda self, texts, **kwargs: calls.append(len(texts)) or tokenize(self, texts, **kwargs))
-        chunked = agent.score(prompts)
-        assert calls == [len(prompts)] and 1 < agent.score_sizer.fits < len(prompts)
-        monkeypatch.setattr(type(agent.tokenizer), "__call__", tokenize)
-        torch.testing.assert_close(chunked, agent.score_pass(prompts)[1], rtol=0, atol=1e-5)
+        agent.score(prompts)
+    assert calls == [16] + [1] * 16
 
 
 @pytest.mark.parametrize("total, most", [(64, 7), (16, 5), (64, 64), (7, 1), (10, 3), (1, 4)])

@@ -25,11 +25,3 @@ def test_three_observations_two_actions():
         " Observation 2: \n Action 2: "
     )
 
-
-def test_french_prompt():
-    prompt = g.build_prompt("aller à la balle rouge", g.action_names("canonical", "french")[:2], [["Tu vois un mur à 1 pas devant"]], [], "french")
-    assert prompt == (
-        "Actions possibles pour l'agent: tourner à gauche, tourner à droite \n"
-        " But de l'agent: aller à la balle rouge \n"
-        " Observation 0: Tu vois un mur à 1 pas devant, \n Action 0: "
-    )

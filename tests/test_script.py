@@ -61,7 +61,7 @@ def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(tmp_path):
     assert sum(probe) == pytest.approx(1.0, abs=1e-4)
     assert "hyperparameters/text_summary" in events.Tags()["tensors"]
     checkpoint = os.path.join(run_dir, "checkpoint")
-    assert sorted(os.listdir(checkpoint)) == ["args.json", "envs.pkl", "heads.pt", "manifest.json", "model", "trainer.pt"]
+    assert sorted(os.listdir(checkpoint)) == ["args.json", "envs.pkl", "heads.pt", "model", "trainer.pt"]
     assert json.load(open(os.path.join(checkpoint, "args.json")))["model"] == "tiny-t5"
     trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), weights_only=False)
     assert trainer["global_step"] == 256 and trainer["iteration"] == 4
@@ -139,14 +139,61 @@ def test_ctrl_c_saves_a_checkpoint_that_resumes(repo, tmp_path, stop_signal):
     process.send_signal(stop_signal)
     sent = time.time()
     stdout, stderr = process.communicate(timeout=120)
-    assert time.time() - sent < 20  # the rollout stops after its current step (or the update in progress, then one step)
+    assert time.time() - sent < 20  # the rollout stops after its current step, the update after its current minibatch
     assert process.returncode == 0, stderr[-3000:]
     assert "saved" in stdout and "--resume" in stdout
     run_dir = only_run_dir(tmp_path)
     trainer = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)
-    assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * trainer["iteration"]
+    in_update = trainer["update"] is not None if "update" in trainer else False  # saved during an update: its rollout done
+    assert 1 <= trainer["iteration"] < 1000 and trainer["global_step"] == 32 * (trainer["iteration"] + in_update)
     result = run(tmp_path, "--resume", run_dir, "--total-timesteps", str(32 * (trainer["iteration"] + 1)))
     assert f"done: {32 * (trainer['iteration'] + 1)} frames" in result.stdout
+
+
+def test_a_stop_during_an_update_takes_effect_after_the_current_minibatch_and_resume_finishes_it(tmp_path, monkeypatch):
+    """Ctrl-C during the 3rd minibatch of the first update (epoch 2 of 4, minibatch 1 of 2): no further optimizer step,
+    the update's batch and position saved, and the resumed run ends with the weights of the uninterrupted one."""
+    flags = [*SMALL, "--total-timesteps", "64", "--update-epochs", "4"]
+    straight = run_in_process(g, tmp_path / "straight", flags, monkeypatch)
+    steps, step = [], torch.optim.Adam.step
+
+    def step_then_ctrl_c(self, *args, **kwargs):
+        steps.append(1)
+        if len(steps) == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step_then_ctrl_c)
+    split = run_in_process(g, tmp_path / "split", flags, monkeypatch)
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    assert len(steps) == 3  # the stop took effect after the minibatch it came in
+    trainer = torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)
+    assert (trainer["iteration"], trainer["global_step"]) == (0, 32)
+    assert (trainer["update"]["epoch"], trainer["update"]["start"]) == (1, 16) and len(trainer["update"]["batch"]["obs"]) == 32
+    run_in_process(g, tmp_path / "split", ["--resume", split], monkeypatch)
+    expected, resumed = checkpoint_weights(straight), checkpoint_weights(split)
+    for name, weight in expected.items():
+        assert torch.equal(resumed[name], weight), name
+    assert [step for step, _ in scalars(split, "losses/approx_kl")] == [step for step, _ in scalars(straight, "losses/approx_kl")]
+
+
+def test_sigterm_during_a_long_update_stops_within_seconds(repo, tmp_path):
+    """The issue's measurement: 4 envs x 8 steps and 200 epochs make an update of about half a minute here, which the
+    stop used to wait for (46.7 s from SIGTERM to exit); now the run saves after the minibatch under way."""
+    process = subprocess.Popen(
+        [sys.executable, os.path.join(repo, "glam_ppo.py"), *SMALL, "--total-timesteps", "32", "--update-epochs", "200"],
+        cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    seen = ""
+    while "32/32" not in seen and process.poll() is None:  # the progress bar: the rollout is over, the update begins
+        seen += process.stderr.read(1)
+    time.sleep(3)
+    process.send_signal(signal.SIGTERM)
+    sent = time.time()
+    stdout, stderr = process.communicate(timeout=120)
+    assert time.time() - sent < 10 and process.returncode == 0, stderr[-3000:]
+    trainer = torch.load(os.path.join(only_run_dir(tmp_path), "checkpoint", "trainer.pt"), weights_only=False)
+    assert trainer["iteration"] == 0 and trainer["update"]["epoch"] < 200
 
 
 def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch):
@@ -225,7 +272,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     monkeypatch.setattr(g.json, "dump", killed)
     with pytest.raises(KeyboardInterrupt):
         g.save_checkpoint(str(tmp_path), args, agent, optimizer, g.run_state(envs, global_step=64, iteration=2))
-    found = g.find_checkpoint(str(tmp_path))
+    found = g.checkpoint_folders(str(tmp_path))[0]
     assert found.endswith("checkpoint") and torch.load(os.path.join(found, "trainer.pt"), weights_only=False)["iteration"] == 1
     with open(os.path.join(found, "envs.pkl"), "rb") as f:
         restored = g.pickle.load(f)
@@ -234,7 +281,7 @@ def test_checkpoint_writes_are_atomic(tmp_path, monkeypatch):
     # killed between the two renames: only the previous checkpoint, renamed .previous, is there
     shutil.rmtree(found + ".previous", ignore_errors=True)
     os.rename(found, found + ".previous")
-    assert g.find_checkpoint(str(tmp_path)).endswith("checkpoint.previous")
+    assert g.checkpoint_folders(str(tmp_path)) == [found + ".previous"]
 
 
 def test_bf16_checkpoint_trains_in_float32_at_the_papers_learning_rate(tmp_path, monkeypatch):
@@ -280,7 +327,7 @@ def test_a_run_emits_no_deprecation_warning(flags, runs_with_warnings_as_errors)
         (["--total-timesteps", "10"], "less than one batch"),
         (["--grad-accum-minibatch", "-1"], "grad-accum-minibatch"),
         (["--load-embedding"], "add --no-pretrained"),
-        (["--resume", "no/such/run"], "no checkpoint written by glam_ppo.py"),
+        (["--resume", "no/such/run"], "no checkpoint in 'no/such/run'"),
     ],
 )
 def test_bad_input_names_the_fix(flags, message):
