@@ -697,6 +697,7 @@ def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint after the current step or minibatch, then exit
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
+    video_dir = args.capture_video and make_folder(os.path.join("videos", run_name), "the video folder")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -866,7 +867,7 @@ def main(args: Args):
         success, ret = (f"{np.mean(recent):.2f}" if recent else "-" for recent in (recent_successes, recent_returns))
         progress.set_postfix(update=f"{iteration}/{args.num_iterations}", SPS=sps, success=success, ret=ret)
         if args.capture_video and iteration % args.video_interval == 0:
-            record_video(args, agent, video_env, autocast, run_name, iteration)
+            record_video(args, agent, video_env, autocast, video_dir, iteration)
         if iteration % args.save_interval == 0 or iteration == args.num_iterations:
             save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration), progress)
     progress.close()
@@ -1647,12 +1648,11 @@ def write_video(frames, path: str):
     writer.close()
 
 
-def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, run_name: str, iteration: int):
+def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, video_dir: str, iteration: int):
     """An episode on a level that no training env plays, to videos/<run>/ (and W&B with --track)."""
     level_seed = args.seed + VIDEO_SEED_OFFSET + iteration
     frames, episode = record_episode(agent, env, level_seed, autocast)
-    folder = make_folder(os.path.join("videos", run_name), "the video folder")
-    path = os.path.join(folder, f"update{iteration}__seed{level_seed}__{'success' if episode['success'] else 'failure'}.{args.video_format}")
+    path = os.path.join(video_dir, f"update{iteration}__seed{level_seed}__{'success' if episode['success'] else 'failure'}.{args.video_format}")
     write_video(frames, path)
     if args.track:
         import wandb

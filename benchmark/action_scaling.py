@@ -14,7 +14,7 @@ the first --pair-sample actions only, with prompts still listing all A: its pair
 those of the whole pass, at a fraction of the CPU time.
 
 Time is process CPU time on a CPU (one thread: robust to other processes sharing the machine), wall time on a GPU;
-peak memory is glam_ppo.peak_memory's (torch.cuda.max_memory_allocated on a GPU; on a CPU, the peak of the live
+peak memory is `peak_memory`'s (torch.cuda.max_memory_allocated on a GPU; on a CPU, the peak of the live
 bytes of the tensors that ops create), above what was allocated before the pass. The tiny models' word-level
 tokenizer turns invented words into <unk>: the actions keep their number of tokens, which is all that speed sees.
 
@@ -36,12 +36,15 @@ import subprocess
 import sys
 import tempfile
 import time
+import weakref
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import torch
 import tyro
+from torch.utils import _pytree as pytree
+from torch.utils._python_dispatch import TorchDispatchMode
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
@@ -159,6 +162,49 @@ def check_agreement(scores: dict, model: str, count: int, tolerance: float = 1e-
     return differences
 
 
+class CreatedTensorBytes(TorchDispatchMode):
+    """The live bytes of the tensors created by ops while active, and their peak: the CPU allocator keeps no
+    statistics. A tensor that shares its storage with an input (a view, an in-place op) is not new memory."""
+
+    def __init__(self):
+        super().__init__()
+        self.live = self.peak = 0
+        self.sizes = {}  # storage address -> bytes, for the storages created and not yet freed
+
+    def _freed(self, address: int):
+        self.live -= self.sizes.pop(address)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
+        for tensor in pytree.tree_leaves(out):
+            if not isinstance(tensor, torch.Tensor):
+                continue
+            storage = tensor.untyped_storage()
+            address, size = storage.data_ptr(), storage.nbytes()
+            if size == 0 or address in inputs or address in self.sizes:
+                continue
+            self.sizes[address] = size
+            self.live += size
+            self.peak = max(self.peak, self.live)
+            weakref.finalize(storage, self._freed, address)
+        return out
+
+
+def peak_memory(run, device: torch.device) -> int:
+    """Peak bytes allocated while `run()` runs, above what was allocated when it started."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        start = torch.cuda.memory_allocated(device)
+        run()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - start
+    with CreatedTensorBytes() as counter:
+        run()
+    return counter.peak
+
+
 @torch.no_grad()
 def measure_count(name: str, llm, tokenizer, count: int, args: Args) -> list[dict]:
     """The three schemes' rows at `count` actions: each run once under the memory counter (also the warm-up and the
@@ -174,7 +220,7 @@ def measure_count(name: str, llm, tokenizer, count: int, args: Args) -> list[dic
     for scheme in SCHEMES:
         runner = sample if one_sequence_per_pair(scheme, agent) else agent
         scored_actions[scheme] = len(runner.actions)
-        memory[scheme] = glam_ppo.peak_memory(lambda: scores.__setitem__(scheme, scoring_speed.SCHEMES[scheme](runner, prompts)), device)
+        memory[scheme] = peak_memory(lambda: scores.__setitem__(scheme, scoring_speed.SCHEMES[scheme](runner, prompts)), device)
     differences = check_agreement(scores, name, count)
     prompt_tokens = float(np.mean([len(tokenizer(p).input_ids) for p in prompts]))
     rows = []

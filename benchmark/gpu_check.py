@@ -1,6 +1,6 @@
 """On a GPU: the scorer against naive scoring on the device (fp32 and bf16), the memory that GLAM's passes really
 take at flan-t5-large's shape next to what benchmark/memory.py predicts for them, and the pass size that
---grad-accum-minibatch auto picks there with the measured peak of such a pass. benchmark/gpu.sh runs it.
+--grad-accum-minibatch auto settles on there (halving on out-of-memory) with the peak of such a pass. benchmark/gpu.sh runs it.
 
     python benchmark/gpu_check.py --out-dir benchmark/gpu                 # writes gpu_check.json and gpu_check.md
     python benchmark/gpu_check.py --device cpu --memory-shape flan-t5-small --num-prompts 4   # the same checks on a CPU
@@ -46,7 +46,7 @@ class Args:
     minibatch: int = 64
     """the minibatch that --grad-accum-minibatch auto splits (the paper's 64)"""
     auto_budget_gb: float | None = None
-    """the memory auto may use (default: what glam_ppo.py gives it, 90% of the free memory less Adam's moments)"""
+    """CUDA: the memory this process may take while auto finds its pass size (default: the whole GPU)"""
 
 
 @torch.no_grad()
@@ -105,26 +105,36 @@ def memory_rows(args: Args) -> list[dict]:
 
 
 def auto_row(args: Args) -> dict:
-    """What --grad-accum-minibatch auto picks at the shape on this device, and the measured peak of a pass of that size
-    over copies of the longest prompt (the worst case auto plans for), against the budget it was given."""
+    """The pass size that --grad-accum-minibatch auto settles on at the shape for a minibatch of copies of the longest
+    prompt (the worst case): on CUDA by halving on out-of-memory errors (--auto-budget-gb caps what this process may
+    take, as a smaller GPU would), on a CPU by the rule; and the peak of the last pass, against the budget."""
     torch.manual_seed(0)
     device = torch.device(args.device)
     llm, tokenizer = memory.build_model(args.memory_shape)
     agent = glam_ppo.GlamAgent(llm, tokenizer, glam_ppo.action_names("canonical")).to(device).eval()
-    optimizer = torch.optim.Adam(agent.parameters())
-    if args.auto_budget_gb is None:
-        budget = glam_ppo.AUTO_MEMORY_MARGIN * glam_ppo.free_memory(device) - glam_ppo.training_memory_to_come(optimizer)
-    else:
-        budget = args.auto_budget_gb * 1e9
-
-    def update_pass(prompts):
-        memory.run_pass(agent, prompts, update=True, bf16=False, device_type=args.device)
-
+    budget = (torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else glam_ppo.CPU_PASS_BYTES) / 1e9
+    if args.auto_budget_gb is not None and device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(args.auto_budget_gb * 1e9 / torch.cuda.get_device_properties(device).total_memory)
+        budget = args.auto_budget_gb
     prompts = memory.real_prompts(args.num_prompts)
-    size = glam_ppo.PassSizer(update_pass, agent.prompt_lengths, lambda: budget, "--grad-accum-minibatch", "transition")(prompts, device, args.minibatch)
     longest = max(prompts, key=lambda prompt: len(tokenizer(prompt).input_ids))
-    peak = glam_ppo.peak_memory(lambda: update_pass([longest] * size), device)
-    return {"budget_gb": budget / 1e9, "pass_size": size, "passes": -(-args.minibatch // size), "peak_gb": peak / 1e9}
+    batch, tried = [longest] * args.minibatch, []
+
+    def minibatch(most):
+        tried.append(most)
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        for part in glam_ppo.even_split(len(batch), most):
+            memory.run_pass(agent, batch[part], update=True, bf16=False, device_type=args.device)
+        if device.type == "cuda":
+            return torch.cuda.max_memory_allocated() / 1e9
+        return memory.activations(memory.peak_memory(agent, batch[:most], update=True, bf16=False)) / 1e9
+
+    size = glam_ppo.PassSize("auto", "--grad-accum-minibatch", glam_ppo.update_bytes_per_token(llm))
+    peak = size.run(minibatch, len(batch), lambda: len(tokenizer(longest).input_ids), device)
+    if device.type == "cuda":
+        torch.cuda.set_per_process_memory_fraction(1.0)
+    return {"budget_gb": budget, "tried": tried, "pass_size": tried[-1], "passes": -(-args.minibatch // tried[-1]), "peak_gb": peak}
 
 
 def planned(args: Args) -> dict:
@@ -163,9 +173,9 @@ def main(args: Args) -> dict:
         "| pass | measured | predicted | predicted / measured |", "|---|---:|---:|---:|",
         *[f"| {row['pass']} | {row['gb_per_unit']:.3f} | {row['planned_gb_per_unit']:.3f} | "
           f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]], "",
-        f"--grad-accum-minibatch auto at {args.memory_shape}'s shape: a minibatch of {args.minibatch} in {auto['passes']} passes of "
-        f"{auto['pass_size']}; a pass of {auto['pass_size']} copies of the longest prompt peaked at {auto['peak_gb']:.2f} GB of the "
-        f"{auto['budget_gb']:.2f} GB budget ({'within' if auto['peak_gb'] <= auto['budget_gb'] else 'OVER'} it).",
+        f"--grad-accum-minibatch auto at {args.memory_shape}'s shape: a minibatch of {args.minibatch} copies of the longest prompt "
+        f"tried in passes of {', '.join(map(str, auto['tried']))}, kept {auto['passes']} passes of {auto['pass_size']}, which peaked at "
+        f"{auto['peak_gb']:.2f} GB of {auto['budget_gb']:.2f} GB ({'within' if auto['peak_gb'] <= auto['budget_gb'] else 'OVER'} it).",
     ]
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "gpu_check.json"), "w") as f:

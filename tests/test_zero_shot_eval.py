@@ -1,4 +1,4 @@
-"""zero_shot_eval.py: probes, reference policies, checkpoints, outputs and errors."""
+"""zero_shot_eval.py: probes (the French one's text), reference policies, checkpoints, outputs, videos and errors."""
 
 import csv
 import glob
@@ -6,18 +6,22 @@ import inspect
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
 import time
 
+import imageio_ffmpeg
+import numpy as np
 import pytest
 import torch
+from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
 import bc_finetune
 import glam_ppo
 import zero_shot_eval as z
-from script_runs import run_in_process
+from script_runs import main_in_process, run_in_process
 
 
 def evaluate(tmp_path, *flags):
@@ -45,6 +49,66 @@ def test_probe_substitutions_are_exact():
     assert z.substitute("the reddish keys", {"red": "faze", "key": "dax"}) == "the reddish keys"  # whole words only
     assert z.PROBES["synonym-actions"].actions == ("rotate left", "rotate right", "move ahead", "take", "release", "switch")
     assert set(z.SUITES["generalisation"]) == set(z.PROBES)
+
+
+
+def view(cells, carrying=None):
+    """A 7x7x3 image: unseen everywhere, empty floor on the agent's rays, then the given cells."""
+    image = np.zeros((7, 7, 3), dtype=np.uint8)
+    image[3, :6, 0] = image[:, 6, 0] = OBJECT_TO_IDX["empty"]
+    for (i, j), (kind, colour, state) in cells.items():
+        image[i, j] = (OBJECT_TO_IDX[kind], COLOR_TO_IDX[colour], state)
+    if carrying:
+        image[3, 6] = (OBJECT_TO_IDX[carrying[0]], COLOR_TO_IDX[carrying[1]], 0)
+    return image
+
+
+def test_french_sentences_are_the_reference_ones_in_the_order_of_the_english():
+    image = view({(3, 2): ("wall", "grey", 0), (1, 5): ("key", "red", 0), (1, 6): ("box", "grey", 0)})
+    assert z.describe_french(image) == [
+        "Tu vois un mur à 4 pas devant",
+        "Tu vois une clef rouge 2 pas à gauche et 1 pas devant",
+        "Tu vois une boîte grise 2 pas à gauche",
+    ]
+    image = view(
+        {
+            (3, 5): ("wall", "grey", 0), (0, 6): ("wall", "grey", 0), (5, 6): ("door", "red", 0), (6, 6): ("wall", "grey", 0),
+            (4, 3): ("door", "blue", 2), (2, 1): ("ball", "purple", 0),
+        },
+        carrying=("ball", "blue"),
+    )
+    assert z.describe_french(image) == [
+        "Tu portes une balle bleue",  # the original's reads `Tu portes une ball blue`
+        "Tu vois un mur à 1 pas devant",
+        "Tu vois un mur à 3 pas à gauche",  # the open door hides the wall behind it on the right ray
+        "Tu vois une balle violette 1 pas à gauche et 5 pas devant",
+        "Tu vois une porte bleue fermée à clef 1 pas à droite et 3 pas devant",
+        "Tu vois une porte rouge ouverte 2 pas à droite",
+    ]
+    rng = np.random.default_rng(0)
+    for _ in range(50):  # sentence for sentence the English ones: the same objects, in the same order
+        image = np.stack([rng.integers(0, 11, (7, 7)), rng.integers(0, 6, (7, 7)), rng.integers(0, 3, (7, 7))], -1)
+        french, english = z.describe_french(image), z.describe(image)
+        assert len(french) == len(english)
+        assert [re.findall(r"\d", sentence) for sentence in french] == [re.findall(r"\d", sentence) for sentence in english]
+
+
+def test_the_french_probe_asks_the_goal_and_offers_the_actions_in_french():
+    assert z.french_goal("go to a yellow box") == "aller à une boîte jaune"
+    assert z.french_goal("go to the red ball") == "aller à la balle rouge"
+    probe = z.PROBES["french"]
+    assert probe.actions == ("tourner à gauche", "tourner à droite", "aller tout droit", "attraper", "lâcher", "basculer")
+    prompt = z.build_prompt("aller à la balle rouge", probe.actions[:2], [["Tu vois un mur à 1 pas devant"]], [])
+    assert z.substitute(prompt, probe.substitutions) == (
+        "Actions possibles pour l'agent: tourner à gauche, tourner à droite \n"
+        " But de l'agent: aller à la balle rouge \n"
+        " Observation 0: Tu vois un mur à 1 pas devant, \n Action 0: "
+    )
+    env = z.make_env(probe.env_id)  # GoToLocal under its own name, its text written by the probe
+    env.text = probe.text
+    obs, _ = env.reset(seed=0)
+    assert re.fullmatch(r"aller à (la|une) (clef|balle|boîte) (rouge|verte|bleue|violette|jaune|grise)", obs["mission"])
+    assert obs["sentences"] and all(sentence.startswith("Tu ") for sentence in obs["sentences"])
 
 
 def test_bot_solves_and_random_succeeds_as_often_as_expected(tmp_path):
@@ -91,6 +155,8 @@ def test_tiny_model_end_to_end_writes_the_table_files(tmp_path, capsys):
     assert set(synonyms[0]["actions"]) <= set(z.PROBES["synonym-actions"].actions)
     french = [e for e in episodes if e["probe"] == "french"]
     assert french[0]["prompts"][0].startswith("Actions possibles pour l'agent: tourner à gauche")
+    assert not any(re.search("Goal|You |step", prompt) for e in french for prompt in e["prompts"])
+    assert set(french[0]["actions"]) <= set(z.FRENCH_ACTIONS)
     assert all(len(e["prompts"]) == len(e["actions"]) == e["length"] for e in episodes)
 
 
@@ -189,3 +255,85 @@ def test_success_interval_is_wilsons_inside_zero_one_and_never_empty(successes, 
             assert abs(rate - bound) / math.sqrt(bound * (1 - bound) / episodes) == pytest.approx(2.576, abs=1e-6)
     assert (low == 0) == (successes == 0) and (high == 1) == (successes == episodes)
     assert inspect.getsource(bc_finetune.success_interval) == inspect.getsource(z.success_interval)
+
+
+def test_a_folder_that_cannot_be_made_is_one_line_before_any_model_loads(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a_file", "videos"):
+        (tmp_path / name).write_text("")
+    monkeypatch.setattr(z, "load_agent", lambda *args: pytest.fail("a model was loaded"))
+    with pytest.raises(z.UsageError, match="cannot make --output-dir a_file/out: Not a directory"):
+        z.main(z.parse_args(["--model", "tiny-t5", "--output-dir", "a_file/out"]))
+    with pytest.raises(z.UsageError, match="cannot make the video folder videos/out: Not a directory"):
+        z.main(z.parse_args(["--model", "tiny-t5", "--output-dir", "out", "--capture-video", "--video-format", "gif"]))
+
+
+def test_zero_shot_policies_return_the_distribution_they_draw_from():
+    torch.manual_seed(0)
+    llm, tokenizer = z.load_llm("tiny-t5")
+    envs = z.TextVecEnv("BabyAI-GoToLocalS5N2-v0", 3, "canonical")
+    prompts = envs.reset(seed=0)
+    agent = z.GlamAgent(llm, tokenizer, envs.actions).eval()
+    args = z.parse_args(["--model", "tiny-t5"])
+    actions, probs = z.Policy(args, 6, agent).act([0, 1, 2], prompts)
+    with torch.no_grad():
+        np.testing.assert_allclose(probs, agent(prompts)[0].softmax(-1).numpy(), rtol=0, atol=1e-6)
+    assert len(actions) == 3
+    args.policy = "random"
+    assert np.allclose(z.Policy(args, 6).act([0, 1], prompts[:2])[1], 1 / 6)
+    args.policy = "bot"
+    bot = z.Policy(args, 6)
+    for index, env in enumerate(envs.envs):
+        bot.start(index, env)
+    actions, probs = bot.act([0, 1, 2], prompts)
+    assert (probs == np.eye(6)[actions]).all()
+
+
+def test_a_frame_shows_what_the_model_read_and_bars_of_the_distribution_the_action_was_drawn_from(tmp_path, monkeypatch):
+    recorded, add_step = [], z.EpisodeVideo.add_step
+
+    def recording(self, level, goal, sentences, probs, chosen, step, episode_return):
+        add_step(self, level, goal, sentences, probs, chosen, step, episode_return)
+        recorded.append((goal, sentences, np.array(probs), int(chosen), self.frames[-1]))
+
+    monkeypatch.setattr(z.EpisodeVideo, "add_step", recording)
+    flags = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "1", "--num-envs", "1", "--probes", "invented-both",
+             "--capture-video", "--video-format", "gif", "--output-dir", "out"]
+    main_in_process(z, tmp_path, flags, monkeypatch)
+    torch.manual_seed(1)  # the model of random weights that main() built
+    agent = z.load_agent(z.parse_args(flags), z.action_names("canonical"), torch.device("cpu"))
+    substitutions = z.PROBES["invented-both"].substitutions
+    replay = z.TextVecEnv("BabyAI-GoToLocalS5N2-v0", 1, "canonical")
+    replay.start_episode(0, 1)
+    for goal, sentences, probs, chosen, frame in recorded:
+        assert goal == z.substitute(replay.missions[0], substitutions)
+        assert sentences == [z.substitute(sentence, substitutions) for sentence in replay.obs_histories[0][-1]]
+        with torch.no_grad():
+            expected = agent([z.substitute(replay.prompts()[0], substitutions)])[0][0].softmax(-1)
+        np.testing.assert_allclose(probs, expected.numpy(), rtol=0, atol=1e-6)
+        # the chosen action's bar is the red one, 160 pixels for a probability of 1 (a rectangle includes both ends)
+        assert frame.shape == (576, 1024, 3) and (frame == (214, 69, 65)).all(-1).sum(1).max() == round(160 * probs[chosen]) + 1
+        *_, finished = replay.step([chosen])
+    assert finished and finished[0]["length"] == len(recorded)  # the chosen actions replay the recorded episode to its end
+    (video,) = glob.glob(str(tmp_path / "videos" / "out" / "*.gif"))
+    assert os.path.basename(video) == f"invented-both__BabyAI-GoToLocalS5N2-v0__seed1__{'success' if finished[0]['success'] else 'failure'}.gif"
+
+
+def test_zero_shot_records_the_first_episodes_of_each_probe_and_plays_them_unchanged(tmp_path, monkeypatch, capsys):
+    flags = ["--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--episodes", "3", "--num-envs", "2", "--suite", "none",
+             "--probes", "no-change", "invented-nouns", "--output-dir", "out", "--save-trajectories"]
+    main_in_process(z, tmp_path / "plain", flags, monkeypatch)
+    plain = capsys.readouterr().out
+    main_in_process(z, tmp_path / "recording", [*flags, "--capture-video", "--video-episodes", "2"], monkeypatch)
+    assert plain.splitlines()[-4:-1] == capsys.readouterr().out.splitlines()[-4:-1]  # the same table
+    episodes = [(tmp_path / run / "out" / "trajectories.jsonl").read_text() for run in ("plain", "recording")]
+    assert episodes[0] == episodes[1]
+    lengths = {(e["probe"], e["seed"]): e["length"] for e in map(json.loads, episodes[1].splitlines())}
+    videos = sorted(glob.glob(str(tmp_path / "recording" / "videos" / "out" / "*.mp4")))
+    assert [os.path.basename(path).rsplit("__", 1)[0] for path in videos] == [
+        f"{probe}__BabyAI-GoToLocalS5N2-v0__seed{seed}" for probe in ("invented-nouns", "no-change") for seed in (1, 2)
+    ]
+    for path in videos:  # a frame per step and one for the outcome, 1024 x 576
+        probe, _, seed = os.path.basename(path).split("__")[:3]
+        frames = imageio_ffmpeg.read_frames(path)
+        assert next(frames)["size"] == (1024, 576) and len(list(frames)) == lengths[(probe, int(seed[4:]))] + 1
