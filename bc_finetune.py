@@ -9,7 +9,7 @@ same way; zero_shot_eval.py evaluates the checkpoint as it is, and `glam_ppo.py 
 How to read this file: the method comes first, top to bottom. `Args` (the paper's settings first), glam_ppo.py's
 BabyAI-Text, prompt and GlamAgent (copies that tests/test_copies.py keeps identical), the demonstrations, the loss
 (`action_nll`), the evaluations, and `main()`: the demonstrations, then the training loop. After the banner
-APPENDICES: the levels minigrid lacks, model loading, flags, logs, checkpoints and stopping, memory, and videos.
+APPENDICES: the levels minigrid lacks, model loading, flags, logs, checkpoints and stopping, pass sizes, and videos.
 
 Seeds: demonstration episode k plays the level `reset(seed=args.seed + k)`, evaluation episode k the level
 `reset(seed=args.seed + EVAL_SEED_OFFSET + k)`: the same levels at every evaluation, and never a demonstration's.
@@ -17,9 +17,7 @@ Seeds: demonstration episode k plays the level `reset(seed=args.seed + k)`, eval
 
 import contextlib
 import ctypes
-import hashlib
 import importlib.util
-import inspect
 import io
 import itertools
 import json
@@ -29,21 +27,15 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sys
-import tempfile
-import textwrap
 import time
 import warnings
-import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
-from urllib.parse import urlparse
 
 import gymnasium as gym
 import numpy as np
-import psutil
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -53,10 +45,8 @@ from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLev
 from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
 from minigrid.envs.babyai.goto import GoToLocal
 from minigrid.utils.baby_ai_bot import BabyAIBot
-from PIL import Image, ImageDraw, ImageFont
+from PIL import Image, ImageDraw
 from torch.distributions.categorical import Categorical
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 from transformers import BatchEncoding, get_cosine_schedule_with_warmup
 
@@ -105,7 +95,7 @@ class Args:
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
 
-    # Hardware, precision and memory
+    # Hardware, precision and pass sizes
     cuda: bool = True
     """if toggled, cuda will be enabled when available"""
     torch_deterministic: bool = True
@@ -117,9 +107,9 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
     score_batch_size: int | Literal["auto"] = "auto"
-    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory, or RAM on CPU)"""
+    """most (prompt, action) pairs in one scoring pass (auto: all at once, halved on CUDA out-of-memory; CPU: a rule)"""
     grad_accum_batch: int | Literal["auto"] = "auto"
-    """transitions per forward/backward pass, gradients accumulated over a batch (auto: the most that fit; 0: all)"""
+    """transitions per forward/backward pass, gradients accumulated over a batch (auto: as --score-batch-size; 0: all)"""
 
     # Evaluation, logging, checkpoints and videos
     eval_every: int = 50_000
@@ -137,15 +127,11 @@ class Args:
     resume: str | None = None
     """continue the run saved in this folder (runs/<run>); only logging flags may change"""
     capture_video: bool = False
-    """record an episode of an evaluation env every --video-interval optimizer steps, to videos/{run_name} and TensorBoard"""
+    """record an episode of an evaluation env every --video-interval optimizer steps, to videos/{run_name} (and W&B)"""
     video_interval: int = 1000
     """optimizer steps between two recorded episodes"""
     video_format: Literal["mp4", "gif"] = "mp4"
     """mp4 (H.264, through imageio-ffmpeg) or gif"""
-
-    # to be filled in runtime
-    resume_checkpoint: tyro.conf.Suppress[str | None] = None
-    """the checkpoint folder that --resume continues from (computed in runtime)"""
 
 
 # The range of every numeric flag, checked right after parsing.
@@ -158,7 +144,7 @@ ARG_RANGES = {
 
 
 class UsageError(Exception):
-    """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
+    """A problem the user can fix (a bad flag, a full disk); it is printed alone, in one line, without a traceback."""
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -166,101 +152,60 @@ class UsageError(Exception):
 # -----------------------------------------------------------------------------------------------------------------
 
 AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
-FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
-FRENCH_COLOURS = {"red": "rouge", "green": "verte", "blue": "bleue", "purple": "violette", "yellow": "jaune", "grey": "grise"}
-DOOR_STATES = {"english": ("open", "closed", "locked"), "french": ("ouverte", "fermée", "fermée à clef")}
+DOOR_STATES = ("open", "closed", "locked")
 
 
-def _steps(count: int, direction: str, language: str) -> str:
-    if language == "french":
-        return f"{count} pas {direction}"
+def _steps(count: int, direction: str) -> str:
     return f"{count} step{'s' if count > 1 else ''} {direction}"
 
 
-def _relative_position(dx: int, dy: int, language: str) -> str:
-    left, right, forward = ("à gauche", "à droite", "devant") if language == "french" else ("left", "right", "forward")
-    sideways = _steps(abs(dx), right if dx > 0 else left, language)
-    if dx == 0:
-        return _steps(dy, forward, language)
-    if dy == 0:
-        return sideways
-    return sideways + (" et " if language == "french" else " and ") + _steps(dy, forward, language)
-
-
-def _object_phrase(type_idx: int, colour_idx: int, state: int, language: str) -> str:
+def _object_phrase(type_idx: int, colour_idx: int, state: int) -> str:
     kind, colour = IDX_TO_OBJECT[type_idx], IDX_TO_COLOR[colour_idx]
-    if language == "french":
-        noun = f"{FRENCH_TYPES.get(kind, kind)} {FRENCH_COLOURS[colour]}"
-        return f"{noun} {DOOR_STATES['french'][state]}" if kind == "door" else noun
-    return f"{DOOR_STATES['english'][state]} {colour} door" if kind == "door" else f"{colour} {kind}"
+    return f"{DOOR_STATES[state]} {colour} door" if kind == "door" else f"{colour} {kind}"
 
 
-def describe(image: np.ndarray, language: str = "english") -> list[str]:
+def describe(image: np.ndarray) -> list[str]:
     """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
-    french = language == "french"
     sentences = []
-    carried = image[AGENT_CELL]
-    if carried[0] > 2:
-        verb = "Tu portes une" if french else "You carry a"
-        sentences.append(f"{verb} {_object_phrase(*carried, language)}")
-
+    if image[AGENT_CELL][0] > 2:
+        sentences.append(f"You carry a {_object_phrase(*image[AGENT_CELL])}")
     agent_i, agent_j = AGENT_CELL
     rays = {
         "forward": [(agent_i, j) for j in range(agent_j - 1, -1, -1)],
         "left": [(i, agent_j) for i in range(agent_i - 1, -1, -1)],
         "right": [(i, agent_j) for i in range(agent_i + 1, 7)],
     }
-    french_sides = {"forward": "devant", "left": "à gauche", "right": "à droite"}
-    for side, cells in rays.items():
+    for side, cells in rays.items():  # a wall is said when it is the first thing on one of the three straight rays
         for distance, cell in enumerate(cells, start=1):
             if image[cell][0] in (0, 1):
                 continue
             if IDX_TO_OBJECT[image[cell][0]] == "wall":
-                if french:
-                    sentences.append(f"Tu vois un mur à {_steps(distance, french_sides[side], language)}")
-                else:
-                    sentences.append(f"You see a wall {_steps(distance, side, language)}")
+                sentences.append(f"You see a wall {_steps(distance, side)}")
             break
-
     for i in range(7):
         for j in range(7):
             type_idx, colour_idx, state = image[i, j]
             if type_idx <= 2 or (i, j) == AGENT_CELL:
                 continue
-            phrase = _object_phrase(type_idx, colour_idx, state, language)
-            position = _relative_position(i - agent_i, agent_j - j, language)
+            dx, dy = i - agent_i, agent_j - j
+            sideways = _steps(abs(dx), "right" if dx > 0 else "left")
+            position = _steps(dy, "forward") if dx == 0 else sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
             # The original writes "a" before every object, "a open red door" included; trained models saw it.
-            sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
+            sentences.append(f"You see a {_object_phrase(type_idx, colour_idx, state)} {position}")
     return sentences
 
 
-ACTIONS = {
-    "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
-    "french": ("tourner à gauche", "tourner à droite", "aller tout droit", "attraper", "lâcher", "basculer"),
-}
+ACTIONS = ("turn left", "turn right", "go forward", "pick up", "drop", "toggle")
 USELESS_ACTIONS = ("sleep", "do nothing", "think")
 NO_OP = 6  # minigrid's `done`, which does nothing in BabyAI levels
 
 
-def action_names(action_space: str, language: str = "english") -> list[str]:
+def action_names(action_space: str) -> list[str]:
     """Action strings; index i is minigrid action i, and indices past 5 map to the no-op."""
-    actions = list(ACTIONS[language])
-    if action_space == "restricted":
-        return actions[:3]
-    if action_space == "augmented":
-        return actions + list(USELESS_ACTIONS)
-    if action_space != "canonical":
+    spaces = {"canonical": ACTIONS, "restricted": ACTIONS[:3], "augmented": ACTIONS + USELESS_ACTIONS}
+    if action_space not in spaces:
         raise UsageError(f"unknown action space {action_space!r}; choose canonical, restricted or augmented")
-    return actions
-
-
-def french_goal(mission: str) -> str:
-    """`go to the red ball` -> `aller à la balle rouge` (GoToFrench's goal)."""
-    match = re.fullmatch(r"go to (the|a) (\w+) (\w+)", mission)
-    if match is None:
-        raise ValueError(f"GoToFrench translates 'go to the <colour> <noun>' missions only, got {mission!r}")
-    article, colour, noun = match.groups()
-    return f"aller à {'la' if article == 'the' else 'une'} {FRENCH_TYPES[noun]} {FRENCH_COLOURS[colour]}"
+    return list(spaces[action_space])
 
 
 class BabyAIText(gym.Wrapper):
@@ -268,23 +213,21 @@ class BabyAIText(gym.Wrapper):
 
     def __init__(self, env: gym.Env, reward_scale: float = 20.0):
         super().__init__(env)
-        self.language = getattr(env.unwrapped, "language", "english")
         self.reward_scale = reward_scale
 
-    def _text(self, obs):
-        mission = french_goal(obs["mission"]) if self.language == "french" else obs["mission"]
-        return {"mission": mission, "sentences": describe(obs["image"], self.language)}
+    def text(self, obs) -> dict:
+        return {"mission": obs["mission"], "sentences": describe(obs["image"])}
 
     def reset(self, **kwargs):
         # minigrid prints every rejected level sample ("Sampling rejected: unreachable object"); keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             obs, info = self.env.reset(**kwargs)
-        return self._text(obs), info
+        return self.text(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(min(int(action), NO_OP))
         info["success"] = reward > 0
-        return self._text(obs), self.reward_scale * reward, terminated, truncated, info
+        return self.text(obs), self.reward_scale * reward, terminated, truncated, info
 
 
 def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAIText:
@@ -294,28 +237,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history.
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
+    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
+    final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    A prompt holds the last 3 observations and the 2 actions between them; the history is cleared at each
-    episode start (reference section 4).
-    """
-
-    final_frames = False  # give a finished episode its last image of the level, for videos (the env restarts at once)
-
-    def __init__(
-        self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False,
-        **env_kwargs,
-    ):
-        self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
-        self.final_frames = final_frames
-        self.language = self.envs[0].language
-        # The action strings the prompt offers; by default the action space's names in the env's language.
-        self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
-        self.missions = [""] * num_envs
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+        self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
+        self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
+        self.final_frames, self.missions = final_frames, [""] * num_envs
         self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
         self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
-        self.episode_returns = np.zeros(num_envs)
-        self.episode_lengths = np.zeros(num_envs, dtype=int)
+        self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
         return len(self.envs)
@@ -326,8 +258,7 @@ class TextVecEnv:
         self.obs_histories[index].clear()
         self.action_histories[index].clear()
         self.obs_histories[index].append(obs["sentences"])
-        self.episode_returns[index] = 0.0
-        self.episode_lengths[index] = 0
+        self.episode_returns[index], self.episode_lengths[index] = 0.0, 0
 
     def reset(self, seed: int | None = None) -> list[str]:
         for index in range(len(self)):
@@ -339,16 +270,11 @@ class TextVecEnv:
         return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
 
     def prompts(self) -> list[str]:
-        return [
-            build_prompt(mission, self.actions, obs_history, action_history, self.language)
-            for mission, obs_history, action_history in zip(self.missions, self.obs_histories, self.action_histories)
-        ]
+        return [build_prompt(goal, self.actions, seen, done) for goal, seen, done in zip(self.missions, self.obs_histories, self.action_histories)]
 
     def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
         """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
-        rewards = np.zeros(len(self), dtype=np.float32)
-        dones = np.zeros(len(self), dtype=bool)
-        finished = []
+        rewards, dones, finished = np.zeros(len(self), dtype=np.float32), np.zeros(len(self), dtype=bool), []
         for index, (env, action) in enumerate(zip(self.envs, actions)):
             obs, reward, terminated, truncated, info = env.step(int(action))
             rewards[index] = reward
@@ -356,9 +282,7 @@ class TextVecEnv:
             self.episode_lengths[index] += 1
             if terminated or truncated:
                 dones[index] = True
-                finished.append(
-                    {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
-                )
+                finished.append({"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]})
                 if self.final_frames:
                     finished[-1]["frame"] = self.frame(index)
                 self.start_episode(index)
@@ -372,16 +296,10 @@ class TextVecEnv:
 # The prompt
 # -----------------------------------------------------------------------------------------------------------------
 
-PROMPT_WORDS = {
-    "english": ("Possible action of the agent:", "Goal of the agent"),
-    "french": ("Actions possibles pour l'agent:", "But de l'agent"),
-}
 
-
-def build_prompt(goal: str, actions, obs_history, action_history, language: str = "english") -> str:
+def build_prompt(goal: str, actions, obs_history, action_history) -> str:
     """The GLAM prompt, byte-exact (reference section 4); it ends with `Action k: ` for the next action."""
-    header, goal_label = PROMPT_WORDS[language]
-    prompt = header + "".join(f" {action}," for action in actions)[:-1] + f" \n {goal_label}: {goal}"
+    prompt = "Possible action of the agent:" + "".join(f" {action}," for action in actions)[:-1] + f" \n Goal of the agent: {goal}"
     for i, sentences in enumerate(obs_history):
         prompt += f" \n Observation {i}: " + "".join(f"{sentence}, " for sentence in sentences) + f"\n Action {i}: "
         if i < len(action_history):
@@ -408,13 +326,11 @@ class GlamAgent(nn.Module):
 
         score(a | p) = sum_j log softmax(LLM(p, a_1 .. a_j-1))[a_j]
 
-    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum above, or the
-    variants of --scoring). The value head, an MLP, reads the decoder's first state (encoder-decoder models: the
-    decoder start token's) or the prompt's last token's (decoder-only); `value_head_input="encoder"` (an ablation,
-    not in the paper) makes it read the mean of the encoder's final states over the prompt's tokens instead. `score`
-    computes the scores of every action of many prompts in one forward pass: see "Scoring every action in one pass".
-    `prompt_format="chat"` (instruct decoder-only models, not in the paper) puts the prompt in the tokenizer's chat
-    template and scores the action as the assistant's reply: see `model_text`.
+    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum, or the variants of
+    --scoring). The value head reads the decoder's first state (the decoder start token's) or, decoder-only, the
+    prompt's last token's; `value_head_input="encoder"` (an ablation) makes it read the mean of the encoder's final
+    states. `prompt_format="chat"` (not in the paper) puts the prompt in the tokenizer's chat template and scores the
+    action as the assistant's reply (`model_text`). One pass scores every action of many prompts (see below).
     """
 
     def __init__(
@@ -437,14 +353,16 @@ class GlamAgent(nn.Module):
                 "--value-head-input encoder ablates the value head of the scoring agent; with --action-heads both heads "
                 "read one state: drop one of the two flags"
             )
-        hidden_size = llm.config.get_text_config().hidden_size
-        self.value_head = glam_head(hidden_size, 1)
-        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+        text_config = llm.config.get_text_config()
+        self.value_head = glam_head(text_config.hidden_size, 1)
+        self.action_head = glam_head(text_config.hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
-        self.score_sizer = PassSizer(
-            self._scoring_probe, self.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
-        )
         self._pack_actions()
+        # The CPU rule: a scoring pass keeps no activations but a layer's at a time, and the packed actions' logits.
+        logit_bytes = 12 * text_config.vocab_size * (1 if action_heads else len(self.packed_ids) + 1)
+        self.score_size = PassSize(
+            score_batch_size, "--score-batch-size", lambda tokens: 100 * text_config.hidden_size * tokens + logit_bytes, self.pairs_per_prompt
+        )
         if self.action_head is None and self.family not in TESTED_FAMILIES:
             check_packed_scoring(self)
 
@@ -487,24 +405,22 @@ class GlamAgent(nn.Module):
     # block that sees the prompt and its own earlier tokens only (`_packed_attention`), so nothing that grows with the
     # prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and each block of the
     # decoder sequence starts with its own decoder start token (T5's position bias depends on distances alone, so a
-    # block computes what it would compute alone; BART-like models number each block's positions from 0). Decoder-only
-    # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
-    # is scored on the tokens that the joint text `prompt + action` is made of (`joint_action_tokens`).
+    # block computes what it would compute alone). Decoder-only models: the blocks follow the prompt, with the
+    # positions each action would have right after it, and an action is scored on the tokens that the joint text
+    # `prompt + action` is made of (`joint_action_tokens`).
 
     def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
-        `score_batch_size` (or in memory: auto)."""
+        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs; with
+        gradients on (an update pass) in one, since every pass's activations would be kept for the backward pass."""
         tokens, lengths = self.tokenize_prompts(prompts)
-        if self.score_batch_size == "auto":
-            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
-        else:
-            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
-        chunks = [
-            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
-        ]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
-        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
-        return hidden, scores
+
+        def in_passes(most):
+            passes = [self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), most)]
+            return torch.cat([hidden for hidden, _ in passes]), None if self.action_head is not None else torch.cat([s for _, s in passes])
+
+        if torch.is_grad_enabled():
+            return in_passes(len(prompts))
+        return self.score_size.run(in_passes, len(prompts), lambda: max(lengths), self.device)
 
     def _score_tokens(self, tokens, packed: bool | None = None):
         """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
@@ -525,7 +441,7 @@ class GlamAgent(nn.Module):
         num_rows, prompt_length = tokens.input_ids.shape
         num_packed = len(self.packed_ids)
         packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
-        with self._decoder_states() as captured, self._block_positions():
+        with self._decoder_states() as captured:
             if self.is_encoder_decoder:
                 encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
                 out = self.llm(
@@ -565,6 +481,12 @@ class GlamAgent(nn.Module):
         elif self.prompt_format == "chat":
             token_lists = joint_action_tokens(self)
         else:
+            if self.tokenizer.eos_token_id is None:
+                raise UsageError(
+                    "this model's tokenizer has no EOS token, which ends a raw action so that the whole action is scored; "
+                    + ("use --prompt-format chat, whose template ends the reply" if getattr(self.tokenizer, "chat_template", None) else
+                       "use a model whose tokenizer has one")
+                )
             token_lists = [ids + [self.tokenizer.eos_token_id] for ids in joint_action_tokens(self)]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
@@ -599,11 +521,9 @@ class GlamAgent(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
 
     def model_text(self, prompt: str) -> str:
-        """The text the model reads for a GLAM prompt. Encoder-decoder: the prompt. Decoder-only: the prompt without its
-        trailing space, which belongs to the action's first token (`joint_action_tokens`); with prompt_format "chat",
-        the prompt as the user turn of the tokenizer's chat template, with the template's default system turn where it
-        has one (the conversation the model was tuned on; the prompt says the task already), then the generation
-        prompt that opens the assistant's reply."""
+        """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
+        which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
+        template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
         if self.prompt_format == "chat":
             return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
@@ -613,13 +533,11 @@ class GlamAgent(nn.Module):
         return self.reply_prefix + action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
 
     def tokenize_texts(self, texts, **kwargs) -> BatchEncoding:
-        """Texts the model reads; a chat template writes the special tokens the model expects (Llama 3's
-        <|begin_of_text|>) itself, so the tokenizer adds none to them."""
+        """Texts the model reads; a chat template writes its special tokens (a BOS) itself: none are added to it."""
         return self.tokenizer(list(texts), add_special_tokens=self.prompt_format == "raw", **kwargs)
 
     def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them (`model_text`), and each one's length in tokens: decoder-only ones
-        left-padded, so that they all end at the last position."""
+        """The prompts as the model reads them, and their lengths in tokens; decoder-only ones left-padded."""
         padding_side = "right" if self.is_encoder_decoder else "left"
         tokens = self.tokenize_texts(map(self.model_text, prompts), padding=True, padding_side=padding_side)
         # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
@@ -627,7 +545,7 @@ class GlamAgent(nn.Module):
         return tokens.convert_to_tensors("pt").to(self.device), lengths
 
     def prompt_lengths(self, prompts) -> list[int]:
-        """Each prompt's length in tokens, as the model reads it (what `auto` pass sizes compare)."""
+        """Each prompt's length in tokens, as the model reads it."""
         return [len(ids) for ids in self.tokenize_texts(map(self.model_text, prompts)).input_ids]
 
     def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
@@ -635,10 +553,6 @@ class GlamAgent(nn.Module):
         width = max(lengths[start:stop])
         columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
         return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
-
-    def score_pass(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
     @property
     def device(self):
@@ -651,8 +565,8 @@ class GlamAgent(nn.Module):
         return allowed[:, None]
 
     def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
-        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
-        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        """The 4D mask, with the model's sliding window (keys fewer than `sliding_window` positions back) if it has one:
+        for every layer, or as {layer type: mask} when only some layers slide."""
         if self.sliding_window is None:
             return self._attention_mask(allowed)
         windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
@@ -661,25 +575,8 @@ class GlamAgent(nn.Module):
         return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
 
     @contextlib.contextmanager
-    def _block_positions(self):
-        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
-        from 0, as if it were alone; T5's relative position bias needs nothing."""
-        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
-            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
-            return
-        hook = embed_positions.register_forward_pre_hook(
-            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
-        )
-        try:
-            yield
-        finally:
-            hook.remove()
-
-    @contextlib.contextmanager
     def _decoder_states(self):
-        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
-        the model is asked for no other layer's states."""
+        """A list that receives the decoder's output states during a pass, for the heads (no other layer's are kept)."""
         captured = []
         hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
         try:
@@ -688,17 +585,15 @@ class GlamAgent(nn.Module):
             hook.remove()
 
     def _value_input(self, decoder_state: torch.Tensor, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
-        """What the value head reads: the decoder's first state (the paper), or the mean of the encoder's final states
-        over the prompt's tokens, padding excluded (`value_head_input="encoder"`)."""
+        """The decoder's first state (the paper), or the mean of the encoder's final states over the prompt's tokens."""
         if self.value_head_input == "decoder":
             return decoder_state
         mask = attention_mask.unsqueeze(-1).to(encoded.last_hidden_state.dtype)
         return (encoded.last_hidden_state * mask).sum(1) / mask.sum(1)
 
     def _pair_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
-        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
-        scorer of ALiBi models and what packed scoring is checked against."""
+        """(the heads' input [B, d], logits [B, A x W, vocabulary]): one sequence per (prompt, action) pair. Exact for any
+        model that reads padding from a 2D mask: the scorer of ALiBi models, and what packed scoring is checked against."""
         num_rows, num_actions = len(tokens.input_ids), len(self.actions)
         width = self.action_ids.shape[1]
         prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
@@ -732,10 +627,6 @@ class GlamAgent(nn.Module):
         positions = (tokens.attention_mask.cumsum(-1) - 1).clamp(min=0)
         out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
-
-    @torch.no_grad()
-    def _scoring_probe(self, prompts):
-        self.score_pass(prompts)
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -941,10 +832,9 @@ def log_evaluation(writer, accuracy: float, episodes: list[dict], global_step: i
 
 def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: keep what is done (a checkpoint, the finished demonstrations), then exit
-    checkpoint = args.resume_checkpoint
-    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False) if checkpoint else None
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
-    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+    run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
+    video_dir = args.capture_video and make_folder(os.path.join("videos", run_name), "the video folder")
 
     # TRY NOT TO MODIFY: seeding
     random.seed(args.seed)
@@ -955,14 +845,13 @@ def main(args: Args):
     configure_matmul_precision(device, args.tf32)
 
     # The model first, right after seeding: a random base (tiny models, --no-pretrained) is then rebuilt from the seed alone.
-    llm, tokenizer = load_policy_model(args, checkpoint)
+    llm, tokenizer, saved = load_run(args)
     if args.gradient_checkpointing:
         checkpoint_activations(llm)
     # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
     eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
     agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size, prompt_format=args.prompt_format).to(device)
-    # The run folder only now, once everything that a bad flag could break has loaded.
-    writer = open_logs(args, run_name, run_dir, resumed_at=trainer["global_step"] if trainer else None)
+    writer = open_logs(args, run_name, run_dir, resumed_at=saved["trainer"]["global_step"] if saved else None)
 
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
     demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
@@ -973,6 +862,7 @@ def main(args: Args):
             write_demos(partial_path, episodes)
             made = sum(len(episode["actions"]) for episode in episodes)
             print(f"stopped making demonstrations: the {made} transitions made are in {partial_path} (train on them with --demos {partial_path})")
+            writer.close()
             return
         write_demos(demos_path + ".tmp", episodes)
         os.rename(demos_path + ".tmp", demos_path)
@@ -984,8 +874,8 @@ def main(args: Args):
     optimizer = torch.optim.AdamW(agent.llm.parameters(), lr=args.learning_rate, weight_decay=args.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, round(args.warmup_fraction * num_steps), num_steps)
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    update_sizer = update_pass_sizer(agent, optimizer, autocast)
-    step, global_step = restore_run(checkpoint, trainer, agent, optimizer, scheduler) if checkpoint else (0, 0)
+    update_size = PassSize(args.grad_accum_batch, "--grad-accum-batch", update_bytes_per_token(llm))
+    step, global_step = restore_run(saved, agent, optimizer, scheduler) if saved else (0, 0)
     saved_at = None  # the step of the last checkpoint written
     video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True) if args.capture_video else None
 
@@ -1005,8 +895,8 @@ def main(args: Args):
 
     def non_finite(what: str) -> FloatingPointError:
         progress.close()
-        saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
+        written = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
+        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if written else "no checkpoint was written"
         return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
 
     start_time, start_global_step = time.time(), global_step
@@ -1018,18 +908,26 @@ def main(args: Args):
         prompts = [prompt for prompt, _ in batch]
         labels = torch.tensor([label for _, label in batch], device=device)
         num_tokens = int(agent.action_mask[labels].sum())
+        # A pass size tried again after an out-of-memory error starts from the first try's random state (dropout), as a
+        # run with that size from the start would.
+        rng_state = torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
-        # The batch in passes of micro_size (--grad-accum-batch), gradients accumulated
-        micro_size = update_sizer(prompts, device) if args.grad_accum_batch == "auto" else args.grad_accum_batch or len(batch)
-        optimizer.zero_grad()
-        total_nll = 0.0
-        for micro in even_split(len(batch), micro_size):
-            with autocast:
-                nll, _ = action_nll(agent, prompts[micro], labels[micro])
-            # The loss is the mean over the batch's action tokens, whatever the split into micro-batches.
-            (nll / num_tokens).backward()
-            total_nll += nll.item()
-        bc_loss = total_nll / num_tokens
+        def batch_gradient(micro_size):
+            """The batch's summed loss, its gradient accumulated over passes of micro_size transitions (--grad-accum-batch)."""
+            torch.set_rng_state(rng_state[0])
+            if rng_state[1] is not None:
+                torch.cuda.set_rng_state(rng_state[1], device)
+            optimizer.zero_grad()
+            total_nll = 0.0
+            for micro in even_split(len(batch), micro_size):
+                with autocast:
+                    nll, _ = action_nll(agent, prompts[micro], labels[micro])
+                # The loss is the mean over the batch's action tokens, whatever the split into passes.
+                (nll / num_tokens).backward()
+                total_nll += nll.item()
+            return total_nll
+
+        bc_loss = update_size.run(batch_gradient, len(batch), lambda: max(agent.prompt_lengths(prompts)), device) / num_tokens
         if not math.isfinite(bc_loss):
             raise non_finite("loss")
         if not torch.isfinite(nn.utils.clip_grad_norm_(agent.llm.parameters(), args.max_grad_norm)):
@@ -1050,19 +948,19 @@ def main(args: Args):
         progress.update(1)
         progress.set_postfix(loss=f"{bc_loss:.3f}", SPS=sps)
         if args.capture_video and step % args.video_interval == 0:
-            record_video(args, agent, video_env, autocast, writer, run_name, step, global_step)
+            record_video(args, agent, video_env, autocast, video_dir, step)
         if global_step // args.eval_every > (global_step - len(batch)) // args.eval_every or step == num_steps:
             evaluate()
             save_checkpoint(run_dir, args, agent, optimizer, scheduler, progress, step=step, global_step=global_step, num_steps=num_steps)
             saved_at = step
-    if stop.requested and step < num_steps:
-        if saved_at != step:  # a stop during an evaluation comes after that step's checkpoint
-            save_checkpoint(run_dir, args, agent, optimizer, scheduler, progress, step=step, global_step=global_step, num_steps=num_steps)
-        progress.close()
-        print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
-        return
+    stopped = stop.requested and step < num_steps
+    if stopped and saved_at != step:  # a stop during an evaluation comes after that step's checkpoint
+        save_checkpoint(run_dir, args, agent, optimizer, scheduler, progress, step=step, global_step=global_step, num_steps=num_steps)
     progress.close()
     writer.close()
+    if stopped:
+        print(f"saved {run_dir}/checkpoint at step {step}; continue with: python bc_finetune.py --resume {run_dir}")
+        return
     if stop.requested:
         print("the final evaluation was stopped before it finished, and is not logged")
     print(
@@ -1092,24 +990,12 @@ class LocalTaskLevel(RoomGridLevel):
     kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
     """
 
-    def __init__(
-        self,
-        task_kinds=TASK_KINDS,
-        task_kind: str | None = None,
-        pairs: Literal["train", "test", "any"] = "train",
-        sequence_forms=("then", "after"),
-        second_task: str = "goto",
-        num_dists: int = 8,
-        room_size: int = 8,
-        **kwargs,
-    ):
+    def __init__(self, task_kinds=TASK_KINDS, task_kind: str | None = None, pairs: Literal["train", "test", "any"] = "train",
+                 sequence_forms=("then", "after"), second_task: str = "goto", num_dists: int = 8, room_size: int = 8, **kwargs):
         if task_kind is not None and task_kind not in task_kinds:
             raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
         self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
-        self.pairs = pairs
-        self.sequence_forms = sequence_forms
-        self.second_task = second_task
-        self.num_dists = num_dists
+        self.pairs, self.sequence_forms, self.second_task, self.num_dists = pairs, sequence_forms, second_task, num_dists
         self.task_kind = self.task_kinds[0]
         super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
 
@@ -1121,9 +1007,7 @@ class LocalTaskLevel(RoomGridLevel):
         super()._gen_grid(self.width, height)
 
     def _allowed(self, pair: str) -> bool:
-        if self.pairs == "any":
-            return True
-        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+        return self.pairs == "any" or (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
 
     def _pick_targets(self, objs, count):
         """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
@@ -1136,50 +1020,37 @@ class LocalTaskLevel(RoomGridLevel):
                 seen.add((obj.color, obj.type))
         if len(chosen) < count:
             raise RejectSampling("not enough objects with allowed adjective-noun pairs")
-        return chosen[:count]
+        return [ObjDesc(obj.type, obj.color) for obj in chosen[:count]]
 
     def gen_mission(self):
         if self.task_kind == "open":
-            self._gen_open_mission()
-            return
-        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+            return self._gen_open_mission()
         self.place_agent()
-        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        objs = self.add_distractors(num_distractors=self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2), all_unique=False)
         self.check_objs_reachable()
         if self.task_kind in ("goto", "pickup"):
             (target,) = self._pick_targets(objs, 1)
-            desc = ObjDesc(target.type, target.color)
-            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+            self.instrs = GoToInstr(target) if self.task_kind == "goto" else PickupInstr(target)
         elif self.task_kind == "putnext":
-            moved, fixed = self._pick_targets(objs, 2)
-            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+            self.instrs = PutNextInstr(*self._pick_targets(objs, 2))
         else:
             first, second = self._pick_targets(objs, 2)
-            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
-            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
-            then_second = instr_cls(ObjDesc(second.type, second.color))
+            pick_up_first, then_second = PickupInstr(first), (GoToInstr if self.second_task == "goto" else PickupInstr)(second)
             if self._rand_elem(self.sequence_forms) == "then":
                 self.instrs = BeforeInstr(pick_up_first, then_second)
             else:
                 self.instrs = AfterInstr(then_second, pick_up_first)
 
     def _gen_open_mission(self):
-        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
-        colour = self._rand_elem(door_colours)
+        colour = self._rand_elem([c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")])
         agent_room = self._rand_int(0, 2)
-        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_door(0, 0, door_idx=0, color=colour, locked=True)
         self.add_object(agent_room, 0, "key", colour)
         self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
         self.place_agent(agent_room, 0)
         self.check_objs_reachable()
         named = self.pairs == "test" or self._rand_bool()
         self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
-
-
-class GoToFrench(GoToLocal):
-    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
-
-    language = "french"
 
 
 # Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
@@ -1192,7 +1063,6 @@ BABYAI_TEXT_LEVELS = {
     "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
     "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
     "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
-    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
 }
 
 for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
@@ -1210,23 +1080,15 @@ def babyai_env_ids() -> list[str]:
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
 TINY_MODELS = ("tiny-t5", "tiny-causal")
-
-
-def babyai_text_vocabulary() -> list[str]:
-    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
-    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
-    texts = [
-        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
-        "rotate left, rotate right, move ahead, take, release, switch",
-        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
-        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
-        "go to the a pick up put next open then after you object in front of behind on your",
-        "I would like the agent to You have to",
-        "0 1 2 3 4 5 6 7 8 9",
-    ]
-    for text in texts:
-        words.update(re.findall(r"\w+|[^\w\s]+", text))
-    return sorted(words)
+# Every word and punctuation mark of BabyAI-Text's prompts, missions and actions (the French probe's too): the tiny
+# models' vocabulary.
+VOCABULARY_TEXT = """Possible action of the agent: Goal of the agent Observation Action, You see a wall steps step forward left right
+and carry open closed locked door key ball box goal lava agent floor empty unseen object red green blue purple yellow grey
+turn left, turn right, go forward, pick up, drop, toggle, sleep, do nothing, think, rotate left, rotate right, move ahead,
+take, release, switch, go to the a put next then after you in front of behind on your I would like the agent to You have
+Actions possibles pour l'agent: But de l'agent tourner à gauche, droite, aller tout droit, attraper, lâcher, basculer, Tu
+vois un une mur pas devant et portes ouverte fermée clef porte balle boîte rouge verte bleue violette jaune grise la
+0 1 2 3 4 5 6 7 8 9"""
 
 
 def build_tiny_model(kind: str):
@@ -1234,22 +1096,19 @@ def build_tiny_model(kind: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    words = sorted(set(re.findall(r"\w+|[^\w\s]+", VOCABULARY_TEXT)))
+    vocab = {token: index for index, token in enumerate(["<pad>", "</s>", "<unk>", "<s>"] + words)}
     tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
     if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
         tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     else:  # like Llama's: a <s> in front
         tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>")
     # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
     size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
     if kind == "tiny-t5":
-        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
-        return T5ForConditionalGeneration(config), tokenizer
+        return T5ForConditionalGeneration(T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)), tokenizer
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
         max_position_embeddings=2048, bos_token_id=3, **size,
@@ -1257,36 +1116,10 @@ def build_tiny_model(kind: str):
     return LlamaForCausalLM(config), tokenizer
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(**location)
-    config = AutoConfig.from_pretrained(**location)
-    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    if pretrained:
-        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
-    model = model_cls.from_config(config, **model_kwargs)
-    if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
-        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
-    return model, tokenizer
-
-
 def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    """(model, tokenizer) for an alias, a hub id (from the local cache, else downloaded; HF_HUB_OFFLINE=1 keeps
+    transformers off the network), a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
@@ -1296,46 +1129,43 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
     if name in TINY_MODELS:
         return build_tiny_model(name)
     source = os.path.expanduser(MODEL_ALIASES.get(name, name))
-    is_path = source.startswith((".", "/")) or os.path.exists(source)
-    if is_path and not os.path.exists(source):
+    if source.startswith((".", "/")) and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    where = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        where = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
     # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
     # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
-    model_kwargs = {"dtype": torch.float32}
-    if attn_implementation:
-        model_kwargs["attn_implementation"] = attn_implementation
-    location = {"pretrained_model_name_or_path": source}
-    if source.endswith(".gguf"):
-        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    model_kwargs = {"dtype": torch.float32, **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     try:
-        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
-        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+        tokenizer, config = AutoTokenizer.from_pretrained(**where), AutoConfig.from_pretrained(**where)
+        model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        if pretrained:
+            model = model_cls.from_pretrained(**where, **model_kwargs)
+        else:
+            model = model_cls.from_config(config, **model_kwargs)
+            if load_embedding:  # the NPAE baseline: pretrained embeddings in a random model
+                pretrained_state = model_cls.from_pretrained(**where, dtype=torch.float32).state_dict()
+                model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     except (OSError, ValueError) as error:
-        if is_path or not _hub_reachable():
-            raise _load_error(name, error, offline=not is_path) from None
-        try:
-            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
-        except (OSError, ValueError) as hub_error:
-            raise _load_error(name, hub_error, offline=False) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise UsageError(
+            f"cannot load model {name!r} ({one_line(error)}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+            f"save_pretrained, a .gguf file or a model in the local cache; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+        ) from None
+    if tokenizer.pad_token is None:  # padding is masked everywhere: any token will do
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     return model, tokenizer
 
 
-def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
-    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UsageError(
-        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
-        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
-    )
+def one_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     """How a packed pass scores this model: (its family, the sliding window its block mask needs or None, whether that
     mask is one per layer type, whether to pack at all); one line refusing what no pass can score."""
     config = llm.config
-    if config._attn_implementation not in ("eager", "sdpa"):
-        # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+    if config._attn_implementation not in ("eager", "sdpa"):  # the two that take a 4D block mask as it is
         raise UsageError(
             f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
             "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
@@ -1345,9 +1175,9 @@ def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
     if other_layers:
         raise UsageError(
-            f"model family {family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
-            "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
-            "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            f"model family {family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the whole sequence, "
+            "so that no pass can score an action apart from the others; use a model whose layers are all attention layers "
+            "(Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
         )
     # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
     # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
@@ -1360,20 +1190,16 @@ def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     return family, sliding_window, layer_types is not None and sliding_window is not None, packed
 
 
-# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
-# any other is checked when its agent is built.
-TESTED_FAMILIES = {
-    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
-    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
-}
+# The families whose scores the tests check against one pass per (prompt, action) pair (tests/test_families.py); any
+# other is checked when its agent is built (BART-like models, whose decoder positions run across the packed blocks, fail).
+TESTED_FAMILIES = {"t5", "mt5", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon"}
 
 
 @torch.no_grad()
 def check_packed_scoring(agent: GlamAgent):
-    """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
-    that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
-    the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
-    or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
+    """A family the tests have not covered: a short and a long prompt (longer than BabyAI-Text's longest, so that an
+    attention window this code does not know of shows) scored as the agent will score them and one (prompt, action)
+    pair at a time, in float32; a difference or a failure refuses the model, so none is trained on wrong scores."""
     sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
     many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
             enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
@@ -1382,14 +1208,14 @@ def check_packed_scoring(agent: GlamAgent):
     was_training, precision = agent.llm.training, torch.get_float32_matmul_precision()
     agent.to(next(agent.llm.parameters()).device).llm.eval()
     torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+    refusal = f"model family {agent.family!r} is not among those tested, and "
     try:
         with torch.autocast(agent.device.type, enabled=False):
             hidden, scores = agent._score_tokens(agent.tokenize_prompts(prompts)[0])
             alone = [agent._score_tokens(agent.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
     except (TypeError, ValueError, RuntimeError) as error:
         raise UsageError(
-            f"model family {agent.family!r} is not among those tested, and scoring a prompt's actions fails on it "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+            f"{refusal}scoring a prompt's actions fails on it ({type(error).__name__}: {one_line(error)}); use a tested family "
             "(README: model families) or --action-heads"
         ) from None
     finally:
@@ -1399,26 +1225,30 @@ def check_packed_scoring(agent: GlamAgent):
     error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
     if not error <= 1e-3:
         raise UsageError(
-            f"model family {agent.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
-            f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
-            "on wrong scores; use a tested family (README: model families) or --action-heads"
+            f"{refusal}scoring all actions of a prompt in one pass gives other numbers than scoring each action alone (by up "
+            f"to {error:.2g}), so it would be trained on wrong scores; use a tested family (README: model families) or --action-heads"
         )
 
 
 def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
     """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
 
-    Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
-    the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
-    the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-    to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
-    generation prompt, through its end-of-turn text, checked the same way.
+    Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens the
+    model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So the prompt is
+    read without its trailing space, and an action is the rest of the joint text's tokens, checked to split exactly
+    after every `Action k: ` a prompt can end with (chat: the reply after the generation prompt, the same way).
     """
     contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
     for k in range(3):
         history = [agent.actions[i % len(agent.actions)] for i in range(k)]
         context = agent.model_text(build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
         contexts.append((context, agent.tokenize_texts([context]).input_ids[0]))
+    eos = agent.tokenizer.eos_token_id
+    if eos is not None and contexts[0][1][-1:] == [eos]:
+        raise UsageError(
+            f"this model's tokenizer appends its EOS token {agent.tokenizer.eos_token!r} to every text, so a prompt's tokens "
+            "are not the start of the tokens of prompt + action; load it without (for instance add_eos_token=False)"
+        )
     token_lists = []
     for action in agent.actions:
         found = set()
@@ -1426,9 +1256,9 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
             joint_ids = agent.tokenize_texts([context + agent.reply_text(action)]).input_ids[0]
             if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                 raise UsageError(
-                    f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
-                    "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
-                    "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} into "
+                    "shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact and the "
+                    "action's log-likelihood is not defined; use a model with another tokenizer"
                 )
             found.add(tuple(joint_ids[len(context_ids) :]))
         if len(found) > 1:
@@ -1438,16 +1268,15 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
 
 
 def render_chat(tokenizer, messages, **kwargs) -> str:
-    """The chat template's text for `messages`. Templates that date the conversation (Llama 3.1-3.3) get their own
-    fallback date rather than today's, so that the text a model reads does not change with the calendar between
-    training, resuming and evaluating."""
+    """The chat template's text for `messages`; templates that date the conversation (Llama 3.1-3.3) get a fixed date,
+    so that the text a model reads does not change with the calendar between training, resuming and evaluating."""
     return tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
 
 
 def chat_reply_format(tokenizer, is_encoder_decoder: bool) -> tuple[str, str]:
-    """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace
-    before it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`,
-    Llama 3's `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
+    """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace before
+    it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`, Llama 3's
+    `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
     if is_encoder_decoder or not getattr(tokenizer, "chat_template", None):
         raise UsageError(
             "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
@@ -1479,8 +1308,7 @@ def load_policy_model(args: Args, checkpoint: str | None):
             from peft import LoraConfig, get_peft_model
 
             task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
-            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
-            llm = get_peft_model(llm, config)
+            llm = get_peft_model(llm, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type))
         return llm, tokenizer
     model_dir = os.path.join(checkpoint, "model")
     if args.lora_r:
@@ -1499,11 +1327,9 @@ def configure_matmul_precision(device: torch.device, tf32: bool):
 
 
 def checkpoint_activations(llm):
-    """Recompute each transformer block in the backward pass instead of keeping its activations.
-
-    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
-    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
-    """
+    """Recompute each transformer block in the backward pass instead of keeping its activations: torch's composable
+    checkpoint, since transformers' gradient_checkpointing_enable() acts in train mode only, and GLAM runs in eval mode
+    (dropout off). Parameter names do not change, nor do checkpoints."""
     from torch.distributed._composable import checkpoint
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -1530,29 +1356,13 @@ def check_ranges(args, ranges: dict[str, str]):
         below = value < high if interval[-1] == ")" else value <= high
         if not (math.isfinite(value) and above and below):
             allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
-
-
-def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
-    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
-    side by side)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {'' if math.isfinite(value) else 'a finite number '}{allowed}")
 
 
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
 RESUMABLE_CHANGES = {
     "track", "wandb_project_name", "wandb_entity", "resume", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_batch",
-    "resume_checkpoint", "capture_video", "video_interval", "video_format",
+    "capture_video", "video_interval", "video_format",
 }
 
 
@@ -1561,14 +1371,13 @@ def finish_args(args: Args) -> Args:
     check_ranges(args, ARG_RANGES)
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    check_can_create(args.resume or "runs", "the run folder")
-    if args.capture_video:
-        check_video_output(args.video_format)
+    if args.capture_video and args.video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
+        raise UsageError("--video-format mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or give --video-format gif")
     if args.load_embedding and args.pretrained:
         raise UsageError("--load-embedding copies pretrained embeddings into a random model; add --no-pretrained")
     if args.track and importlib.util.find_spec("wandb") is None:
         raise UsageError("--track needs Weights and Biases: pip install wandb")
-    if args.demos is None and len(action_names(args.action_space)) < len(ACTIONS["english"]):
+    if args.demos is None and len(action_names(args.action_space)) < len(ACTIONS):
         raise UsageError("the bot's demonstrations need all six actions; use --action-space canonical or augmented")
     make_env(args.env_id)  # an unknown env id fails here, before any model is loaded
     if args.demos is not None and not os.path.isfile(args.demos):
@@ -1581,30 +1390,30 @@ def parse_args(argv=None) -> Args:
     args = tyro.cli(Args, args=argv)
     if args.resume is None:
         return finish_args(args)
-    checkpoint = find_checkpoint(args.resume)
-    with open(os.path.join(checkpoint, "args.json")) as f:
-        saved = Args(**json.load(f))
+    try:
+        saved = Args(**saved_args(args.resume))
+    except TypeError as error:  # another script's run, or another version's
+        raise UsageError(f"cannot resume {args.resume}: its args.json has flags that bc_finetune.py does not know ({one_line(error)})") from None
     args = tyro.cli(Args, args=argv, default=saved)
     changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args)
-    args.resume_checkpoint = checkpoint
-    progress = checkpoint_progress(checkpoint)
-    if progress is not None and progress.get("num_steps") is not None and progress["step"] >= progress["num_steps"]:
-        raise UsageError(
-            f"{args.resume} has made all its {progress['num_steps']} optimizer steps: nothing to resume (evaluate it with "
-            f"zero_shot_eval.py --model {args.resume})"
-        )
-    return args
+    return finish_args(args)
 
 
 # -----------------------------------------------------------------------------------------------------------------
 # D. Logs, checkpoints, resume and stopping
 # -----------------------------------------------------------------------------------------------------------------
 
-CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt")
+
+def make_folder(folder: str, what: str) -> str:
+    """The folder, made now (before any model is loaded), or one line saying why it cannot be."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make {what} {folder}: {error.strerror or error}") from None
+    return folder
 
 
 def open_logs(args: Args, run_name: str, run_dir: str, resumed_at: int | None):
@@ -1613,24 +1422,62 @@ def open_logs(args: Args, run_name: str, run_dir: str, resumed_at: int | None):
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args), name=run_name,
+                   save_code=True, resume="allow", id=run_name)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
     if resumed_at is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])))
     return writer
 
 
-def restore_run(checkpoint: str, trainer: dict, agent: GlamAgent, optimizer, scheduler) -> tuple[int, int]:
+def checkpoint_folders(run_dir: str) -> list[str]:
+    """A run's checkpoint/ and checkpoint.previous/, newest first, those there are (a save killed between its two renames
+    leaves no checkpoint/)."""
+    folders = [path for path in (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.previous")) if os.path.isdir(path)]
+    if not folders:
+        raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ or {run_dir}/checkpoint.previous/)")
+    return folders
+
+
+def saved_args(run_dir: str) -> dict:
+    """The args.json of the run's newest checkpoint that has a readable one."""
+    for folder in checkpoint_folders(run_dir):
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "args.json")) as f:
+            return json.load(f)
+    raise UsageError(f"cannot resume {run_dir}: no checkpoint there has a readable args.json")
+
+
+def load_run(args: Args):
+    """(model, tokenizer, saved): the model to train and, with --resume, the heads and trainer state of the run's newest
+    checkpoint that loads. One that does not (a truncated or unreadable file) is named in one line, and the run goes on
+    from the one before it."""
+    if args.resume is None:
+        return (*load_policy_model(args, None), {})
+    folders = checkpoint_folders(args.resume)
+    for index, folder in enumerate(folders):
+        try:
+            llm, tokenizer = load_policy_model(args, folder)
+            saved = {name: torch.load(os.path.join(folder, f"{name}.pt"), map_location="cpu", weights_only=False) for name in ("heads", "trainer")}
+            break
+        except Exception as error:  # whatever a damaged file raises (safetensors, torch.load)
+            if index + 1 == len(folders):
+                raise UsageError(f"cannot resume {args.resume}: {folder} does not load ({one_line(error)})") from None
+            print(f"{folder} does not load ({one_line(error)}); going on from {folders[index + 1]}", file=sys.stderr)
+    if saved["trainer"]["step"] >= saved["trainer"]["num_steps"]:
+        raise UsageError(
+            f"{args.resume} has made all its {saved['trainer']['num_steps']} optimizer steps: nothing to resume (evaluate it "
+            f"with zero_shot_eval.py --model {args.resume})"
+        )
+    return llm, tokenizer, saved
+
+
+def restore_run(saved: dict, agent: GlamAgent, optimizer, scheduler) -> tuple[int, int]:
     """The value head, the optimizer, the schedule and the random number generators as the checkpoint left them; its
     (step, global_step)."""
-    agent.value_head.load_state_dict(torch.load(os.path.join(checkpoint, "heads.pt"), map_location=agent.device)["value_head"])
+    trainer = saved["trainer"]
+    agent.value_head.load_state_dict(saved["heads"]["value_head"])
     optimizer.load_state_dict(trainer["optimizer"])
     scheduler.load_state_dict(trainer["scheduler"])
     random.setstate(trainer["rng"]["python"])
@@ -1638,16 +1485,7 @@ def restore_run(checkpoint: str, trainer: dict, agent: GlamAgent, optimizer, sch
     torch.set_rng_state(trainer["rng"]["torch"])
     if "cuda" in trainer["rng"] and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-    set_aside_damaged(checkpoint)  # only now, once everything that a bad checkpoint could break has loaded
     return trainer["step"], trainer["global_step"]
-
-
-def find_checkpoint(run_dir: str) -> str:
-    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
-    checkpoint = intact_checkpoint(run_dir)
-    if checkpoint is None:
-        raise UsageError(f"no checkpoint written by bc_finetune.py in {run_dir!r} (expected {run_dir}/checkpoint/ with {', '.join(CHECKPOINT_FILES)})")
-    return checkpoint
 
 
 def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, scheduler, progress: tqdm, **counters):
@@ -1667,98 +1505,28 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, sched
         with open(os.path.join(folder, "args.json"), "w") as f:
             json.dump(asdict(args), f, indent=2)
 
-    try:
-        commit_checkpoint(run_dir, write, {name: counters[name] for name in ("global_step", "step", "num_steps")})
-    except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-        progress.close()
-        raise
+    commit_checkpoint(run_dir, write, progress)
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def commit_checkpoint(run_dir: str, write, progress: dict):
-    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
-    and stops the run with one line; the checkpoints already written stay as they were."""
+def commit_checkpoint(run_dir: str, write, progress: tqdm | None = None):
+    """`write(folder)` into checkpoint.tmp, renamed to checkpoint/ once written; the one it replaces is kept as
+    checkpoint.previous/. A write that fails (a full disk) removes checkpoint.tmp and stops the run with one line naming
+    the last good checkpoint (the progress bar closed first, so that the line is the last on the screen)."""
     final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
     shutil.rmtree(temporary, ignore_errors=True)
     try:
         os.makedirs(temporary)
         write(temporary)
-        files = {}
-        for folder, _, names in os.walk(temporary):
-            for name in names:
-                path = os.path.join(folder, name)
-                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        with open(os.path.join(temporary, "manifest.json"), "w") as f:
-            json.dump({"progress": progress, "files": files}, f, indent=2)
     except OSError as error:
         shutil.rmtree(temporary, ignore_errors=True)
+        if progress is not None:
+            progress.close()
         kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
         raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
     if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
-
-
-def checkpoint_damage(folder: str) -> str | None:
-    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
-        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
-    for name, expected in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            return f"{name} is missing"
-        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
-            return f"{name} is not the file that was saved"
-    return None
-
-
-def intact_checkpoint(run_dir: str) -> str | None:
-    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
-    between its renames)."""
-    for name in ("checkpoint", "checkpoint.previous"):
-        path = os.path.join(run_dir, name)
-        if not os.path.isdir(path):
-            continue
-        damage = checkpoint_damage(path)
-        if damage is None:
-            return path
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
-    return None
-
-
-def set_aside_damaged(checkpoint: str):
-    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
-    the good one as checkpoint.previous rather than the damaged one."""
-    run_dir = os.path.dirname(checkpoint)
-    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
-    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(damaged, aside)
-
-
-def checkpoint_progress(checkpoint: str) -> dict | None:
-    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
-    path = os.path.join(checkpoint, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["progress"]
 
 
 class StopRequest:
@@ -1772,27 +1540,75 @@ class StopRequest:
         signal.signal(signal.SIGTERM, self._handle)
 
     def _handle(self, signum, frame):
-        if self.requested:
-            if signum == signal.SIGINT:
-                raise KeyboardInterrupt
-            return
-        self.requested = True
-        name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        tqdm.write(f"{name}: stopping after this step, keeping what is done (Ctrl-C again to quit at once)")
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        if not self.requested:
+            self.requested = True
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            tqdm.write(f"{name}: stopping after this step, keeping what is done (Ctrl-C again to quit at once)")
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# E. Memory: pass sizes that fit, and an allocator that keeps freed buffers
+# E. Pass sizes, and an allocator that keeps freed buffers
 # -----------------------------------------------------------------------------------------------------------------
+
+CPU_PASS_BYTES = 2 << 30  # what an `auto` pass may hold on CPU, by the rule of `PassSize`
+
+
+class PassSize:
+    """The items of one forward pass (--score-batch-size, counted in (prompt, action) pairs; --grad-accum-minibatch).
+    A number fixes it. `auto` tries all the items in one pass and, on an out-of-memory error, halves the pass and tries
+    again, keeping the size that fits for the rest of the run (as the Hugging Face Trainer does, with accelerate's
+    find_executable_batch_size). On CPU, where running out of memory kills the process instead of raising an error,
+    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`."""
+
+    def __init__(self, setting: int | str, flag: str, item_bytes, pairs_per_item: int = 1):
+        self.setting, self.flag, self.item_bytes, self.pairs_per_item, self.fits = setting, flag, item_bytes, pairs_per_item, None
+
+    def most(self, total: int, longest, device: torch.device) -> int:
+        """The most items of `total` in one pass; `longest()` gives the longest prompt's tokens, for the CPU rule."""
+        if self.setting != "auto":
+            return max(1, self.setting // self.pairs_per_item) if self.setting else total
+        return min(total, self.fits or total, total if device.type == "cuda" else max(1, CPU_PASS_BYTES // self.item_bytes(longest())))
+
+    def run(self, work, total: int, longest, device: torch.device):
+        """work(most): the work of `total` items in passes of at most `most`, again with half the pass after an
+        out-of-memory error under `auto`."""
+        while True:
+            most = self.most(total, longest, device)
+            try:
+                return work(most)
+            except torch.OutOfMemoryError:
+                if self.setting != "auto" or most == 1:
+                    raise UsageError(
+                        f"{self.flag} {self.setting}: a pass of {most} runs out of memory; give a smaller number, add --bf16, "
+                        "--gradient-checkpointing or --lora-r 16, or take a smaller --model"
+                    ) from None
+            self.fits = most // 2
+            tqdm.write(f"{self.flag} auto: {most} per pass ran out of memory; {self.fits} from now on")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+def update_bytes_per_token(llm):
+    """The CPU rule for an update pass, whose activations stay for the backward pass: 100 bytes per token, per unit of
+    the hidden state and per layer (77 measured with SmolLM2-135M in float32, benchmark/README.md)."""
+    config = llm.config.get_text_config()
+    layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
+    return lambda tokens: 100 * config.hidden_size * layers * tokens
+
+
+def even_split(total: int, most: int) -> list[slice]:
+    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
+    passes = -(-total // most)
+    bounds = [total * k // passes for k in range(passes + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def keep_freed_memory():
-    """On glibc, keep freed buffers for reuse rather than handing them back to the operating system.
-
-    By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
-    page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
-    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
-    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
+    """On glibc, keep freed buffers under 2 GB for reuse (and up to 512 MB free at the top of the heap) rather than hand
+    them back to the kernel and fault them in again at the next allocation, where a CPU run spent up to 45% of its time
+    (benchmark/README.md, malloc settings). CPU runs only; GLIBC_TUNABLES or a MALLOC_ variable set by the user stands."""
     if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
         return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
     try:
@@ -1804,272 +1620,61 @@ def keep_freed_memory():
     libc.mallopt(trim_threshold, 512 << 20)
 
 
-# Of the free memory, what an `auto` pass may take: the rest is room for the allocator's fragmentation and for the
-# temporaries of the optimizer's step.
-AUTO_MEMORY_MARGIN = 0.9
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes a new pass may use: the GPU's free memory plus what torch's cache holds unused; on CPU, the available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return psutil.virtual_memory().available
-
-
-def training_memory_to_come(optimizer, gradients: bool = False) -> int:
-    """Bytes that training has yet to allocate for good: Adam's two moments at its first step, for the parameters that
-    have none yet, and with `gradients` the gradients not made yet (those of an update stay through the next rollout)."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    # FSDP's parameters are DTensors: their local shard is what this process holds.
-    size = {p: (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in params}
-    moments = sum(2 * size[p] for p in params if p not in optimizer.state)
-    return moments + (sum(size[p] for p in params if p.grad is None) if gradients else 0)
-
-
-class CreatedTensorBytes(TorchDispatchMode):
-    """The live bytes of the tensors created by ops while active, and their peak: the CPU allocator keeps no
-    statistics. A tensor that shares its storage with an input (a view, an in-place op) is not new memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.sizes = {}  # storage address -> bytes, for the storages created and not yet freed
-
-    def _freed(self, address: int):
-        self.live -= self.sizes.pop(address)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for tensor in pytree.tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            address, size = storage.data_ptr(), storage.nbytes()
-            if size == 0 or address in inputs or address in self.sizes:
-                continue
-            self.sizes[address] = size
-            self.live += size
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._freed, address)
-        return out
-
-
-def peak_memory(run, device: torch.device) -> int:
-    """Peak bytes allocated while `run()` runs, above what was allocated when it started."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        run()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    with CreatedTensorBytes() as counter:
-        run()
-    return counter.peak
-
-
-class PassSizer:
-    """What `auto` makes of a pass size (--score-batch-size, --grad-accum-minibatch): as few passes as fit `budget()`
-    bytes, of even sizes. It runs passes of one and two copies of the longest prompt seen and extrapolates (at a given
-    length, a pass's memory grows linearly with its prompts), and measures again when a longer prompt comes, so that
-    no pass holds more than the worst case measured. The probes leave the random number generators as they were.
-    `all_ranks_max` makes the processes of a distributed run probe together and agree on one size."""
-
-    def __init__(self, run_pass, count_tokens, budget, flag: str, unit: str, all_ranks_max=lambda value: value):
-        self.run_pass, self.count_tokens, self.budget = run_pass, count_tokens, budget
-        self.flag, self.unit, self.all_ranks_max = flag, unit, all_ranks_max
-        self.longest, self.fits = 0, None
-
-    def __call__(self, prompts, device: torch.device, total: int | None = None, lengths=None) -> int:
-        """The size of the passes that `total` prompts like these (all of them by default) are split into; `lengths`,
-        the prompts' token counts, when the caller has them already."""
-        if lengths is None:
-            lengths = self.count_tokens(prompts)
-        longest, changed = self.all_ranks_max(max(lengths)), False
-        if longest > self.longest:
-            prompt = prompts[int(np.argmax(lengths))]
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                one = peak_memory(lambda: self.run_pass([prompt]), device)
-                two = peak_memory(lambda: self.run_pass([prompt, prompt]), device)
-            per_prompt, budget = max(two - one, 1), self.budget()
-            fits = -self.all_ranks_max(-int((budget - one) // per_prompt + 1))
-            if fits < 1:
-                # Scoring keeps no activations for a backward pass: only lower precision or a smaller model help it.
-                remedies = "--bf16" if self.unit == "prompt" else "--gradient-checkpointing, --bf16 or --lora-r 16"
-                raise UsageError(
-                    f"{self.flag} auto: one {self.unit} of {longest} tokens needs {one / 1e9:.3f} GB, and {budget / 1e9:.3f} GB "
-                    f"is free; add {remedies}, or take a smaller --model"
-                )
-            changed, self.longest, self.fits = fits != self.fits, longest, fits
-        total = len(prompts) if total is None else total
-        passes = -(-total // self.fits)
-        if changed and passes > 1:
-            tqdm.write(
-                f"{self.flag} auto: {total} {self.unit}s in {passes} passes, up to {self.fits} per pass ({per_prompt / 1e6:.1f} MB "
-                f"each at {longest} tokens, {budget / 1e9:.2f} GB free)"
-            )
-        return -(-total // passes)
-
-
-def update_pass_sizer(agent: GlamAgent, optimizer, autocast) -> PassSizer:
-    """The sizer of --grad-accum-batch auto's passes; and --score-batch-size auto's budget, which leaves room for the
-    gradients of the updates and for AdamW's state from the first evaluation on."""
-
-    def update_pass(prompts):
-        optimizer.zero_grad()
-        with autocast:
-            nll, _ = action_nll(agent, prompts, torch.zeros(len(prompts), dtype=torch.long, device=agent.device))
-        nll.backward()
-        optimizer.zero_grad()
-
-    # Scoring makes no gradients, but it must leave room for those of the updates and for AdamW's state from the start.
-    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer, gradients=True)
-    return PassSizer(
-        update_pass, agent.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(agent.device) - training_memory_to_come(optimizer),
-        "--grad-accum-batch", "transition",
-    )
-
-
-def even_split(total: int, most: int) -> list[slice]:
-    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
-    passes = -(-total // most)
-    bounds = [total * k // passes for k in range(passes + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
-
-
 # -----------------------------------------------------------------------------------------------------------------
-# F. Videos: the level, what the model read, and where its probability mass sat when it chose
+# F. Videos: the level, with the goal and each chosen action and its probability written under it
 # -----------------------------------------------------------------------------------------------------------------
 
-VIDEO_SIZE = (1024, 576)  # (width, height) of every frame, whatever the level's size; even sides, as H.264 needs
 VIDEO_FPS = 4
-BAR_COLOURS = {"chosen": (214, 69, 65), "other": (90, 125, 200)}
+VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
 
 
-class EpisodeVideo:
-    """The frames of one episode: at each step, the level as minigrid draws it (the agent's view highlighted) beside a
-    panel with the goal, the observation sentences, the policy's probability of every action as bars (the chosen one
-    marked), the step and the return; then a last frame with the outcome. `probs` and `chosen` keep the numbers that
-    each step's bars were drawn from."""
-
-    def __init__(self, actions):
-        self.actions, self.frames, self.probs, self.chosen = list(actions), [], [], []
-        self.font, self.banner_font = ImageFont.load_default(size=15), ImageFont.load_default(size=34)
-
-    def add_step(self, level: np.ndarray, goal: str, sentences, probs, chosen: int, step: int, episode_return: float):
-        self.probs.append([float(p) for p in probs])
-        self.chosen.append(int(chosen))
-        image, draw, y = self._start_frame(level, goal, sentences, step, episode_return)
-        draw.text((VIDEO_SIZE[1] + 20, y), "Action probabilities:", font=self.font, fill="black")
-        for action, prob in zip(self.actions, self.probs[-1]):
-            y += 24
-            is_chosen = action == self.actions[self.chosen[-1]]
-            draw.text((VIDEO_SIZE[1] + 20, y), ("> " if is_chosen else "  ") + action, font=self.font, fill="black")
-            left = VIDEO_SIZE[1] + 190
-            draw.rectangle((left, y + 2, left + round(160 * prob), y + 16), fill=BAR_COLOURS["chosen" if is_chosen else "other"])
-            draw.text((left + 166, y), f"{prob:.2f}", font=self.font, fill="black")
-        self.frames.append(np.asarray(image))
-
-    def add_end(self, level: np.ndarray, goal: str, success: bool, steps: int, episode_return: float):
-        image, draw, y = self._start_frame(level, goal, [], steps, episode_return)
-        text, colour = ("SUCCESS", (30, 140, 60)) if success else ("FAILURE", (200, 40, 40))
-        draw.text((VIDEO_SIZE[1] + 20, y + 40), text, font=self.banner_font, fill=colour)
-        self.frames.append(np.asarray(image))
-
-    def _start_frame(self, level: np.ndarray, goal: str, sentences, step: int, episode_return: float):
-        """A frame with the level, the goal, the sentences, the step and the return; the y where the rest goes."""
-        image = Image.new("RGB", VIDEO_SIZE, "white")
-        side = VIDEO_SIZE[1]
-        grid = Image.fromarray(level)
-        scale = side / max(grid.size)
-        grid = grid.resize((round(grid.width * scale), round(grid.height * scale)), Image.NEAREST)
-        image.paste(grid, ((side - grid.width) // 2, (side - grid.height) // 2))
-        draw = ImageDraw.Draw(image)
-        lines = [*textwrap.wrap(f"Goal: {goal}", 58, subsequent_indent="    "), "", f"Step {step}    return {episode_return:.2f}", ""]
-        if sentences:
-            lines.append("Observation:")
-            lines += [line for sentence in sentences for line in textwrap.wrap(sentence, 58, initial_indent="  ", subsequent_indent="    ")]
-        lines = lines[:14] + (["  ..."] if len(lines) > 14 else [])  # room left for nine action bars
-        y = 16
-        for line in lines:
-            draw.text((side + 20, y), line, font=self.font, fill="black")
-            y += 20
-        return image, draw, y + 12
+@torch.no_grad()
+def record_episode(agent: GlamAgent, env: TextVecEnv, level_seed: int, autocast) -> tuple[list[np.ndarray], dict]:
+    """The frames of an episode of a one-env TextVecEnv (with final_frames) on level `level_seed`, its actions sampled
+    from the policy by a generator of their own, so that the run's random streams stay as they were."""
+    generator, frames = torch.Generator().manual_seed(level_seed), []
+    env.start_episode(0, level_seed)
+    while True:
+        with autocast:
+            probs = agent(env.prompts())[0][0].float().softmax(-1).cpu()
+        action = int(torch.multinomial(probs, 1, generator=generator))
+        frames.append(caption(env.frame(0), env.missions[0], f"{env.actions[action]} (p = {probs[action]:.2f})"))
+        finished = env.step([action])[3]
+        if finished:
+            frames.append(caption(finished[0].pop("frame"), env.missions[0], "success" if finished[0]["success"] else "failure"))
+            return frames, finished[0]
 
 
-def check_video_output(video_format: str):
-    check_can_create("videos", "the video folder")
-    if video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
-        raise UsageError("--video-format mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or give --video-format gif")
-
-
-def gif_bytes(frames) -> bytes:
-    first, *rest = (Image.fromarray(frame) for frame in frames)
-    buffer = io.BytesIO()
-    first.save(buffer, format="GIF", save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
-    return buffer.getvalue()
+def caption(level: np.ndarray, goal: str, line: str) -> np.ndarray:
+    """The level with the goal and a line under it, on a band of 48 pixels (the sides stay multiples of 16, for H.264)."""
+    image = Image.new("RGB", (level.shape[1], level.shape[0] + 48), "white")
+    image.paste(Image.fromarray(level))
+    ImageDraw.Draw(image).text((6, level.shape[0] + 4), f"{goal}\n{line}", fill="black", font_size=16)
+    return np.asarray(image)
 
 
 def write_video(frames, path: str):
-    """An MP4 (H.264, through the ffmpeg that imageio-ffmpeg ships) or, for a .gif path, a GIF."""
+    """A GIF, or an MP4 (H.264, through the ffmpeg that imageio-ffmpeg ships), of frames of one size."""
     if path.endswith(".gif"):
-        with open(path, "wb") as f:
-            f.write(gif_bytes(frames))
-        return
+        first, *rest = (Image.fromarray(frame) for frame in frames)
+        return first.save(path, save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(path, VIDEO_SIZE, fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
+    writer = imageio_ffmpeg.write_frames(path, frames[0].shape[1::-1], fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))
     writer.close()
 
 
-VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
-
-
-@torch.no_grad()
-def record_episode(agent: GlamAgent, env: TextVecEnv, level_seed: int, autocast) -> tuple[EpisodeVideo, dict]:
-    """One episode of a one-env TextVecEnv (made with final_frames=True) on level `level_seed`, its actions sampled from
-    the scored policy with a generator of its own, so that the training run's random streams are left as they were."""
-    generator = torch.Generator().manual_seed(level_seed)
-    env.start_episode(0, level_seed)
-    goal, video = env.missions[0], EpisodeVideo(env.actions)
-    while True:
-        with autocast:
-            logits, _ = agent(env.prompts())
-        probs = logits[0].float().softmax(-1).cpu()
-        action = int(torch.multinomial(probs, 1, generator=generator))
-        video.add_step(env.frame(0), goal, env.obs_histories[0][-1], probs.tolist(), action, int(env.episode_lengths[0]), float(env.episode_returns[0]))
-        _, _, _, finished = env.step([action])
-        if finished:
-            episode = finished[0]
-            video.add_end(episode.pop("frame"), goal, episode["success"], episode["length"], float(episode["return"]))
-            return video, episode
-
-
-def log_video(writer, tag: str, frames, step: int):
-    """An animated GIF among TensorBoard's images, as SummaryWriter.add_video makes one, without its moviepy."""
-    from tensorboard.compat.proto.summary_pb2 import Summary
-
-    image = Summary.Image(height=VIDEO_SIZE[1], width=VIDEO_SIZE[0], colorspace=3, encoded_image_string=gif_bytes(frames))
-    writer.file_writer.add_summary(Summary(value=[Summary.Value(tag=tag, image=image)]), step)
-
-
-def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, writer, run_name: str, step: int, global_step: int):
-    """An episode on a level that no training env plays, dropout off, to videos/<run>/ and TensorBoard (and W&B with
-    --track)."""
+def record_video(args: Args, agent: GlamAgent, env: TextVecEnv, autocast, video_dir: str, step: int):
+    """An episode on a level that no training env plays, dropout off, to videos/<run>/ (and W&B with --track)."""
     level_seed = args.seed + VIDEO_SEED_OFFSET + step
     agent.eval()
-    video, episode = record_episode(agent, env, level_seed, autocast)
+    frames, episode = record_episode(agent, env, level_seed, autocast)
     agent.train()
-    os.makedirs(os.path.join("videos", run_name), exist_ok=True)
-    outcome = "success" if episode["success"] else "failure"
-    path = os.path.join("videos", run_name, f"step{step}__seed{level_seed}__{outcome}.{args.video_format}")
-    write_video(video.frames, path)
-    log_video(writer, "videos/episode", video.frames, global_step)
+    path = os.path.join(video_dir, f"step{step}__seed{level_seed}__{'success' if episode['success'] else 'failure'}.{args.video_format}")
+    write_video(frames, path)
     if args.track:
         import wandb
 

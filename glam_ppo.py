@@ -1324,7 +1324,10 @@ def parse_args(argv=None) -> Args:
     args = tyro.cli(Args, args=argv)
     if args.resume is None:
         return finish_args(args, given)
-    saved = Args(**saved_args(args.resume))
+    try:
+        saved = Args(**saved_args(args.resume))
+    except TypeError as error:  # another script's run, or another version's
+        raise UsageError(f"cannot resume {args.resume}: its args.json has flags that glam_ppo.py does not know ({one_line(error)})") from None
     args = tyro.cli(Args, args=argv, default=saved)
     changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
     if changed:
@@ -1380,7 +1383,7 @@ def checkpoint_folders(run_dir: str) -> list[str]:
     leaves no checkpoint/)."""
     folders = [path for path in (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.previous")) if os.path.isdir(path)]
     if not folders:
-        raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ with model/, heads.pt, trainer.pt, envs.pkl, args.json)")
+        raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ or {run_dir}/checkpoint.previous/)")
     return folders
 
 

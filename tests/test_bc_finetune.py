@@ -1,8 +1,11 @@
-"""bc_finetune.py: the bot's demonstrations, the masked cloning loss, a short run end to end, resume, bad input."""
+"""bc_finetune.py: the bot's demonstrations, the masked cloning loss, a short run end to end, resume (and from the
+checkpoint before a damaged one), pass sizes that halve on out-of-memory, videos that leave the cloning as it is, bad input."""
 
+import errno
 import glob
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -10,13 +13,14 @@ import time
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import bc_finetune as bc
 import glam_ppo
 import offline_models
 import zero_shot_eval
-from script_runs import checkpoint_weights, only_run_dir, run_in_process, run_main_blocks, run_script, steps_write_infinity
+from script_runs import checkpoint_weights, main_in_process, only_run_dir, run_in_process, run_main_blocks, run_script, steps_write_infinity
 
 SMALL = [
     "--model", "tiny-t5", "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--batch-size", "32",
@@ -117,9 +121,9 @@ def test_short_run_lowers_the_loss_and_its_checkpoint_evaluates_and_starts_ppo(t
     assert len(accuracy) == 2 and accuracy[1] > 0.4
     for tag in ("charts/success_rate", "charts/episodic_return", "charts/episodic_length", "charts/learning_rate", "charts/SPS"):
         assert tag in events.Tags()["scalars"], tag
-    assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["args.json", "heads.pt", "manifest.json", "model", "trainer.pt"]
+    assert sorted(os.listdir(os.path.join(run_dir, "checkpoint"))) == ["args.json", "heads.pt", "model", "trainer.pt"]
     with pytest.raises(bc.UsageError, match=f"{run_dir} has made all its {len(losses)} optimizer steps: nothing to resume"):
-        bc.parse_args(["--resume", run_dir])
+        main_in_process(bc, tmp_path, ["--resume", run_dir], monkeypatch)
 
     rows = zero_shot_eval.main(zero_shot_eval.parse_args(["--model", run_dir, "--env-id", "BabyAI-GoToLocalS5N2-v0",
                                                           "--episodes", "4", "--num-envs", "4", "--output-dir", str(tmp_path / "eval")]))
@@ -184,13 +188,103 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
 
 
+def test_a_truncated_newest_checkpoint_resumes_from_the_previous_one(straight_run, tmp_path, monkeypatch, capsys):
+    """The straight run's last two checkpoints (steps 12 and 15), the newest's weights cut in half: --resume says so in
+    one line, goes on from step 12 and ends as the straight run did."""
+    run_dir = str(tmp_path / "run")
+    shutil.copytree(straight_run, run_dir)
+    weights = os.path.join(run_dir, "checkpoint", "model", "model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    capsys.readouterr()
+    main_in_process(bc, tmp_path, ["--resume", run_dir], monkeypatch)
+    (line,) = [line for line in capsys.readouterr().err.splitlines() if "does not load" in line]
+    assert line.startswith(f"{run_dir}/checkpoint does not load (") and line.endswith(f"going on from {run_dir}/checkpoint.previous")
+    assert torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"] == 15
+    expected, resumed = checkpoint_weights(straight_run), checkpoint_weights(run_dir)
+    for name in expected:
+        torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)
+
+
+THREE_STEPS = [*SMALL, "--num-transitions", "96", "--num-envs", "2", "--eval-episodes", "2", "--eval-every", "100000"]
+
+
+@pytest.fixture(scope="module")
+def passes_of_eight(tmp_path_factory):
+    """A run of three steps whose batches of 32 are cloned in passes of 8 transitions."""
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        return run_in_process(bc, tmp_path_factory.mktemp("eight"), [*THREE_STEPS, "--grad-accum-batch", "8"], monkeypatch)
+
+
+def test_auto_passes_halve_on_out_of_memory_and_clone_as_a_run_of_that_size(passes_of_eight, tmp_path, monkeypatch, capsys):
+    """A pass of more than 8 transitions runs out of memory once it has run (its dropout masks drawn): auto goes from 32
+    to 16 to 8 at the first step, keeps 8, and the run ends with the weights of the run in passes of 8."""
+    action_nll = bc.action_nll
+
+    def out_of_memory_above_eight(agent, prompts, action_indices):
+        result = action_nll(agent, prompts, action_indices)
+        if len(prompts) > 8:
+            raise torch.OutOfMemoryError("CUDA out of memory (raised by the test)")
+        return result
+
+    monkeypatch.setattr(bc, "action_nll", out_of_memory_above_eight)
+    run_dir = run_in_process(bc, tmp_path, [*THREE_STEPS, "--grad-accum-batch", "auto"], monkeypatch)
+    halvings = [line for line in capsys.readouterr().out.splitlines() if "ran out of memory" in line]
+    assert halvings == ["--grad-accum-batch auto: 32 per pass ran out of memory; 16 from now on",
+                        "--grad-accum-batch auto: 16 per pass ran out of memory; 8 from now on"]
+    expected, halved = checkpoint_weights(passes_of_eight), checkpoint_weights(run_dir)
+    for name in expected:
+        torch.testing.assert_close(halved[name], expected[name], rtol=0, atol=0)
+
+
+def test_recording_leaves_the_cloning_as_it_is(passes_of_eight, tmp_path, monkeypatch):
+    flags = [*THREE_STEPS, "--grad-accum-batch", "8", "--capture-video", "--video-interval", "2", "--video-format", "gif"]
+    run_dir = run_in_process(bc, tmp_path, flags, monkeypatch)
+    expected, recorded = checkpoint_weights(passes_of_eight), checkpoint_weights(run_dir)
+    for name in expected:
+        torch.testing.assert_close(recorded[name], expected[name], rtol=0, atol=0)
+    (video,) = glob.glob(str(tmp_path / "videos" / "*" / "*.gif"))
+    assert os.path.basename(video).startswith("step2__seed")
+    with Image.open(video) as gif:
+        assert gif.n_frames >= 2  # a frame per step, then the outcome's
+    events = EventAccumulator(run_dir)
+    events.Reload()
+    assert events.Tags()["images"] == []  # videos go to videos/ and W&B, not TensorBoard
+
+
+def test_a_full_disk_stops_the_run_with_its_last_good_checkpoint(tmp_path, monkeypatch):
+    saves, save = [], torch.save
+
+    def save_on_a_full_disk(obj, path, *args, **kwargs):
+        if "trainer.pt" in str(path):
+            saves.append(path)
+            if len(saves) == 2:
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+        return save(obj, path, *args, **kwargs)
+
+    monkeypatch.setattr(bc.torch, "save", save_on_a_full_disk)
+    with pytest.raises(bc.UsageError) as error:
+        main_in_process(bc, tmp_path, [*THREE_STEPS, "--eval-every", "32"], monkeypatch)
+    run_dir = os.path.relpath(only_run_dir(tmp_path), tmp_path)
+    assert str(error.value) == f"could not write a checkpoint in {run_dir} (No space left on device); the last good checkpoint is {run_dir}/checkpoint"
+    assert sorted(os.listdir(run_dir)).count("checkpoint.tmp") == 0
+    assert torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"] == 1
+
+
+@pytest.mark.parametrize("folder, flags", [("runs", []), ("videos", ["--capture-video"])], ids=["run", "video"])
+def test_a_folder_that_cannot_be_made_is_one_line_before_any_work(tmp_path, monkeypatch, folder, flags):
+    (tmp_path / folder).write_text("")
+    with pytest.raises(bc.UsageError, match=f"cannot make the {folder[:-1]} folder {folder}/.*: Not a directory"):
+        main_in_process(bc, tmp_path, [*SMALL, "--num-transitions", "64", *flags], monkeypatch)
+
+
 BAD_INPUT = [
     (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
     (["--demos", "missing.jsonl"], "cannot read demonstrations 'missing.jsonl'"),
     (["--action-space", "restricted"], "need all six actions"),
     (["--model", "./no-such-model"], "cannot load model './no-such-model'"),
     (["--holdout-fraction", "1.5"], "--holdout-fraction 1.5 must be in (0, 1)"),
-    (["--resume", "runs/nothing"], "no checkpoint written by bc_finetune.py"),
+    (["--resume", "runs/nothing"], "no checkpoint in 'runs/nothing'"),
 ]
 
 
@@ -207,7 +301,7 @@ def test_bad_input_gets_a_one_line_error(bad_input_results, flags, message):
     code, stderr, left = bad_input_results[BAD_INPUT.index((flags, message))]
     assert code == 1 and message in stderr
     assert "Traceback" not in stderr
-    assert "runs" not in left
+    assert "runs" not in left or flags[0] == "--model"  # the run folder is made before the model loads
 
 
 def test_non_finite_weights_stop_before_evaluating_or_saving(tmp_path, monkeypatch):
