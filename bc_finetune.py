@@ -28,6 +28,7 @@ import re
 import shutil
 import signal
 import sys
+import textwrap
 import time
 import warnings
 from collections import deque
@@ -167,7 +168,7 @@ def _object_phrase(type_idx: int, colour_idx: int, state: int) -> str:
 def describe(image: np.ndarray) -> list[str]:
     """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
     sentences = []
-    if image[AGENT_CELL][0] > 2:
+    if image[AGENT_CELL][0] > 2:  # a carried object is drawn in the agent's own cell (types 0-2: unseen, empty, wall)
         sentences.append(f"You carry a {_object_phrase(*image[AGENT_CELL])}")
     agent_i, agent_j = AGENT_CELL
     rays = {
@@ -189,7 +190,10 @@ def describe(image: np.ndarray) -> list[str]:
                 continue
             dx, dy = i - agent_i, agent_j - j
             sideways = _steps(abs(dx), "right" if dx > 0 else "left")
-            position = _steps(dy, "forward") if dx == 0 else sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
+            if dx == 0:
+                position = _steps(dy, "forward")
+            else:
+                position = sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
             # The original writes "a" before every object, "a open red door" included; trained models saw it.
             sentences.append(f"You see a {_object_phrase(type_idx, colour_idx, state)} {position}")
     return sentences
@@ -270,7 +274,10 @@ class TextVecEnv:
         return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
 
     def prompts(self) -> list[str]:
-        return [build_prompt(goal, self.actions, seen, done) for goal, seen, done in zip(self.missions, self.obs_histories, self.action_histories)]
+        return [
+            build_prompt(goal, self.actions, observations, past_actions)
+            for goal, observations, past_actions in zip(self.missions, self.obs_histories, self.action_histories)
+        ]
 
     def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
         """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
@@ -358,7 +365,8 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(text_config.hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
         self._pack_actions()
-        # The CPU rule: a scoring pass keeps no activations but a layer's at a time, and the packed actions' logits.
+        # The CPU rule (PassSize): a scoring pass keeps a layer's activations at a time (100 bytes per token per hidden unit,
+        # as update_bytes_per_token counts per layer) and the packed actions' float32 logits, with their copies (12 bytes).
         logit_bytes = 12 * text_config.vocab_size * (1 if action_heads else len(self.packed_ids) + 1)
         self.score_size = PassSize(
             score_batch_size, "--score-batch-size", lambda tokens: 100 * text_config.hidden_size * tokens + logit_bytes, self.pairs_per_prompt
@@ -381,6 +389,7 @@ class GlamAgent(nn.Module):
         return self._hidden_and_scores(prompts)[1]
 
     def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores as the policy's logits, by --scoring (token-mean divides by the action's tokens, its EOS included)."""
         if self.scoring == "token-mean":
             return scores / self.action_mask.sum(-1)
         if self.scoring == "word-mean":
@@ -392,7 +401,7 @@ class GlamAgent(nn.Module):
         return scores
 
     def get_value(self, prompts):
-        return self(prompts)[1]
+        return self(prompts)[1]  # (the scoring pass runs too: one pass gives both)
 
     def get_action_and_value(self, prompts, action=None):
         logits, value = self(prompts)
@@ -410,8 +419,8 @@ class GlamAgent(nn.Module):
     # `prompt + action` is made of (`joint_action_tokens`).
 
     def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs; with
-        gradients on (an update pass) in one, since every pass's activations would be kept for the backward pass."""
+        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs. An
+        update pass (gradients on) comes already split by main (--grad-accum-minibatch), and runs here as one pass."""
         tokens, lengths = self.tokenize_prompts(prompts)
 
         def in_passes(most):
@@ -426,7 +435,8 @@ class GlamAgent(nn.Module):
         """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        if self.packed if packed is None else packed:
+        use_packed = self.packed if packed is None else packed
+        if use_packed:
             (hidden, logits), source = self._packed_pass(tokens), self.score_source
         else:
             (hidden, logits), source = self._pair_pass(tokens), self.pair_source
@@ -448,6 +458,7 @@ class GlamAgent(nn.Module):
                     encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
                     decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
                 )
+                # Position 0, block 0's decoder start token, sees only itself and the encoder: the paper's decoder state.
                 return self._value_input(captured[0][:, 0], encoder_outputs, tokens.attention_mask), out.logits
             prompt_mask = tokens.attention_mask.bool()
             prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
@@ -540,7 +551,7 @@ class GlamAgent(nn.Module):
         """The prompts as the model reads them, and their lengths in tokens; decoder-only ones left-padded."""
         padding_side = "right" if self.is_encoder_decoder else "left"
         tokens = self.tokenize_texts(map(self.model_text, prompts), padding=True, padding_side=padding_side)
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        # Counted on the lists, which also works for tensors that hold no values (benchmark/memory.py's fake ones).
         lengths = [sum(mask) for mask in tokens.attention_mask]
         return tokens.convert_to_tensors("pt").to(self.device), lengths
 
@@ -895,9 +906,7 @@ def main(args: Args):
 
     def non_finite(what: str) -> FloatingPointError:
         progress.close()
-        written = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-        kept = f"the last good checkpoint is in {run_dir}/checkpoint" if written else "no checkpoint was written"
-        return FloatingPointError(f"non-finite {what} at step {step + 1}; {kept}. Try a lower --learning-rate, or without --bf16.")
+        return FloatingPointError(f"non-finite {what} at step {step + 1}; {last_good(run_dir)}. Try a lower --learning-rate, or without --bf16.")
 
     start_time, start_global_step = time.time(), global_step
     while step < num_steps and not stop.requested:
@@ -1432,11 +1441,11 @@ def open_logs(args: Args, run_name: str, run_dir: str, resumed_at: int | None):
     return writer
 
 
-def checkpoint_folders(run_dir: str) -> list[str]:
+def checkpoint_folders(run_dir: str, required: bool = True) -> list[str]:
     """A run's checkpoint/ and checkpoint.previous/, newest first, those there are (a save killed between its two renames
     leaves no checkpoint/)."""
     folders = [path for path in (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.previous")) if os.path.isdir(path)]
-    if not folders:
+    if not folders and required:
         raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ or {run_dir}/checkpoint.previous/)")
     return folders
 
@@ -1517,16 +1526,20 @@ def commit_checkpoint(run_dir: str, write, progress: tqdm | None = None):
     try:
         os.makedirs(temporary)
         write(temporary)
-    except OSError as error:
+    except Exception as error:  # a full disk: OSError, or torch.save's RuntimeError, or safetensors' own error
         shutil.rmtree(temporary, ignore_errors=True)
         if progress is not None:
             progress.close()
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({getattr(error, 'strerror', None) or one_line(error)}); {last_good(run_dir)}") from None
     if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
+
+
+def last_good(run_dir: str) -> str:
+    folders = checkpoint_folders(run_dir, required=False)
+    return f"the last good checkpoint is {folders[0]}" if folders else "no checkpoint was written"
 
 
 class StopRequest:
@@ -1560,7 +1573,8 @@ class PassSize:
     A number fixes it. `auto` tries all the items in one pass and, on an out-of-memory error, halves the pass and tries
     again, keeping the size that fits for the rest of the run (as the Hugging Face Trainer does, with accelerate's
     find_executable_batch_size). On CPU, where running out of memory kills the process instead of raising an error,
-    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`."""
+    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`. A
+    pass holds one item (prompt) at least."""
 
     def __init__(self, setting: int | str, flag: str, item_bytes, pairs_per_item: int = 1):
         self.setting, self.flag, self.item_bytes, self.pairs_per_item, self.fits = setting, flag, item_bytes, pairs_per_item, None
@@ -1580,12 +1594,13 @@ class PassSize:
                 return work(most)
             except torch.OutOfMemoryError:
                 if self.setting != "auto" or most == 1:
+                    smaller = "give a smaller number, " if self.setting != "auto" and most > 1 else ""
                     raise UsageError(
-                        f"{self.flag} {self.setting}: a pass of {most} runs out of memory; give a smaller number, add --bf16, "
+                        f"{self.flag} {self.setting}: a pass of {most * self.pairs_per_item} runs out of memory; {smaller}add --bf16, "
                         "--gradient-checkpointing or --lora-r 16, or take a smaller --model"
                     ) from None
             self.fits = most // 2
-            tqdm.write(f"{self.flag} auto: {most} per pass ran out of memory; {self.fits} from now on")
+            tqdm.write(f"{self.flag} auto: {most * self.pairs_per_item} per pass ran out of memory; {self.fits * self.pairs_per_item} from now on")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -1625,7 +1640,7 @@ def keep_freed_memory():
 # -----------------------------------------------------------------------------------------------------------------
 
 VIDEO_FPS = 4
-VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
+VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels of seeds that no training env is reset with
 
 
 @torch.no_grad()
@@ -1634,22 +1649,25 @@ def record_episode(agent: GlamAgent, env: TextVecEnv, level_seed: int, autocast)
     from the policy by a generator of their own, so that the run's random streams stay as they were."""
     generator, frames = torch.Generator().manual_seed(level_seed), []
     env.start_episode(0, level_seed)
+    goal = env.missions[0]  # (the env starts its next episode as this one ends)
     while True:
         with autocast:
             probs = agent(env.prompts())[0][0].float().softmax(-1).cpu()
         action = int(torch.multinomial(probs, 1, generator=generator))
-        frames.append(caption(env.frame(0), env.missions[0], f"{env.actions[action]} (p = {probs[action]:.2f})"))
+        frames.append(caption(env.frame(0), goal, f"{env.actions[action]} (p = {probs[action]:.2f})"))
         finished = env.step([action])[3]
         if finished:
-            frames.append(caption(finished[0].pop("frame"), env.missions[0], "success" if finished[0]["success"] else "failure"))
+            frames.append(caption(finished[0].pop("frame"), goal, "success" if finished[0]["success"] else "failure"))
             return frames, finished[0]
 
 
 def caption(level: np.ndarray, goal: str, line: str) -> np.ndarray:
-    """The level with the goal and a line under it, on a band of 48 pixels (the sides stay multiples of 16, for H.264)."""
-    image = Image.new("RGB", (level.shape[1], level.shape[0] + 48), "white")
+    """The level with the goal (in two lines at most) and a line under it, on a band of 64 pixels: the sides stay
+    multiples of 16 (for H.264), and every frame of an episode one size."""
+    image = Image.new("RGB", (level.shape[1], level.shape[0] + 64), "white")
     image.paste(Image.fromarray(level))
-    ImageDraw.Draw(image).text((6, level.shape[0] + 4), f"{goal}\n{line}", fill="black", font_size=16)
+    text = "\n".join(textwrap.wrap(goal, level.shape[1] // 8)[:2] + [line])  # about 8 pixels a character at 14 points
+    ImageDraw.Draw(image).text((6, level.shape[0] + 4), text, fill="black", font_size=14)
     return np.asarray(image)
 
 
@@ -1660,7 +1678,8 @@ def write_video(frames, path: str):
         return first.save(path, save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(path, frames[0].shape[1::-1], fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
+    size = frames[0].shape[1::-1]  # (width, height)
+    writer = imageio_ffmpeg.write_frames(path, size, fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

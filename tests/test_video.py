@@ -51,15 +51,24 @@ def test_each_caption_is_the_action_sampled_and_its_probability_under_the_policy
     agent, frames, episode = recorded
     replay, generator = g.TextVecEnv(LEVEL, 1, "canonical", final_frames=True), torch.Generator().manual_seed(3)
     replay.start_episode(0, 3)
+    goal = replay.missions[0]
     for frame in frames[:-1]:
         with torch.no_grad():
             probs = agent(replay.prompts())[0][0].softmax(-1)
         action = int(torch.multinomial(probs, 1, generator=generator))
-        assert np.array_equal(frame, g.caption(replay.frame(0), replay.missions[0], f"{replay.actions[action]} (p = {probs[action]:.2f})"))
+        assert np.array_equal(frame, g.caption(replay.frame(0), goal, f"{replay.actions[action]} (p = {probs[action]:.2f})"))
         *_, finished = replay.step([action])
     assert finished and finished[0]["length"] == episode["length"] and finished[0]["return"] == pytest.approx(episode["return"])
-    goal = replay.envs[0].unwrapped.mission  # the replayed episode's (the env has restarted: missions[0] is the next)
+    assert replay.missions[0] != goal  # the env went on to its next episode, whose goal the last frame must not show
     assert np.array_equal(frames[-1], g.caption(finished[0]["frame"], goal, "success" if episode["success"] else "failure"))
+
+
+def test_a_long_goal_is_wrapped_inside_a_one_room_frame():
+    level = np.zeros((256, 256, 3), dtype=np.uint8)
+    goal = "go to the red box after you pick up the blue ball"
+    frame = Image.fromarray(g.caption(level, goal, "turn left (p = 0.17)"))
+    band = np.asarray(frame)[256:]
+    assert frame.size == (256, 320) and (band[:, -4:] == 255).all()  # nothing drawn at the band's right edge
 
 
 @pytest.mark.parametrize("video_format", ["mp4", "gif"])
