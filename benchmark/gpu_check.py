@@ -45,6 +45,8 @@ class Args:
     """where gpu_check.json and gpu_check.md are written"""
     minibatch: int = 64
     """the minibatch that --grad-accum-minibatch auto splits (the paper's 64)"""
+    only: tuple[Literal["equivalence", "memory", "auto"], ...] = ("equivalence", "memory", "auto")
+    """the checks to run now (gpu.sh runs the equivalence first, the rest last); results merge into gpu_check.json"""
     auto_budget_gb: float | None = None
     """CUDA: the memory this process may take while auto finds its pass size (default: the whole GPU)"""
 
@@ -154,29 +156,45 @@ def main(args: Args) -> dict:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check.py: error: no CUDA GPU here (torch.cuda.is_available() is False); use --device cpu for a dry run")
     start = time.time()
-    report = {"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "shape": args.memory_shape}
-    report["equivalence"] = equivalence(args.device)
-    plan = planned(args)
-    report["memory"] = [
-        {**row, "planned_gb_per_unit": plan[f"{row['pass']}_gb_per_{'prompt' if row['pass'].startswith('rollout') else 'transition'}"]}
-        for row in memory_rows(args)
-    ]
-    report["auto"] = auto = auto_row(args)
-    report["seconds"] = time.time() - start
-    lines = [
-        f"# GPU check on {report['device']}", "",
-        "Largest |score difference| against one full forward pass per (prompt, action) pair (nats):", "",
-        "| model | fp32 (TF32 off) | bf16 autocast |", "|---|---:|---:|",
-        *[f"| {row['model']} | {row['fp32']:.1e} | {row['bf16']:.1e} |" for row in report["equivalence"]], "",
-        f"Memory of one pass at {args.memory_shape}'s shape, GB per prompt (rollout, {args.num_prompts} prompts) or per "
-        f"transition (update, {args.micro} transitions): measured, and predicted by benchmark/memory.py:", "",
-        "| pass | measured | predicted | predicted / measured |", "|---|---:|---:|---:|",
-        *[f"| {row['pass']} | {row['gb_per_unit']:.3f} | {row['planned_gb_per_unit']:.3f} | "
-          f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]], "",
-        f"--grad-accum-minibatch auto at {args.memory_shape}'s shape: a minibatch of {args.minibatch} copies of the longest prompt "
-        f"tried in passes of {', '.join(map(str, auto['tried']))}, kept {auto['passes']} passes of {auto['pass_size']}, which peaked at "
-        f"{auto['peak_gb']:.2f} GB of {auto['budget_gb']:.2f} GB ({'within' if auto['peak_gb'] <= auto['budget_gb'] else 'OVER'} it).",
-    ]
+    path = os.path.join(args.out_dir, "gpu_check.json")
+    report = {}
+    if os.path.exists(path) and set(args.only) != {"equivalence", "memory", "auto"}:  # the checks of an earlier call stay
+        with open(path) as f:
+            report = json.load(f)
+    report.update({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "shape": args.memory_shape})
+    if "equivalence" in args.only:
+        report["equivalence"] = equivalence(args.device)
+    if "memory" in args.only:
+        plan = planned(args)
+        report["memory"] = [
+            {**row, "planned_gb_per_unit": plan[f"{row['pass']}_gb_per_{'prompt' if row['pass'].startswith('rollout') else 'transition'}"]}
+            for row in memory_rows(args)
+        ]
+    if "auto" in args.only:
+        report["auto"] = auto_row(args)
+    report["seconds"] = report.get("seconds", 0) + time.time() - start
+    lines = [f"# GPU check on {report['device']}", ""]
+    if "equivalence" in report:
+        lines += [
+            "Largest |score difference| against one full forward pass per (prompt, action) pair (nats):", "",
+            "| model | fp32 (TF32 off) | bf16 autocast |", "|---|---:|---:|",
+            *[f"| {row['model']} | {row['fp32']:.1e} | {row['bf16']:.1e} |" for row in report["equivalence"]], "",
+        ]
+    if "memory" in report:
+        lines += [
+            f"Memory of one pass at {args.memory_shape}'s shape, GB per prompt (rollout, {args.num_prompts} prompts) or per "
+            f"transition (update, {args.micro} transitions): measured, and predicted by benchmark/memory.py:", "",
+            "| pass | measured | predicted | predicted / measured |", "|---|---:|---:|---:|",
+            *[f"| {row['pass']} | {row['gb_per_unit']:.3f} | {row['planned_gb_per_unit']:.3f} | "
+              f"{row['planned_gb_per_unit'] / row['gb_per_unit']:.2f} |" for row in report["memory"]], "",
+        ]
+    if "auto" in report:
+        auto = report["auto"]
+        lines.append(
+            f"--grad-accum-minibatch auto at {args.memory_shape}'s shape: a minibatch of {args.minibatch} copies of the longest prompt "
+            f"tried in passes of {', '.join(map(str, auto['tried']))}, kept {auto['passes']} passes of {auto['pass_size']}, which peaked at "
+            f"{auto['peak_gb']:.2f} GB of {auto['budget_gb']:.2f} GB ({'within' if auto['peak_gb'] <= auto['budget_gb'] else 'OVER'} it)."
+        )
     os.makedirs(args.out_dir, exist_ok=True)
     with open(os.path.join(args.out_dir, "gpu_check.json"), "w") as f:
         json.dump(report, f, indent=2)

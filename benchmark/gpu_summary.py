@@ -1,5 +1,6 @@
-"""One table from what benchmark/gpu.sh measured: scorer equivalence on the device, measured memory against the planner,
-what auto picks, scoring pairs/s by model shape, and training frames/s at flan-t5-large's shape against the goal.
+"""One table from what benchmark/gpu.sh measured: scorer equivalence on the device, the learning step (a pretrained
+LLM against its randomly initialised twin), measured memory against the planner, what auto keeps, scoring pairs/s by
+model shape, and training frames/s at flan-t5-large's shape against the goal.
 
     python benchmark/gpu_summary.py benchmark/gpu        # the folder gpu.sh wrote ($OUT on the device)
 """
@@ -20,21 +21,29 @@ def load(folder: str, name: str):
 
 
 def not_measured(step: str) -> str:
-    return f"| {step}.py | not measured (see {step}.log) | |"
+    return f"| {step}.py | not measured (see gpu.log) | |"
 
 
 def summary(folder: str) -> str:
     rows = ["| measurement | result | reference |", "|---|---|---|"]
-    check = load(folder, "gpu_check.json")
-    if check is None:
+    check = load(folder, "gpu_check.json") or {}
+    if "equivalence" not in check:
         rows.append(not_measured("gpu_check"))
+    for row in check.get("equivalence", []):
+        rows.append(f"| scores vs one pass per pair, {row['model']} | fp32 {row['fp32']:.1e}, bf16 {row['bf16']:.1e} nats | fp32 under 1e-3 |")
+    learning = load(folder, "learning.json")
+    if learning is None:
+        rows.append(not_measured("gpu_learning"))
     else:
-        for row in check["equivalence"]:
-            rows.append(f"| scores vs one pass per pair, {row['model']} | fp32 {row['fp32']:.1e}, bf16 {row['bf16']:.1e} nats | fp32 under 1e-3 |")
-        for row in check["memory"]:
-            ratio = row["planned_gb_per_unit"] / row["gb_per_unit"]
-            rows.append(f"| peak memory, {row['pass']} at {check['shape']} | {row['gb_per_unit']:.3f} GB per unit | "
-                        f"planner {row['planned_gb_per_unit']:.3f} ({ratio:.2f}x) |")
+        speed = learning["frames_per_second"]
+        rows.append(f"| learning, {learning['env_id']}, {learning['frames']} frames each | pretrained {learning['pretrained'][-1]['success']:.2f}, "
+                    f"random init {learning['random'][-1]['success']:.2f} in the last window | zero-shot {learning['zero_shot_success']:.2f}; "
+                    f"frames/s {speed['pretrained']:.1f} / {speed['random']:.1f} |")
+    for row in check.get("memory", []):
+        ratio = row["planned_gb_per_unit"] / row["gb_per_unit"]
+        rows.append(f"| peak memory, {row['pass']} at {check['shape']} | {row['gb_per_unit']:.3f} GB per unit | "
+                    f"planner {row['planned_gb_per_unit']:.3f} ({ratio:.2f}x) |")
+    if "auto" in check:
         auto = check["auto"]
         rows.append(f"| --grad-accum-minibatch auto at {check['shape']} | {auto['passes']} passes of {auto['pass_size']}, peak "
                     f"{auto['peak_gb']:.2f} GB | budget {auto['budget_gb']:.2f} GB |")
@@ -52,8 +61,14 @@ def summary(folder: str) -> str:
             batch = "paper batch" if training["paper_batch"] else "CPU batch"
             rows.append(f"| training, {row['model']}, {batch} | {row['overall']:.1f} frames/s (rollout {row['rollout']:.1f}, "
                         f"update {row['update']:.1f}) | goal {GOAL_FRAMES_PER_SECOND} |")
-    device = check["device"] if check else (speed or {}).get("device", "the device")
-    return f"GPU measurements on {device}\n\n" + "\n".join(rows)
+    device = check.get("device") or (speed or {}).get("device", "the device")
+    text = f"GPU measurements on {device}\n\n" + "\n".join(rows)
+    if learning is not None:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+        import gpu_learning
+
+        text += "\n\n" + gpu_learning.table(learning)
+    return text
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # The wheels that benchmark/gpu.sh needs on the lent GPU machine (Python 3.12, torch 2.11, transformers 5.17, no
 # network; no minigrid, gymnasium or tyro), downloaded here into .whl/ (ignored by git), which travels with the tree:
 # what that machine lacks (minigrid and pygame-ce, which it imports; gymnasium and farama-notifications; tyro,
-# docstring-parser and typeguard) or has at another version (transformers: requirements.txt pins 5.24).
+# docstring-parser and typeguard; gguf, for the learning step's SmolLM2 GGUF) or has at another version (transformers:
+# requirements.txt pins 5.24).
 # Then, without the network: pip resolves each wheel for Python 3.12 on manylinux x86_64 from .whl/ alone, and every
 # requirement of every wheel is met by a wheel of the set or by a package the machine has (at its recorded version,
 # where one is recorded). Prints the set and its total size, which must stay under 60 MiB.
@@ -11,7 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 WHEELS=(
   transformers==5.24.0 minigrid==3.2.0 pygame-ce==2.5.8 gymnasium==1.4.0 farama-notifications==0.0.6
-  tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1
+  tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 gguf==0.19.0
 )
 TARGET=(
   --only-binary=:all: --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
@@ -32,7 +33,7 @@ MACHINE = {
     "torch": "2.11.0", "numpy": "2.5.2", "huggingface-hub": "1.33.0", "tokenizers": "0.23.2", "safetensors": "0.8.0",
     "accelerate": "1.15.0", "transformers": "5.17.0", "triton": "3.6.0", **dict.fromkeys([
         "cloudpickle", "typing-extensions", "regex", "pyyaml", "packaging", "tqdm", "typer", "psutil", "pillow",
-        "tensorboard", "peft", "matplotlib", "filelock", "fsspec", "jinja2", "networkx", "sympy", "rich",
+        "tensorboard", "peft", "matplotlib", "filelock", "fsspec", "jinja2", "networkx", "sympy", "rich", "requests",
     ]),
 }
 ENVIRONMENT = {"python_version": "3.12", "python_full_version": "3.12.3", "sys_platform": "linux", "platform_system": "Linux",
