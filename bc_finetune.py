@@ -1161,6 +1161,9 @@ def load_llm(name: str, pretrained: bool = True, load_embedding: bool = False, a
             f"cannot load model {name!r} ({one_line(error)}). Offline, use --model tiny-t5 or tiny-causal, a folder written by "
             f"save_pretrained, a .gguf file or a model in the local cache; online, check the hub id (aliases: {', '.join(MODEL_ALIASES)})"
         ) from None
+    if "gguf_file" in where:  # dequantized to float32 as it loads: an ordinary model, which a checkpoint can save
+        model.hf_quantizer = None
+        model.config.__dict__.pop("quantization_config", None)
     if tokenizer.pad_token is None:  # padding is masked everywhere: any token will do
         tokenizer.pad_token = tokenizer.eos_token or tokenizer.convert_ids_to_tokens(0)
     return model, tokenizer

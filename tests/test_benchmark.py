@@ -107,7 +107,7 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path, monkeypatch):
     table = gpu_summary.summary(str(tmp_path))
     assert table.startswith("GPU measurements on cpu") and "| scores vs one pass per pair, tiny-t5 | fp32" in table
     assert f"| --grad-accum-minibatch auto at flan-t5-small | {auto['passes']} passes of {auto['pass_size']}" in table
-    assert "| train_speed.py | not measured (see train_speed.log) | |" in table
+    assert "| train_speed.py | not measured (see gpu.log) | |" in table and "| gpu_learning.py | not measured (see gpu.log) | |" in table
 
 
 def test_video_cost_and_a_still_frame(tmp_path):

