@@ -1610,7 +1610,7 @@ class PassSize:
 
 def update_bytes_per_token(llm):
     """The CPU rule for an update pass, whose activations stay for the backward pass: 100 bytes per token, per unit of
-    the hidden state and per layer (77 measured with SmolLM2-135M in float32, benchmark/README.md)."""
+    the hidden state and per layer (78 measured with SmolLM2-135M in float32, benchmark/README.md)."""
     config = llm.config.get_text_config()
     layers = config.num_hidden_layers + getattr(config, "num_decoder_layers", 0)
     return lambda tokens: 100 * config.hidden_size * layers * tokens
