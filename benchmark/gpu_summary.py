@@ -45,8 +45,9 @@ def summary(folder: str) -> str:
                     f"planner {row['planned_gb_per_unit']:.3f} ({ratio:.2f}x) |")
     if "auto" in check:
         auto = check["auto"]
-        rows.append(f"| --grad-accum-minibatch auto at {check['shape']} | {auto['passes']} passes of {auto['pass_size']}, peak "
-                    f"{auto['peak_gb']:.2f} GB | budget {auto['budget_gb']:.2f} GB |")
+        peak = f", peak {auto['peak_gb']:.2f} GB" if auto["peak_gb"] is not None else ""
+        rows.append(f"| --grad-accum-minibatch auto at {check['shape']} | {auto['passes']} passes of {auto['pass_size']}{peak} | "
+                    f"of {auto['budget_gb']:.2f} GB |")
     speed = load(folder, "scoring_speed.json")
     if speed is None:
         rows.append(not_measured("scoring_speed"))

@@ -91,7 +91,7 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path, monkeypatch):
     (tmp_path / "memory.json").write_text(json.dumps({"results": [{"shape": "flan-t5-small", **{key: 0.5 for key in keys}}]}))
     args = gpu_check.Args(
         device="cpu", memory_shape="flan-t5-small", num_prompts=2, micro=1, planner_json=str(tmp_path / "memory.json"), out_dir=str(tmp_path),
-        minibatch=8, auto_budget_gb=0.9,
+        minibatch=4, auto_budget_gb=0.9,
     )
     report = gpu_check.main(args)
     assert [row["model"] for row in report["equivalence"]] == ["tiny-t5", "tiny-causal", "t5-small-shape"]
@@ -102,7 +102,7 @@ def test_gpu_check_runs_its_checks_on_a_cpu(tmp_path, monkeypatch):
     assert all(row["planned_gb_per_unit"] == 0.5 for row in report["memory"])
     assert "| update_fp32_ckpt |" in (tmp_path / "gpu_check.md").read_text()
     auto = report["auto"]
-    assert auto["tried"] == [8, 4, 2] and (auto["passes"], auto["pass_size"]) == (4, 2) and auto["peak_gb"] <= auto["budget_gb"]
+    assert auto["tried"] == [4, 2] and (auto["passes"], auto["pass_size"]) == (2, 2) and auto["peak_gb"] is None  # no peak on a CPU
     # gpu.sh's last table, built from what it wrote, a step it did not reach said as such
     table = gpu_summary.summary(str(tmp_path))
     assert table.startswith("GPU measurements on cpu") and "| scores vs one pass per pair, tiny-t5 | fp32" in table
