@@ -61,7 +61,8 @@ def flags(args: Args, run: str) -> list[str]:
     return [
         "--model", args.model, "--env-id", args.env_id, "--num-envs", str(args.num_envs), "--num-steps", str(args.num_steps),
         "--num-minibatches", str(max(1, args.num_envs * args.num_steps // 64)), "--learning-rate", str(args.learning_rate),
-        "--seed", str(args.seed), "--save-interval", "1", "--exp-name", run, *(["--bf16"] if args.bf16 else []),
+        # A checkpoint only at the end or at the stop (it counts the updates made): a save per update would cost seconds.
+        "--seed", str(args.seed), "--save-interval", "100000", "--exp-name", run, *(["--bf16"] if args.bf16 else []),
     ]
 
 
