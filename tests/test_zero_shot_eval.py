@@ -16,12 +16,12 @@ import imageio_ffmpeg
 import numpy as np
 import pytest
 import torch
-from minigrid.core.constants import COLOR_TO_IDX, OBJECT_TO_IDX
 
 import bc_finetune
 import glam_ppo
 import zero_shot_eval as z
 from script_runs import main_in_process, run_in_process
+from test_env import view
 
 
 def evaluate(tmp_path, *flags):
@@ -50,17 +50,6 @@ def test_probe_substitutions_are_exact():
     assert z.PROBES["synonym-actions"].actions == ("rotate left", "rotate right", "move ahead", "take", "release", "switch")
     assert set(z.SUITES["generalisation"]) == set(z.PROBES)
 
-
-
-def view(cells, carrying=None):
-    """A 7x7x3 image: unseen everywhere, empty floor on the agent's rays, then the given cells."""
-    image = np.zeros((7, 7, 3), dtype=np.uint8)
-    image[3, :6, 0] = image[:, 6, 0] = OBJECT_TO_IDX["empty"]
-    for (i, j), (kind, colour, state) in cells.items():
-        image[i, j] = (OBJECT_TO_IDX[kind], COLOR_TO_IDX[colour], state)
-    if carrying:
-        image[3, 6] = (OBJECT_TO_IDX[carrying[0]], COLOR_TO_IDX[carrying[1]], 0)
-    return image
 
 
 def test_french_sentences_are_the_reference_ones_in_the_order_of_the_english():
