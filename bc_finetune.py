@@ -65,6 +65,8 @@ class Args:
     """the level of the bot's demonstrations and of the env evaluation"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
     """the action strings offered in the prompt (the bot needs canonical or augmented)"""
+    num_observations: int = 3
+    """observations in the prompt, with the actions between them of the bot's demos and the evaluation (the paper's 3; its prompt-length study: 1, 3, 6, 9)"""
     demos: str | None = None
     """a trajectories.jsonl (zero_shot_eval.py --save-trajectories, or a run's demos.jsonl) instead of the bot's demos"""
     num_transitions: int = 400_000
@@ -138,8 +140,8 @@ class Args:
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
     "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_transitions": "[2, inf)", "num_envs": "[1, inf)",
-    "holdout_fraction": "(0, 1)", "learning_rate": "[0, inf)", "weight_decay": "[0, inf)", "warmup_fraction": "[0, 1]",
-    "num_epochs": "[1, inf)", "batch_size": "[1, inf)", "grad_accum_batch": "[0, inf)", "max_grad_norm": "(0, inf)",
+    "num_observations": "[1, inf)", "holdout_fraction": "(0, 1)", "learning_rate": "[0, inf)", "weight_decay": "[0, inf)",
+    "warmup_fraction": "[0, 1]", "num_epochs": "[1, inf)", "batch_size": "[1, inf)", "grad_accum_batch": "[0, inf)", "max_grad_norm": "(0, inf)",
     "eval_every": "[1, inf)", "eval_episodes": "[1, inf)", "video_interval": "[1, inf)",
 }
 
@@ -241,16 +243,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
-    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
-    final_frames, a finished episode comes with its last image of the level (for videos)."""
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last
+    `num_observations` observations (the paper's 3) and the actions between them, cleared at each episode start
+    (reference section 4). With final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None,
+                 final_frames: bool = False, num_observations: int = 3):
         self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
         self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
         self.final_frames, self.missions = final_frames, [""] * num_envs
-        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
-        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.obs_histories = [deque(maxlen=num_observations) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=num_observations - 1) for _ in range(num_envs)]
         self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
@@ -535,8 +538,8 @@ class GlamAgent(nn.Module):
         """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
         which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
         template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
-        if self.prompt_format == "chat":
-            return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        if self.prompt_format == "chat":  # the trailing space belongs to the action, not to the user's turn
+            return render_chat(self.tokenizer, [{"role": "user", "content": prompt.removesuffix(" ")}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
@@ -645,13 +648,14 @@ class GlamAgent(nn.Module):
 # -----------------------------------------------------------------------------------------------------------------
 
 
-def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int, stop=lambda: False) -> list[dict]:
+def generate_demos(env_id: str, action_space: str, num_envs: int, num_transitions: int, seed: int, num_observations: int,
+                   stop=lambda: False) -> list[dict]:
     """BabyAIBot's episodes on levels seed, seed + 1, ..., prompts built as glam_ppo.py builds them while acting.
 
     Whole episodes are played; the one that reaches `num_transitions` is cut there, and those still running dropped.
     When `stop()` turns true, the episodes finished so far.
     """
-    envs = TextVecEnv(env_id, num_envs, action_space)
+    envs = TextVecEnv(env_id, num_envs, action_space, num_observations=num_observations)
     level_seeds = itertools.count(seed)
     episodes, bots, total = [], [None] * num_envs, 0
 
@@ -860,14 +864,15 @@ def main(args: Args):
     if args.gradient_checkpointing:
         checkpoint_activations(llm)
     # The evaluation's envs: no more than its episodes, as an env never started cannot be stepped.
-    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space)
+    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.action_space, num_observations=args.num_observations)
     agent = GlamAgent(llm, tokenizer, eval_envs.actions, args.scoring, False, args.score_batch_size, prompt_format=args.prompt_format).to(device)
     writer = open_logs(args, run_name, run_dir, resumed_at=saved["trainer"]["global_step"] if saved else None)
 
     # Demonstrations: a user's file, or the bot's, written to the run folder once so that they can be reused.
     demos_path = args.demos or os.path.join(run_dir, "demos.jsonl")
     if args.demos is None and not os.path.exists(demos_path):
-        episodes = generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed, lambda: stop.requested)
+        episodes = generate_demos(args.env_id, args.action_space, args.num_envs, args.num_transitions, args.seed, args.num_observations,
+                                  lambda: stop.requested)
         if stop.requested:  # the finished episodes are kept, as a file that --demos reads
             partial_path = os.path.join(run_dir, "demos.partial.jsonl")
             write_demos(partial_path, episodes)
@@ -888,7 +893,7 @@ def main(args: Args):
     update_size = PassSize(args.grad_accum_batch, "--grad-accum-batch", update_bytes_per_token(llm))
     step, global_step = restore_run(saved, agent, optimizer, scheduler) if saved else (0, 0)
     saved_at = None  # the step of the last checkpoint written
-    video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True) if args.capture_video else None
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, final_frames=True, num_observations=args.num_observations) if args.capture_video else None
 
     def evaluate():
         """The held-out action accuracy and the success rate in the env; a stop abandons them, logging nothing."""

@@ -59,6 +59,8 @@ class Args:
     """the id of the BabyAI-Text level"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
     """the 6 actions, the first 3, or the 6 plus 3 useless ones (paper's action-space study)"""
+    num_observations: int = 3
+    """observations in the prompt, with the actions between them (the paper's 3; its prompt-length study: 1, 3, 6, 9)"""
     num_envs: int = 32
     """the number of parallel environments"""
     num_steps: int = 40
@@ -251,16 +253,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
-    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
-    final_frames, a finished episode comes with its last image of the level (for videos)."""
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last
+    `num_observations` observations (the paper's 3) and the actions between them, cleared at each episode start
+    (reference section 4). With final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None,
+                 final_frames: bool = False, num_observations: int = 3):
         self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
         self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
         self.final_frames, self.missions = final_frames, [""] * num_envs
-        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
-        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.obs_histories = [deque(maxlen=num_observations) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=num_observations - 1) for _ in range(num_envs)]
         self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
@@ -545,8 +548,8 @@ class GlamAgent(nn.Module):
         """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
         which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
         template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
-        if self.prompt_format == "chat":
-            return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        if self.prompt_format == "chat":  # the trailing space belongs to the action, not to the user's turn
+            return render_chat(self.tokenizer, [{"role": "user", "content": prompt.removesuffix(" ")}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
@@ -720,7 +723,7 @@ def main(args: Args):
     configure_matmul_precision(device, args.tf32)
 
     # env setup
-    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale)
+    envs = TextVecEnv(args.env_id, args.num_envs, args.action_space, args.reward_scale, num_observations=args.num_observations)
     next_prompts = envs.reset(seed=args.seed)
     probe_prompts = next_prompts[: args.num_probe_prompts]  # (a resumed run takes both from its checkpoint below)
 
@@ -740,7 +743,7 @@ def main(args: Args):
         global_step, start_iteration, pending_update = trainer["global_step"], trainer["iteration"] + 1, trainer.get("update")
         next_done, probe_prompts, next_prompts = trainer["next_done"].to(device), trainer["probe_prompts"], envs.prompts()
     writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if "trainer" in saved else None)
-    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, final_frames=True) if args.capture_video else None
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, True, args.num_observations) if args.capture_video else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     # Dropout stays off while acting and learning alike (paper: eval mode), so the first epoch's ratios start at 1.
     agent.eval()
@@ -1267,7 +1270,7 @@ def checkpoint_activations(llm):
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
     "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_envs": "[1, inf)", "num_steps": "[1, inf)",
-    "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
+    "num_observations": "[1, inf)", "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
     "num_minibatches": "[1, inf)", "update_epochs": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)",
     "max_grad_norm": "(0, inf)", "target_kl": "(0, inf)", "reward_scale": "(0, inf)", "grad_accum_minibatch": "[0, inf)",
     "save_interval": "[1, inf)", "num_probe_prompts": "[1, inf)", "video_interval": "[1, inf)",

@@ -68,6 +68,10 @@ class Args:
     """the id of the BabyAI-Text level"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
     """the 6 actions, the first 3, or the 6 plus 3 useless ones (paper's action-space study)"""
+    num_observations: int = 3
+    """observations in the prompt, with the actions between them (the paper's 3; its prompt-length study: 1, 3, 6, 9)"""
+    num_observations: int = 3
+    """observations in the prompt, with the actions between them (the paper's 3; its prompt-length study: 1, 3, 6, 9)"""
     num_envs: int = 32
     """the number of parallel environments, over all ranks"""
     num_steps: int = 40
@@ -260,16 +264,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
-    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
-    final_frames, a finished episode comes with its last image of the level (for videos)."""
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last
+    `num_observations` observations (the paper's 3) and the actions between them, cleared at each episode start
+    (reference section 4). With final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None,
+                 final_frames: bool = False, num_observations: int = 3):
         self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
         self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
         self.final_frames, self.missions = final_frames, [""] * num_envs
-        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
-        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.obs_histories = [deque(maxlen=num_observations) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=num_observations - 1) for _ in range(num_envs)]
         self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
@@ -554,8 +559,8 @@ class GlamAgent(nn.Module):
         """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
         which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
         template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
-        if self.prompt_format == "chat":
-            return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        if self.prompt_format == "chat":  # the trailing space belongs to the action, not to the user's turn
+            return render_chat(self.tokenizer, [{"role": "user", "content": prompt.removesuffix(" ")}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
@@ -860,7 +865,7 @@ def main(args: Args):
 
     # env setup: rank r steps envs r*L .. r*L+L-1 of the global vector, on the levels one process would give them
     local_envs = slice(rank * args.local_num_envs, (rank + 1) * args.local_num_envs)
-    envs = TextVecEnv(args.env_id, args.local_num_envs, args.action_space, args.reward_scale)
+    envs = TextVecEnv(args.env_id, args.local_num_envs, args.action_space, args.reward_scale, num_observations=args.num_observations)
     next_prompts = envs.reset(seed=args.seed + local_envs.start)
     probe_prompts = gather(next_prompts)[0][: args.num_probe_prompts]
 
@@ -1423,7 +1428,7 @@ def checkpoint_activations(llm):
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
     "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "lora_r": "[0, inf)", "num_envs": "[1, inf)", "num_steps": "[1, inf)",
-    "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
+    "num_observations": "[1, inf)", "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]",
     "num_minibatches": "[1, inf)", "update_epochs": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)",
     "max_grad_norm": "(0, inf)", "target_kl": "(0, inf)", "reward_scale": "(0, inf)", "grad_accum_minibatch": "[0, inf)",
     "save_interval": "[1, inf)", "num_probe_prompts": "[1, inf)",

@@ -76,6 +76,8 @@ class Args:
     """take the most likely action instead of sampling (the paper samples)"""
     action_space: Literal["canonical", "restricted", "augmented"] = "canonical"
     """the action strings offered (probes with their own actions override it)"""
+    num_observations: int | None = None
+    """observations in the prompt, with the actions between them (default: the checkpoint's, else the paper's 3)"""
     scoring: Literal["sum", "token-mean", "word-mean", "legacy-paper"] = "sum"
     """how token log-probabilities make an action score, for a model without a checkpoint's own setting"""
     prompt_format: Literal["raw", "chat"] | None = None
@@ -105,6 +107,7 @@ class Args:
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
     "episodes": "[1, inf)", "num_envs": "[1, inf)", "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "video_episodes": "[1, inf)",
+    "num_observations": "[1, inf)",
 }
 
 
@@ -280,7 +283,8 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
     """Runs episodes with level seeds args.seed .. args.seed + episodes - 1; returns (table row, trajectories).
     With --capture-video, the first --video-episodes of them are recorded to video_dir."""
     env_id = probe.env_id or args.env_id
-    envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions, final_frames=args.capture_video)
+    envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions,
+                      final_frames=args.capture_video, num_observations=args.num_observations or 3)
     if probe.text is not None:  # the level's goal and sentences in other words (French)
         for env in envs.envs:
             env.text = probe.text
@@ -397,7 +401,8 @@ def main(args: Args) -> list[dict]:
         # Rewritten after every probe, each file through a temporary one, so that a stop keeps what has finished.
         record = {
             "command": args.command, "model": model_source(args.model) if agent else None, "policy": args.policy,
-            "prompt_format": agent.prompt_format if agent else None, "greedy": args.greedy, "seed": args.seed,
+            "prompt_format": agent.prompt_format if agent else None, "num_observations": args.num_observations or 3,
+            "greedy": args.greedy, "seed": args.seed,
             "complete": complete, "rows": rows,
         }
         files = {"results.json": json.dumps(record, indent=2)}
@@ -541,16 +546,17 @@ def make_env(env_id: str, reward_scale: float = 20.0, **env_kwargs) -> BabyAITex
 
 
 class TextVecEnv:
-    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last 3
-    observations and the 2 actions between them, cleared at each episode start (reference section 4). With
-    final_frames, a finished episode comes with its last image of the level (for videos)."""
+    """Parallel BabyAI-Text envs that reset themselves and keep each episode's prompt history: the last
+    `num_observations` observations (the paper's 3) and the actions between them, cleared at each episode start
+    (reference section 4). With final_frames, a finished episode comes with its last image of the level (for videos)."""
 
-    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None, final_frames: bool = False):
+    def __init__(self, env_id: str, num_envs: int, action_space: str, reward_scale: float = 20.0, actions=None,
+                 final_frames: bool = False, num_observations: int = 3):
         self.envs = [make_env(env_id, reward_scale) for _ in range(num_envs)]
         self.actions = list(actions) if actions is not None else action_names(action_space)  # the strings the prompt offers
         self.final_frames, self.missions = final_frames, [""] * num_envs
-        self.obs_histories = [deque(maxlen=3) for _ in range(num_envs)]
-        self.action_histories = [deque(maxlen=2) for _ in range(num_envs)]
+        self.obs_histories = [deque(maxlen=num_observations) for _ in range(num_envs)]
+        self.action_histories = [deque(maxlen=num_observations - 1) for _ in range(num_envs)]
         self.episode_returns, self.episode_lengths = np.zeros(num_envs), np.zeros(num_envs, dtype=int)
 
     def __len__(self):
@@ -835,8 +841,8 @@ class GlamAgent(nn.Module):
         """The text the model reads. Encoder-decoder: the prompt. Decoder-only: the prompt without its trailing space,
         which belongs to the action's first token (`joint_action_tokens`); chat: the prompt as the user turn of the chat
         template (after its default system turn, if any: what the model was tuned on), then its generation prompt."""
-        if self.prompt_format == "chat":
-            return render_chat(self.tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+        if self.prompt_format == "chat":  # the trailing space belongs to the action, not to the user's turn
+            return render_chat(self.tokenizer, [{"role": "user", "content": prompt.removesuffix(" ")}], add_generation_prompt=True)
         return prompt if self.is_encoder_decoder else prompt.removesuffix(" ")
 
     def reply_text(self, action: str) -> str:
@@ -1298,6 +1304,7 @@ def load_agent(args: Args, actions, device) -> GlamAgent:
     has_action_head = "action_head" in heads
     scoring, value_head_input = trained.get("scoring", "sum"), trained.get("value_head_input", "decoder")
     prompt_format = args.prompt_format or trained.get("prompt_format", "raw")
+    args.num_observations = args.num_observations or trained.get("num_observations", 3)  # the prompt it was trained on
     agent = GlamAgent(llm, tokenizer, actions, scoring, has_action_head, args.score_batch_size, value_head_input, prompt_format)
     agent.value_head.load_state_dict(heads["value_head"])
     if has_action_head:

@@ -33,7 +33,7 @@ def run(cwd, *flags, check=True):
 
 
 def test_demonstrations_are_the_prompts_glam_ppo_builds_for_the_same_episode():
-    episodes = bc.generate_demos("BabyAI-MixedTrainLocal-v0", "canonical", 3, 150, seed=7)
+    episodes = bc.generate_demos("BabyAI-MixedTrainLocal-v0", "canonical", 3, 150, seed=7, num_observations=3)
     assert sum(len(episode["actions"]) for episode in episodes) == 150
     assert all(episode["success"] for episode in episodes[:-1])  # the bot solves its levels; the last may be cut
     replay = glam_ppo.TextVecEnv("BabyAI-MixedTrainLocal-v0", 1, "canonical")
