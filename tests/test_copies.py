@@ -47,9 +47,15 @@ def definitions(path: str) -> dict[str, str]:
     }
 
 
+def reference_definitions(copy) -> dict[str, str]:
+    """glam_ppo.py's definitions; a baseline may also copy zero_shot_eval.py's (its success interval)."""
+    reference = definitions(glam_ppo.__file__)
+    return {**definitions(zero_shot_eval.__file__), **reference} if copy in BASELINES else reference
+
+
 @pytest.mark.parametrize("copy", COPIES, ids=lambda m: m.__name__)
 def test_every_copied_definition_is_verbatim(copy):
-    reference, copied = definitions(glam_ppo.__file__), definitions(copy.__file__)
+    reference, copied = reference_definitions(copy), definitions(copy.__file__)
     shared = sorted(set(reference) & set(copied) - OWN)
     assert len(shared) > (40 if copy in LLM_COPIES else 3)
     for name in shared:
@@ -87,8 +93,8 @@ def test_copies_give_the_same_outputs(copy):
 
 
 if __name__ == "__main__":  # copy glam_ppo.py's version of every shared definition into the other scripts (or those named)
-    reference = definitions(glam_ppo.__file__)
     for copy in [copy for copy in COPIES if copy.__name__.split(".")[-1] in sys.argv[1:] or len(sys.argv) == 1]:
+        reference = reference_definitions(copy)
         source, copied = open(copy.__file__, encoding="utf-8").read(), definitions(copy.__file__)
         stale = [name for name in set(reference) & set(copied) - OWN if copied[name] != reference[name]]
         for name in stale:
