@@ -25,6 +25,10 @@ for seed in $SEEDS; do
   for level in GoToLocalS8N4 GoToLocal GoToLocalS8N16; do
     echo "python glam_ppo.py --model flan-t5-large --env-id BabyAI-$level-v0 --seed $seed --exp-name distractors_$level"
   done
+  # Prompt-length study: 1, 3 (the default), 6 and 9 observations in the prompt.
+  for count in 1 6 9; do
+    echo "python glam_ppo.py --model flan-t5-large --env-id BabyAI-MixedTrainLocal-v0 --num-observations $count --seed $seed --exp-name observations_$count"
+  done
   # Behavioural cloning of the bot, then generalisation tests of every agent.
   echo "python bc_finetune.py --model flan-t5-large --env-id BabyAI-MixedTrainLocal-v0 --num-transitions 400000 --seed $seed --exp-name bc_bot"
 done

@@ -3,6 +3,8 @@
 import glob
 import json
 import os
+import shlex
+import subprocess
 import sys
 
 import contextlib
@@ -165,3 +167,17 @@ def test_gpu_carry_parts_join_back_to_the_gguf(repo):
     assert digest == open(os.path.join(repo, ".carry", "gguf2", "sha256")).read().strip()
     sizes = [int(line.split(" = ")[1].split()[0]) for line in result.stdout.splitlines() if line.startswith("run ")]
     assert len(sizes) == 2 and max(sizes) < 63  # MiB of tree plus carry, in each call
+
+
+def test_every_command_of_paper_sh_parses(tmp_path, monkeypatch):
+    import bc_finetune
+    import glam_ppo
+
+    printed = subprocess.run(["bash", os.path.join(os.path.dirname(glam_ppo.__file__), "benchmark", "paper.sh")],
+                             capture_output=True, text=True, check=True).stdout
+    commands = [shlex.split(line) for line in printed.splitlines() if line.startswith("python ")]
+    assert {"1", "6", "9"} <= {words[words.index("--num-observations") + 1] for words in commands if "--num-observations" in words}
+    monkeypatch.chdir(tmp_path)
+    for words in commands:
+        script = {"glam_ppo.py": glam_ppo, "bc_finetune.py": bc_finetune}[words[1]]
+        script.parse_args(words[2:])

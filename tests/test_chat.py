@@ -43,15 +43,16 @@ def prompts_of_several_lengths():
 
 
 def user_turn(tokenizer, prompt, **kwargs):
-    return tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True, **kwargs)
+    """The prompt as the user's turn, without its trailing space (which belongs to the action), then the reply's start."""
+    return tokenizer.apply_chat_template([{"role": "user", "content": prompt.removesuffix(" ")}], add_generation_prompt=True, **kwargs)
 
 
 def test_the_model_reads_what_apply_chat_template_gives(chat_agent, smollm2):
     prompts = prompts_of_several_lengths()
     for prompt in prompts:
-        text = chat_agent.model_text(prompt)
-        assert text == user_turn(smollm2, prompt, tokenize=False)
-        assert text.startswith("<|im_start|>system\n") and prompt in text and text.endswith("<|im_start|>assistant\n")
+        text = chat_agent.model_text(prompt)  # the user's turn ends with `Action k:`: the space belongs to the action
+        assert text == user_turn(smollm2, prompt, tokenize=False) and prompt.endswith(": ")
+        assert text.startswith("<|im_start|>system\n") and prompt[:-1] + "<|im_end|>" in text and text.endswith("<|im_start|>assistant\n")
     tokens, lengths = chat_agent.tokenize_prompts(prompts)
     for row, prompt in enumerate(prompts):
         expected = user_turn(smollm2, prompt).input_ids
@@ -63,7 +64,7 @@ def test_the_reply_is_scored_through_the_end_of_turn_token(chat_agent, smollm2):
     prompt = prompts_of_several_lengths()[-1]
     prompt_ids = user_turn(smollm2, prompt).input_ids
     for action, ids, mask in zip(chat_agent.actions, chat_agent.action_ids, chat_agent.action_mask):
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": action}]
+        conversation = [{"role": "user", "content": prompt.removesuffix(" ")}, {"role": "assistant", "content": action}]
         whole = smollm2.apply_chat_template(conversation).input_ids
         assert whole[: len(prompt_ids)] == prompt_ids
         reply = ids[mask.bool()].tolist()
@@ -153,7 +154,7 @@ def test_the_reply_is_read_off_templates_of_other_shapes(smollm2, shape):
     prompt = prompts_of_several_lengths()[-1]
     prompt_ids = agent.tokenize_prompts([prompt])[0].input_ids[0].tolist()
     for action, ids, mask in zip(agent.actions, agent.action_ids, agent.action_mask):
-        conversation = [{"role": "user", "content": prompt}, {"role": "assistant", "content": action}]
+        conversation = [{"role": "user", "content": prompt.removesuffix(" ")}, {"role": "assistant", "content": action}]
         whole = tokenizer(tokenizer.apply_chat_template(conversation, tokenize=False, date_string="26 Jul 2024"), add_special_tokens=False).input_ids
         reply = ids[mask.bool()].tolist()
         assert whole[: len(prompt_ids) + len(reply)] == prompt_ids + reply, action
