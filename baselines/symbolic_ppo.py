@@ -33,7 +33,7 @@ Differs from the original (knowingly):
   evaluation levels. Ctrl-C/SIGTERM during a rollout saves the run as it stood before that rollout; during an update,
   after that update (a second Ctrl-C quits without saving).
 - Logging follows CleanRL: losses/value_loss is BabyAI's value loss (the clipped squared error, with no 1/2; the loss
-  weighs it by --vf-coef), charts/success_rate is the mean success of the last 100 training episodes.
+  weighs it by --vf-coef), charts/success_rate is each training episode's success (0 or 1), as glam_ppo.py logs it.
 """
 
 import contextlib
@@ -382,7 +382,7 @@ def main(args: Args):
                 episodes_csv.writerow([global_step, episode["return"], episode["length"], int(episode["success"])])
                 writer.add_scalar("charts/episodic_return", episode["return"], global_step)
                 writer.add_scalar("charts/episodic_length", episode["length"], global_step)
-                writer.add_scalar("charts/success_rate", np.mean(recent_successes), global_step)
+                writer.add_scalar("charts/success_rate", float(episode["success"]), global_step)
             progress.update(args.num_envs)
             if stop.requested:
                 return save_on_stop(run_dir, args, agent, optimizer, resume_point, progress, writer, episodes_file)

@@ -44,7 +44,7 @@ def test_short_run_logs_checkpoints_and_evaluates(straight, capfd):
                 "losses/value_loss", "losses/policy_loss", "losses/entropy", "losses/approx_kl", "losses/clipfrac"]:
         assert tag in tags, tag
     assert len(events.Scalars("losses/approx_kl")) == 3
-    assert all(0 <= event.value <= 1 for event in events.Scalars("charts/success_rate"))
+    assert {event.value for event in events.Scalars("charts/success_rate")} <= {0.0, 1.0}  # each episode, as glam_ppo.py logs it
     assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "envs.pkl", "model.pt", "trainer.pt"]
     trainer = torch.load(os.path.join(straight, "checkpoint", "trainer.pt"), weights_only=False)
     assert trainer["global_step"] == 96 and trainer["iteration"] == 3 and trainer["memory"].shape == (4, 256)
