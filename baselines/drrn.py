@@ -308,90 +308,33 @@ def main(args: Args):
     writer.close()
     episodes_file.close()
     train_time += time.time() - start_time
-    successes, returns = evaluate(args, network, vocabulary, actions, device)
+    successes, returns = evaluate_policy(args, network, vocabulary, actions, device)
     write_results(args, run_dir, global_step, successes, returns, global_step / train_time)
 
 
-def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> tuple[dict, list[dict]]:
-    """Runs episodes with level seeds args.seed .. args.seed + episodes - 1; returns (table row, trajectories).
-    With --capture-video, the first --video-episodes of them are recorded to video_dir."""
-    env_id = probe.env_id or args.env_id
-    envs = TextVecEnv(env_id, min(args.num_envs, args.episodes), args.action_space, actions=probe.actions,
-                      final_frames=args.capture_video, num_observations=args.num_observations or 3)
-    if probe.text is not None:  # the level's goal and sentences in other words (French)
-        for env in envs.envs:
-            env.text = probe.text
-    if args.policy == "bot" and len(envs.actions) < len(ACTIONS):
-        raise UsageError("--policy bot needs all six actions; use --action-space canonical or augmented")
-    policy = policy_for(envs.actions)
-    torch.manual_seed(args.seed)  # each row is the same whether its probe runs alone or in a suite
-    seeds = iter(range(args.seed, args.seed + args.episodes))
-    episode_seed = [None] * len(envs)
-    trajectories, videos = {}, {}
-
-    def start(index):
-        episode_seed[index] = next(seeds, None)
-        if episode_seed[index] is not None:
-            envs.start_episode(index, episode_seed[index])
-            policy.start(index, envs.envs[index])
-            trajectories[episode_seed[index]] = {"prompts": [], "actions": [], **({"replies": []} if args.policy == "generate" else {})}
-            if args.capture_video and episode_seed[index] < args.seed + args.video_episodes:
-                videos[index] = EpisodeVideo(envs.actions)
-
-    for index in range(len(envs)):
-        start(index)
-    episodes = []
-    while any(seed is not None for seed in episode_seed):
-        active = [index for index, seed in enumerate(episode_seed) if seed is not None]
-        prompts = envs.prompts()
-        active_prompts = [substitute(prompts[index], probe.substitutions) for index in active]
-        actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
-        actions[active], probs = policy.act(active, active_prompts)
-        replies = dict(zip(active, policy.replies))  # --policy generate: what the model wrote
-        for index, distribution in zip(active, probs):
-            if index in videos:  # what the model read: the goal and sentences with the probe's substitutions
-                sentences = [substitute(sentence, probe.substitutions) for sentence in envs.obs_histories[index][-1]]
-                videos[index].add_step(
-                    envs.frame(index), substitute(envs.missions[index], probe.substitutions), sentences, distribution,
-                    actions[index], int(envs.episode_lengths[index]), float(envs.episode_returns[index]),
-                )
-        if args.save_trajectories:
-            for index, prompt in zip(active, active_prompts):
-                trajectories[episode_seed[index]]["prompts"].append(prompt)
-                trajectories[episode_seed[index]]["actions"].append(envs.actions[actions[index]] if actions[index] >= 0 else None)
-                if replies:
-                    trajectories[episode_seed[index]]["replies"].append(replies[index])
-        # The recorded episodes' goals, read before their envs restart.
-        goals = {index: substitute(envs.missions[index], probe.substitutions) for index in videos}
-        _, _, dones, finished = step_replies(envs, actions, {index: reply for index, reply in replies.items() if actions[index] < 0})
-        for index, episode in zip(np.flatnonzero(dones), finished):
-            level = episode.pop("frame", None)
-            if episode_seed[index] is None:
-                continue
-            if index in videos:
-                video = videos.pop(index)
-                video.add_end(level, goals[index], episode["success"], episode["length"], float(episode["return"]))
-                outcome = "success" if episode["success"] else "failure"
-                write_video(video.frames, os.path.join(video_dir, f"{probe.name}__{env_id}__seed{episode_seed[index]}__{outcome}.{args.video_format}"))
-            episodes.append({"seed": episode_seed[index], **episode})
-            progress.update(1)
-            start(index)
-
-    successes = sum(bool(e["success"]) for e in episodes)
-    ci99_low, ci99_high = success_interval(successes, len(episodes))
-    row = {
-        "probe": probe.name, "env_id": env_id, "episodes": len(episodes), "success_rate": successes / len(episodes),
-        "ci99_low": ci99_low, "ci99_high": ci99_high,
-        "mean_return": float(np.mean([e["return"] for e in episodes])), "mean_length": float(np.mean([e["length"] for e in episodes])),
-        "lm_seconds_per_step": policy.seconds / policy.steps,  # the policy's time alone (random, bot: theirs), not the env's
-    }
-    if args.policy == "generate":
-        row.update(invalid_rate=policy.invalid / policy.steps, mean_new_tokens=policy.new_tokens / policy.steps)
-    saved = []
-    if args.save_trajectories:
-        for episode in sorted(episodes, key=lambda e: e["seed"]):
-            saved.append({"probe": probe.name, "env_id": env_id, **episode, **trajectories[episode["seed"]]})
-    return row, saved
+def evaluate_policy(args: Args, network: DRRN, vocabulary, actions, device) -> tuple[list[bool], list[float]]:
+    """The policy (samples from softmax(Q), torch seeded) on the levels of seeds 10**9 + k, k < --eval-episodes, batched
+    over up to --num-envs envs; each level's success and return, in the order of k."""
+    torch.manual_seed(args.seed)
+    envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), "canonical", args.reward_scale, num_observations=args.num_observations)
+    playing, results = list(range(len(envs))), {}  # the level each env plays (None: done, idle)
+    for index, level in enumerate(playing):
+        envs.start_episode(index, EVAL_SEED + level)
+    prompts, next_level = envs.prompts(), len(envs)
+    with tqdm(total=args.eval_episodes, unit="episode", desc="evaluation", dynamic_ncols=True) as progress:
+        while len(results) < args.eval_episodes:
+            action = act(network, padded([tokenize(prompt, vocabulary) for prompt in prompts], device), actions)
+            _, _, done, finished = envs.step(action.tolist())
+            for index, episode in zip(np.flatnonzero(done), finished):
+                if playing[index] is not None:
+                    results[playing[index]] = episode
+                    progress.update(1)
+                playing[index] = next_level if next_level < args.eval_episodes else None
+                if playing[index] is not None:
+                    envs.start_episode(index, EVAL_SEED + next_level)
+                    next_level += 1
+            prompts = envs.prompts()
+    return [bool(results[k]["success"]) for k in range(args.eval_episodes)], [float(results[k]["return"]) for k in range(args.eval_episodes)]
 
 
 # =================================================================================================================

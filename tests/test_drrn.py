@@ -15,9 +15,9 @@ import glam_ppo
 from baselines import drrn
 from script_runs import main_in_process, only_run_dir, run_main_blocks
 
-# 4 envs x 2 steps per iteration: 12 iterations of 8 frames; episodes of GoToLocalS5N2 end within 64 steps
+# 4 envs x 2 steps per iteration: 8 iterations of 8 frames; episodes of GoToLocalS5N2 end within 64 steps
 SMALL = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--train-every", "2", "--batch-size", "8", "--save-interval", "3",
-         "--eval-episodes", "6", "--window-frames", "40"]
+         "--eval-episodes", "2", "--window-frames", "24"]
 
 
 def run(cwd, monkeypatch, *flags):
@@ -37,7 +37,7 @@ def episodes(run_dir):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     with pytest.MonkeyPatch.context() as monkeypatch:
-        return run(tmp_path_factory.mktemp("straight"), monkeypatch, "--total-timesteps", "96")
+        return run(tmp_path_factory.mktemp("straight"), monkeypatch, "--total-timesteps", "64")
 
 
 def test_short_run_logs_checkpoints_and_writes_results(straight):
@@ -47,16 +47,16 @@ def test_short_run_logs_checkpoints_and_writes_results(straight):
     assert {"charts/episodic_return", "charts/episodic_length", "charts/success_rate", "charts/SPS", "losses/td_loss", "losses/q_values"} <= tags
     rates = [event.value for event in events.Scalars("charts/success_rate")]
     assert all(0 <= rate <= 1 for rate in rates) and len(rates) == len(episodes(straight)) - 1 > 0
-    assert len(events.Scalars("losses/td_loss")) == 12  # one gradient step per iteration, from the first (8 transitions)
+    assert len(events.Scalars("losses/td_loss")) == 8  # one gradient step per iteration, from the first (8 transitions)
     assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "model.pt", "trainer.pt"]
     assert os.path.isdir(os.path.join(straight, "checkpoint.previous"))
     trainer = torch.load(os.path.join(straight, "checkpoint", "trainer.pt"), weights_only=False)
-    assert (trainer["global_step"], trainer["iteration"]) == (96, 12) and trainer["replay"]["filled"] == 24
+    assert (trainer["global_step"], trainer["iteration"]) == (64, 8) and trainer["replay"]["filled"] == 16
     assert episodes(straight)[0] == ["frames", "return", "length", "success"]
     results = json.load(open(os.path.join(straight, "results.json")))
-    assert (results["env_id"], results["frames"], results["episodes"], results["seed"]) == ("BabyAI-GoToLocalS5N2-v0", 96, 6, 1)
+    assert (results["env_id"], results["frames"], results["episodes"], results["seed"]) == ("BabyAI-GoToLocalS5N2-v0", 64, 2, 1)
     assert results["ci99_low"] <= results["success_rate"] <= results["ci99_high"] and results["fps"] > 0
-    assert [window["frames"] for window in results["windows"]] == [40, 80, 96]
+    assert [window["frames"] for window in results["windows"]] == [24, 48, 64]
     assert sum(window["episodes"] for window in results["windows"]) == len(episodes(straight)) - 1
     assert {"mean_return", "command"} <= set(results)
 
@@ -71,7 +71,7 @@ def test_a_stopped_run_resumes_as_the_straight_run(straight, tmp_path, monkeypat
         return step(self, actions)
 
     monkeypatch.setattr(drrn.TextVecEnv, "step", step_then_ctrl_c)
-    split = run(tmp_path, monkeypatch, "--total-timesteps", "96")
+    split = run(tmp_path, monkeypatch, "--total-timesteps", "64")
     monkeypatch.setattr(drrn.TextVecEnv, "step", step)
     trainer = torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)
     assert (trainer["iteration"], trainer["global_step"]) == (5, 40) and not os.path.exists(os.path.join(split, "results.json"))
@@ -82,9 +82,9 @@ def test_a_stopped_run_resumes_as_the_straight_run(straight, tmp_path, monkeypat
 
 
 def test_more_frames_on_resume_give_the_straight_run(straight, tmp_path, monkeypatch):
-    split = run(tmp_path, monkeypatch, "--total-timesteps", "48")
+    split = run(tmp_path, monkeypatch, "--total-timesteps", "32")
     half = weights(split)
-    main_in_process(drrn, tmp_path, ["--resume", split, "--total-timesteps", "96"], monkeypatch)
+    main_in_process(drrn, tmp_path, ["--resume", split, "--total-timesteps", "64"], monkeypatch)
     expected, resumed = weights(straight), weights(split)
     assert any(not torch.equal(half[name], resumed[name]) for name in half)
     assert all(torch.equal(resumed[name], weight) for name, weight in expected.items())
