@@ -23,7 +23,8 @@ Differs from the original:
   so every episode's first prompt has no observation; here it has it (glam_ppo.py's TextVecEnv, as for GLAM).
 - Replay sampling draws from numpy's Generator (theirs: a RandomState with a fixed seed); the capacity is rounded up to
   whole steps of all the envs; a transition's next state is stored once, as the next step's prompt.
-- charts/success_rate is the mean over the last 100 episodes; evaluation samples from softmax(Q) as training does.
+- charts/success_rate is each training episode's success (0 or 1), as glam_ppo.py logs it; evaluation samples from
+  softmax(Q) as training does.
 """
 
 import contextlib
@@ -286,7 +287,7 @@ def main(args: Args):
                 recent_successes.append(float(episode["success"]))
                 writer.add_scalar("charts/episodic_return", episode["return"], global_step)
                 writer.add_scalar("charts/episodic_length", episode["length"], global_step)
-                writer.add_scalar("charts/success_rate", np.mean(recent_successes), global_step)
+                writer.add_scalar("charts/success_rate", float(episode["success"]), global_step)
                 episodes_file.write(f"{global_step},{float(episode['return'])},{episode['length']},{int(episode['success'])}\n")
         if len(replay) >= args.batch_size:
             td_loss, q_values = td_step(args, network, optimizer, replay, actions, device)
