@@ -1,8 +1,9 @@
 """Zero-shot and trained-policy evaluation on BabyAI-Text, with the GLAM paper's generalisation probes, in one file.
 
-A policy (the LLM's scores, as GLAM acts; a uniformly random action; or minigrid's BabyAIBot) plays episodes of each
-probe, a level as in training or with its words or action strings changed, and every row reports the success rate
-with its 99% interval. Episodes are sampled from the policy by default, as in the paper (`--greedy` for argmax).
+A policy (the LLM's scores, as GLAM acts; the LLM writing its action, as most LLM agents since; a uniformly random
+action; or minigrid's BabyAIBot) plays episodes of each probe, a level as in training or with its words or action
+strings changed, and every row reports the success rate with its 99% interval and the policy's time per step.
+Episodes are sampled from the policy by default, as in the paper (`--greedy` for argmax).
 
 How to read this file: its own job comes first, top to bottom. `Args`, the probes (`PROBES`, how a probe changes the
 prompt and the action strings, and the French probe's text), the `Policy`, `evaluate()` (the episodes of one probe),
@@ -58,8 +59,10 @@ from transformers import BatchEncoding
 class Args:
     model: str = "flan-t5-large"
     """what glam_ppo.py's --model takes, or a checkpoint folder of glam_ppo.py / bc_finetune.py (or its run folder)"""
-    policy: Literal["llm", "random", "bot"] = "llm"
-    """the LLM's scores, a uniformly random action, or minigrid's BabyAIBot (reference rows)"""
+    policy: Literal["llm", "generate", "random", "bot"] = "llm"
+    """the LLM's scores; the LLM writing its action (`reply_action`); a uniformly random action; minigrid's BabyAIBot"""
+    max_new_tokens: int = 8
+    """--policy generate: most tokens of a reply, which also ends at EOS, the chat template's end of turn or a newline"""
     env_id: str = "BabyAI-MixedTrainLocal-v0"
     """the level of the probes that do not name their own"""
     suite: Literal["none", "generalisation"] = "none"
@@ -107,7 +110,7 @@ class Args:
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
     "episodes": "[1, inf)", "num_envs": "[1, inf)", "seed": "[0, 4294967295]", "score_batch_size": "[1, inf)", "video_episodes": "[1, inf)",
-    "num_observations": "[1, inf)",
+    "num_observations": "[1, inf)", "max_new_tokens": "[1, inf)",
 }
 
 
@@ -247,21 +250,40 @@ def with_actions(agent: "GlamAgent", actions) -> "GlamAgent":
 
 
 class Policy:
-    """Chooses actions for the active envs: from the LLM's scores, uniformly at random, or as BabyAIBot would."""
+    """Chooses actions for the active envs: from the LLM's scores, from the text it writes, uniformly at random, or as
+    BabyAIBot would; and counts its time (process CPU time on a CPU, wall time on a GPU) and, generating, its replies."""
 
     def __init__(self, args: Args, num_actions: int, agent: "GlamAgent | None" = None):
         self.kind, self.greedy, self.num_actions, self.agent = args.policy, args.greedy, num_actions, agent
         self.rng = np.random.default_rng(args.seed)
         self.bots = {}
         self.autocast = torch.autocast(agent.device.type if agent else "cpu", dtype=torch.bfloat16, enabled=args.bf16)
+        self.clock = time.perf_counter if agent and agent.device.type == "cuda" else time.process_time
+        self.seconds, self.steps, self.invalid, self.new_tokens, self.replies = 0.0, 0, 0, 0, []
+        if self.kind == "generate":
+            self.generation = generation_settings(agent, args.max_new_tokens, args.greedy)
 
     def start(self, index: int, env):
         if self.kind == "bot":
             self.bots[index] = BabyAIBot(env.unwrapped)
 
-    @torch.no_grad()
     def act(self, indices, prompts) -> tuple[list[int], np.ndarray]:
-        """The actions, and the distribution [len(indices), num_actions] each was drawn from (the bot's is one-hot)."""
+        """The actions (-1: a reply that names none), and the distribution [len(indices), num_actions] each was drawn
+        from (the bot's and a reply's are one-hot, an invalid reply's zero); the time it took is counted."""
+        start = self.clock()
+        actions, probs = self._choose(indices, prompts)
+        self.seconds += self.clock() - start
+        self.steps += len(indices)
+        return actions, probs
+
+    @torch.no_grad()
+    def _choose(self, indices, prompts):
+        if self.kind == "generate":
+            with self.autocast:
+                self.replies, written = generate_replies(self.agent, prompts, self.generation)
+            actions = [reply_action(reply, self.agent.actions) for reply in self.replies]
+            self.invalid, self.new_tokens = self.invalid + actions.count(-1), self.new_tokens + sum(map(len, written))
+            return actions, np.eye(self.num_actions + 1)[actions, : self.num_actions]
         if self.kind == "random":
             return self.rng.integers(self.num_actions, size=len(indices)).tolist(), np.full((len(indices), self.num_actions), 1 / self.num_actions)
         if self.kind == "bot":
@@ -272,6 +294,48 @@ class Policy:
         policy = Categorical(logits=logits.float())
         actions = logits.argmax(-1) if self.greedy else policy.sample()
         return actions.tolist(), policy.probs.cpu().numpy()
+
+
+def generation_settings(agent: "GlamAgent", max_new_tokens: int, greedy: bool) -> dict:
+    """generate()'s settings for --policy generate: greedy, or sampled from the model's whole distribution at
+    temperature 1 (top-k and top-p off, whatever its generation_config says) as the paper samples its policy; a reply
+    ends at EOS, at the chat template's end of turn, or at a token that holds a newline."""
+    tokenizer = agent.tokenizer
+    stops = {k for k, text in enumerate(tokenizer.batch_decode([[k] for k in range(len(tokenizer))])) if "\n" in text}
+    stops |= {tokenizer.eos_token_id, *tokenizer(agent.end_of_turn or "", add_special_tokens=False).input_ids[:1]}
+    sampling = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
+    return dict(max_new_tokens=max_new_tokens, do_sample=not greedy, **sampling, eos_token_id=sorted(stops - {None}),
+                pad_token_id=tokenizer.pad_token_id)
+
+
+def generate_replies(agent: "GlamAgent", prompts, settings: dict) -> tuple[list[str], list[list[int]]]:
+    """The model's replies to the prompts, from one generate() call over all of them (KV cache; decoder-only prompts
+    left-padded), each written after `model_text(prompt)`, the text the scorer reads (raw: after `Action k:`; chat: as
+    the assistant's reply) and cut at its first newline; and the tokens each wrote, through its stop token."""
+    tokens, _ = agent.tokenize_prompts(prompts)
+    written = agent.llm.generate(**tokens, **settings)[:, 1 if agent.is_encoder_decoder else tokens.input_ids.shape[1] :].tolist()
+    stops = set(settings["eos_token_id"])
+    written = [ids[: next((k + 1 for k, token in enumerate(ids) if token in stops), len(ids))] for ids in written]
+    return [agent.tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0] for ids in written], written
+
+
+def reply_action(reply: str, actions) -> int:
+    """The admissible action a reply names, the same rule for every model: trimmed and lower-cased, the reply equals it
+    or else starts with it (the longest such; an exact match is the longest); -1 when none (the env takes the no-op)."""
+    text, names = reply.strip().lower(), [action.lower() for action in actions]
+    return max((k for k, name in enumerate(names) if text.startswith(name)), key=lambda k: len(names[k]), default=-1)
+
+
+def step_replies(envs: "TextVecEnv", actions, replies: dict):
+    """envs.step(actions), where every env of `replies` (env: a reply that names no action) takes the no-op and its
+    history records the reply as written."""
+    offered, first, actions = envs.actions, max(len(envs.actions), NO_OP), np.array(actions)
+    envs.actions = offered + [""] * (first - len(offered)) + list(replies.values())  # indices NO_OP and above: the no-op
+    actions[list(replies)] = first + np.arange(len(replies))
+    try:
+        return envs.step(actions)
+    finally:
+        envs.actions = offered
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -301,7 +365,7 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
         if episode_seed[index] is not None:
             envs.start_episode(index, episode_seed[index])
             policy.start(index, envs.envs[index])
-            trajectories[episode_seed[index]] = {"prompts": [], "actions": []}
+            trajectories[episode_seed[index]] = {"prompts": [], "actions": [], **({"replies": []} if args.policy == "generate" else {})}
             if args.capture_video and episode_seed[index] < args.seed + args.video_episodes:
                 videos[index] = EpisodeVideo(envs.actions)
 
@@ -314,6 +378,7 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
         active_prompts = [substitute(prompts[index], probe.substitutions) for index in active]
         actions = np.zeros(len(envs), dtype=int)  # inactive envs turn in place; their episodes are not counted
         actions[active], probs = policy.act(active, active_prompts)
+        replies = dict(zip(active, policy.replies))  # --policy generate: what the model wrote
         for index, distribution in zip(active, probs):
             if index in videos:  # what the model read: the goal and sentences with the probe's substitutions
                 sentences = [substitute(sentence, probe.substitutions) for sentence in envs.obs_histories[index][-1]]
@@ -324,10 +389,12 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
         if args.save_trajectories:
             for index, prompt in zip(active, active_prompts):
                 trajectories[episode_seed[index]]["prompts"].append(prompt)
-                trajectories[episode_seed[index]]["actions"].append(envs.actions[actions[index]])
+                trajectories[episode_seed[index]]["actions"].append(envs.actions[actions[index]] if actions[index] >= 0 else None)
+                if replies:
+                    trajectories[episode_seed[index]]["replies"].append(replies[index])
         # The recorded episodes' goals, read before their envs restart.
         goals = {index: substitute(envs.missions[index], probe.substitutions) for index in videos}
-        _, _, dones, finished = envs.step(actions)
+        _, _, dones, finished = step_replies(envs, actions, {index: reply for index, reply in replies.items() if actions[index] < 0})
         for index, episode in zip(np.flatnonzero(dones), finished):
             level = episode.pop("frame", None)
             if episode_seed[index] is None:
@@ -347,7 +414,10 @@ def evaluate(args: Args, probe: Probe, policy_for, progress, video_dir: str) -> 
         "probe": probe.name, "env_id": env_id, "episodes": len(episodes), "success_rate": successes / len(episodes),
         "ci99_low": ci99_low, "ci99_high": ci99_high,
         "mean_return": float(np.mean([e["return"] for e in episodes])), "mean_length": float(np.mean([e["length"] for e in episodes])),
+        "lm_seconds_per_step": policy.seconds / policy.steps,  # the policy's time alone (random, bot: theirs), not the env's
     }
+    if args.policy == "generate":
+        row.update(invalid_rate=policy.invalid / policy.steps, mean_new_tokens=policy.new_tokens / policy.steps)
     saved = []
     if args.save_trajectories:
         for episode in sorted(episodes, key=lambda e: e["seed"]):
@@ -365,12 +435,15 @@ def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[f
 
 
 def format_table(rows) -> str:
-    header = f"{'probe':<20} {'env':<32} {'episodes':>8}  {'success (99% interval)':<24} {'return':>7} {'length':>7}"
+    generated = "invalid_rate" in rows[0]
+    header = f"{'probe':<20} {'env':<32} {'episodes':>8}  {'success (99% interval)':<24} {'return':>7} {'length':>7} {'s/step':>8}"
+    header += f" {'invalid':>7} {'tokens':>6}" if generated else ""
     lines = [header, "-" * len(header)]
     for row in rows:
         interval = f"{row['success_rate']:.3f} [{row['ci99_low']:.3f}, {row['ci99_high']:.3f}]"
         lines.append(
             f"{row['probe']:<20} {row['env_id']:<32} {row['episodes']:>8}  {interval:<24} {row['mean_return']:>7.2f} {row['mean_length']:>7.1f}"
+            f" {row['lm_seconds_per_step']:>8.4f}" + (f" {row['invalid_rate']:>7.3f} {row['mean_new_tokens']:>6.2f}" if generated else "")
         )
     return "\n".join(lines)
 
@@ -378,7 +451,8 @@ def format_table(rows) -> str:
 def main(args: Args) -> list[dict]:
     device = torch.device("cuda" if torch.cuda.is_available() and args.cuda else "cpu")
     configure_matmul_precision(device, args.tf32)
-    name = os.path.basename(os.path.normpath(args.model)) if args.policy == "llm" else args.policy
+    uses_llm = args.policy in ("llm", "generate")
+    name = os.path.basename(os.path.normpath(args.model)) if uses_llm else args.policy
     # The folders first, so that one that cannot be made is one line before any model loads.
     output_dir = make_folder(args.output_dir or os.path.join("eval_runs", f"{name}__{int(time.time())}"), "--output-dir")
     video_dir = os.path.join("videos", os.path.basename(os.path.normpath(output_dir)))
@@ -388,7 +462,9 @@ def main(args: Args) -> list[dict]:
     # Loaded once, before any episode, and shared by every probe, whatever action strings it offers. Seeded first: a
     # model of random weights (tiny-t5, tiny-causal) is then the same in every run.
     torch.manual_seed(args.seed)
-    agent = load_agent(args, action_names(args.action_space), device) if args.policy == "llm" else None
+    agent = load_agent(args, action_names(args.action_space), device) if uses_llm else None
+    if args.policy == "generate" and agent.action_head is not None:
+        raise UsageError(f"--policy generate: {args.model} chooses its actions with an action head (NPAE), not by writing them; use --policy llm")
 
     def policy_for(actions):
         if agent is None:
@@ -402,8 +478,8 @@ def main(args: Args) -> list[dict]:
         record = {
             "command": args.command, "model": model_source(args.model) if agent else None, "policy": args.policy,
             "prompt_format": agent.prompt_format if agent else None, "num_observations": args.num_observations or 3,
-            "greedy": args.greedy, "seed": args.seed,
-            "complete": complete, "rows": rows,
+            "greedy": args.greedy, "seed": args.seed, **({"max_new_tokens": args.max_new_tokens} if args.policy == "generate" else {}),
+            "lm_seconds": "wall time" if device.type == "cuda" and agent else "process CPU time", "complete": complete, "rows": rows,
         }
         files = {"results.json": json.dumps(record, indent=2)}
         if rows:

@@ -6,7 +6,9 @@ more: the six, then the action-space study's useless three, then invented ones),
 scoring_speed.py's three schemes: (a) naive, one full forward pass per (prompt, action) pair; (b) the authors' scheme
 (the encoder once per prompt, its output repeated per action, the decoder over minibatches of 3 pairs; decoder-only:
 prompt + action in minibatches of 3 pairs); (c) ours, GlamAgent.score, every action of every prompt in one pass.
-The three are checked to agree (to 1e-3, as in scoring_speed.py) before anything is timed.
+The three are checked to agree (to 1e-3, as in scoring_speed.py) before anything is timed. Beside them, the cost of
+writing an action instead (zero_shot_eval.py --policy generate): the same prompts in one batched generate() call with a
+KV cache, sampled, each reply made to be --generate-tokens tokens long (random weights would not stop at an action).
 
 A scheme that runs one sequence per (prompt, action) pair, (a) everywhere and (b) on a decoder-only model, spends the
 same time on a pair whatever the other actions are, so at more than --pair-sample actions it is run (and checked) on
@@ -50,6 +52,7 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import scoring_speed  # noqa: E402
 import train_speed  # noqa: E402
+import zero_shot_eval  # noqa: E402  (scoring_speed puts the checkout on the path)
 from scoring_speed import glam_ppo  # noqa: E402
 
 SCHEMES = ("naive", "authors", "ours")
@@ -89,6 +92,8 @@ class Args:
     """timed repetitions per scheme after the checked, memory-measured first run; the best is kept"""
     prompt_actions: Literal["offered", "canonical"] = "offered"
     """the actions the prompts list: the A offered ones (glam_ppo.py's prompts) or always the canonical six"""
+    generate_tokens: int = 8
+    """tokens of every reply when generation is timed (zero_shot_eval.py's --max-new-tokens default); 0: no generation"""
     fit_from: int = 12
     """the scaling exponent is fitted over the counts from this one up"""
     end_to_end: tuple[int, ...] = (6, 24, 96)
@@ -234,6 +239,15 @@ def measure_count(name: str, llm, tokenizer, count: int, args: Args) -> list[dic
             "pairs_per_s": pairs / timing["seconds"], "seconds_per_prompt": timing["seconds"] * count / pairs,
             "peak_bytes": memory[scheme], "max_difference": differences.get(scheme, 0.0),
         })
+    if args.generate_tokens:  # writing the action instead: --generate-tokens tokens per prompt, none of them a stop
+        settings = zero_shot_eval.generation_settings(agent, args.generate_tokens, greedy=False)
+        write = lambda: zero_shot_eval.generate_replies(agent, prompts, {**settings, "min_new_tokens": args.generate_tokens})  # noqa: E731
+        peak = peak_memory(write, device)
+        timing = run_timed(write, args.repeats, args.device)
+        rows.append({
+            "model": name, "actions": count, "scheme": "generate", "prompts": num_prompts, "prompt_tokens": prompt_tokens,
+            "new_tokens": args.generate_tokens, **timing, "seconds_per_prompt": timing["seconds"] / num_prompts, "peak_bytes": peak,
+        })
     return rows
 
 
@@ -336,6 +350,21 @@ def format_tables(result: dict) -> str:
             "|---|---|---:|---:|---:|",
         ]
         lines += [f"| {f['model']} | {SCHEME_STYLE[f['scheme']][1]} | {f['time']:.2f} | {f['time_last']:.2f} | {f['memory']:.2f} |" for f in fits]
+    generated = [r for r in rows if r["scheme"] == "generate"]
+    if generated:
+        lines += [
+            "",
+            f"writing the action (one batched generate(), {generated[0]['new_tokens']} tokens per reply) beside scoring every "
+            f"action packed, (c): seconds per step, one prompt ({clock})",
+            "| model | actions | prompt tokens | (c) scoring s/step | generation s/step | generation / scoring | generation MB |",
+            "|---|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in generated:
+            ours = next(o for o in rows if o["model"] == r["model"] and o["actions"] == r["actions"] and o["scheme"] == "ours")
+            lines.append(
+                f"| {r['model']} | {r['actions']} | {r['prompt_tokens']:.0f} | {ours['seconds_per_prompt']:.4f} | {r['seconds_per_prompt']:.4f} | "
+                f"{r['seconds_per_prompt'] / ours['seconds_per_prompt']:.2f}x | {megabytes(r['peak_bytes'])} |"
+            )
     if result["end_to_end"]:
         e2e = result["end_to_end"]
         lines += [
@@ -349,11 +378,13 @@ def format_tables(result: dict) -> str:
     return "\n".join(lines)
 
 
-SCHEME_STYLE = {"naive": ("tab:red", "(a) naive"), "authors": ("tab:orange", "(b) authors' scheme"), "ours": ("tab:blue", "(c) ours, packed")}
+SCHEME_STYLE = {"naive": ("tab:red", "(a) naive"), "authors": ("tab:orange", "(b) authors' scheme"), "ours": ("tab:blue", "(c) ours, packed"),
+                "generate": ("tab:green", "writing the action (generate)")}
 
 
 def draw(result: dict, path: str):
-    """Pairs/s (top) and peak memory (bottom) against the number of actions, one column per model, log-log."""
+    """Pairs/s (top), peak memory (middle) and seconds per step of scoring and of writing the action (bottom) against
+    the number of actions, one column per model, log-log."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -361,7 +392,7 @@ def draw(result: dict, path: str):
 
     rows = result["rows"]
     models = list(dict.fromkeys(r["model"] for r in rows))
-    figure, axes = plt.subplots(2, len(models), figsize=(4.2 * len(models), 7), squeeze=False)
+    figure, axes = plt.subplots(3, len(models), figsize=(4.2 * len(models), 10.5), squeeze=False)
     for column, model in enumerate(models):
         for scheme in SCHEMES:
             mine = sorted((r for r in rows if r["model"] == model and r["scheme"] == scheme), key=lambda r: r["actions"])
@@ -369,8 +400,12 @@ def draw(result: dict, path: str):
             color, label = SCHEME_STYLE[scheme]
             axes[0, column].plot(counts, [r["pairs_per_s"] for r in mine], "o-", color=color, label=label)
             axes[1, column].plot(counts, [r["peak_bytes"] / 2**20 for r in mine], "o-", color=color, label=label)
+        for scheme in ("ours", "generate"):
+            mine = sorted((r for r in rows if r["model"] == model and r["scheme"] == scheme), key=lambda r: r["actions"])
+            axes[2, column].plot([r["actions"] for r in mine], [r["seconds_per_prompt"] for r in mine], "o-", color=SCHEME_STYLE[scheme][0],
+                                 label=SCHEME_STYLE[scheme][1])
         axes[0, column].set_title(f"{model} ({mine[0]['prompts']} prompts per pass)")
-        for row in range(2):
+        for row in range(3):
             axes[row, column].set_xscale("log", base=2)
             axes[row, column].set_yscale("log")
             axes[row, column].set_xticks(counts, [str(c) for c in counts])
@@ -378,7 +413,9 @@ def draw(result: dict, path: str):
             axes[row, column].set_xlabel("admissible actions")
         axes[0, column].set_ylabel("pairs/s" + (" (per CPU second)" if result["device"] == "cpu" else ""))
         axes[1, column].set_ylabel("peak MB of one rollout pass")
+        axes[2, column].set_ylabel("seconds per step (one prompt)")
     axes[0, 0].legend()
+    axes[2, 0].legend()
     figure.suptitle(f"Scoring cost as the action space grows ({result['device']}, random weights)")
     figure.tight_layout()
     figure.savefig(path, dpi=110)
@@ -400,7 +437,7 @@ def measure_all(args: Args) -> dict:
         llm = llm.to(args.device).eval()
         for count in args.actions:
             result["rows"] += measure_count(name, llm, tokenizer, count, args)
-            by = {r["scheme"]: r for r in result["rows"][-3:]}
+            by = {r["scheme"]: r for r in result["rows"] if r["model"] == name and r["actions"] == count}
             print(f"{name}, {count} actions: " + ", ".join(f"{s} {rate(by[s]['pairs_per_s'])} pairs/s {megabytes(by[s]['peak_bytes'])} MB" for s in SCHEMES), flush=True)
     result["exponents"] = exponents(result["rows"], args.fit_from)
     result["end_to_end"] = []
@@ -421,6 +458,8 @@ def main(args: Args) -> dict:
             raise SystemExit(f"action_scaling.py: error: --device {args.device}: choose cpu, or cuda where a GPU is visible")
         if args.pair_sample < 3 or args.pair_sample % 3:
             raise SystemExit("action_scaling.py: error: --pair-sample must be a positive multiple of 3 (the authors' minibatch)")
+        if args.generate_tokens < 0:
+            raise SystemExit("action_scaling.py: error: --generate-tokens must be at least 0 (0: generation not timed)")
         if args.e2e_updates < 2 and args.end_to_end:
             raise SystemExit("action_scaling.py: error: --e2e-updates must be at least 2 (the first is warm-up)")
         for count in (*args.actions, *args.end_to_end):

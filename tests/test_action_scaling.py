@@ -56,7 +56,10 @@ def test_a_tiny_run_writes_the_table_rows_exponents_and_end_to_end_speed(tmp_pat
     assert glam_ppo.USELESS_ACTIONS == useless
     result = json.loads(out.read_text())
     rows = result["rows"]
-    assert [(r["actions"], r["scheme"]) for r in rows] == [(c, s) for c in (3, 6) for s in ("naive", "authors", "ours")]
+    assert [(r["actions"], r["scheme"]) for r in rows] == [(c, s) for c in (3, 6) for s in ("naive", "authors", "ours", "generate")]
+    for row in [r for r in rows if r["scheme"] == "generate"]:  # writing the action: 8 tokens per prompt, timed beside scoring
+        assert row["new_tokens"] == 8 and row["prompts"] == 2 and row["seconds_per_prompt"] > 0 and row["peak_bytes"] > 0
+    rows = [r for r in rows if r["scheme"] != "generate"]
     for row in rows:
         assert row["model"] == "tiny-t5" and row["prompts"] == 2 and row["prompt_tokens"] > 0
         assert row["pairs_per_s"] > 0 and row["peak_bytes"] > 0 and row["max_difference"] <= 1e-3
@@ -70,5 +73,5 @@ def test_a_tiny_run_writes_the_table_rows_exponents_and_end_to_end_speed(tmp_pat
     assert e2e["actions"] == 12 and e2e["overall"] > 0 and e2e["frames_per_cpu_s"] > 0
     assert "load average" in result["uptime_before"] and plot.stat().st_size > 0
     table = action_scaling.format_tables(result)
-    assert "| tiny-t5 | 6 | 2 x" in table and "| 12 |" in table
+    assert "| tiny-t5 | 6 | 2 x" in table and "| 12 |" in table and "generation / scoring" in table
     assert action_scaling.main(action_scaling.Args(load=str(out))) == result  # the table and plot again, from the JSON
