@@ -25,7 +25,9 @@ train() {  # name seed: a new run, or the resumption of the run of that name and
   elif [ ! -f "$run_dir/results.json" ] || [ "$(python -c "import json, sys; print(json.load(open(sys.argv[1]))['frames'])" "$run_dir/results.json")" -lt "${FRAMES[$name]}" ]; then
     OMP_NUM_THREADS=1 python "baselines/$name.py" --resume "$run_dir" --total-timesteps "${FRAMES[$name]}"
   fi
-  cp "$run_dir/results.json" "benchmark/results/baseline_${name}_${seed}.json"
+  if [ -f "$run_dir/results.json" ]; then
+    cp "$run_dir/results.json" "benchmark/results/baseline_${name}_${seed}.json"
+  fi  # else it was stopped: its checkpoint is saved, and running this script again goes on
 }
 
 for name in $ONLY; do
