@@ -14,13 +14,18 @@ rewards x20 as for GLAM, and a time-limit end treated as terminal (no bootstrap)
 
 Writes to runs/<env>__drrn__<seed>__<time>/: TensorBoard logs, episodes.csv (frames,return,length,success per training
 episode), checkpoint/ (every --save-interval iterations and at the end) and results.json (the final policy on
---eval-episodes levels that no training env plays, seeds 10**9 + k).
+--eval-episodes levels that no training env plays, seeds 10**9 + k). A stop (Ctrl-C, SIGTERM) saves a checkpoint after
+the current iteration; one during the evaluation just ends the process, and --resume of a run that has all its frames
+but no results.json runs the evaluation.
 
 Differs from the original:
-- Tokens: the authors tokenised with a SentencePiece unigram model of 8k pieces, which we do not have; this file uses a
-  word-level tokenizer (words and punctuation marks) over BabyAI-Text's vocabulary (glam_ppo.py's VOCABULARY_TEXT).
+- Tokens: the authors tokenised with their trained SentencePiece model, unigram_8k.model, which is not installable here
+  (their .vocab lists the pieces); the issue chose a word-level tokenizer, the words and marks of BabyAI-Text
+  (glam_ppo.py's VOCABULARY_TEXT).
 - The prompt: after an episode ends, their history is cleared and the new episode's first observation is never added,
   so every episode's first prompt has no observation; here it has it (glam_ppo.py's TextVecEnv, as for GLAM).
+- Levels: a Mixed level draws its task kind at every reset (the authors' envs drew it once per env, before seeding);
+  env i's first level is seed + i (the authors': 100 x seed + i), so --seed is at most 10**8, below the evaluation levels.
 - Replay sampling draws from numpy's Generator (theirs: a RandomState with a fixed seed); the capacity is rounded up to
   whole steps of all the envs; a transition's next state is stored once, as the next step's prompt.
 - charts/success_rate is each training episode's success (0 or 1), as glam_ppo.py logs it; evaluation samples from
@@ -29,6 +34,7 @@ Differs from the original:
 
 import contextlib
 import csv
+import ctypes
 import io
 import json
 import math
@@ -36,6 +42,7 @@ import os
 import pickle
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -52,7 +59,8 @@ import torch.nn.functional as F
 import tyro
 from minigrid.core.constants import IDX_TO_COLOR, IDX_TO_OBJECT
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
-from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
+from minigrid.envs.babyai.core.verifier import (AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr,
+                                                PutNextInstr)
 from minigrid.envs.babyai.goto import GoToLocal
 from tqdm import tqdm
 
@@ -73,10 +81,11 @@ class Args:
     """the discount factor gamma"""
     batch_size: int = 64
     """transitions per gradient step"""
-    replay_size: int = 5_000_000
-    """the replay memory's capacity in transitions (uniform sampling; the oldest are dropped)"""
-    train_every: int = 4
-    """steps of all the envs between two gradient steps (one iteration: num_envs x train_every frames)"""
+    buffer_size: int = 5_000_000
+    """the replay memory's capacity in transitions (the authors' memory_size; uniform sampling, the oldest dropped)"""
+    train_frequency: int = 4
+    """steps of all the envs between two gradient steps (one iteration: num_envs x train_frequency frames; the
+    authors': their frames per update / their number of envs)"""
     max_grad_norm: float = 5.0
     """the maximum norm for the gradient clipping"""
     reward_scale: float = 20.0
@@ -84,9 +93,10 @@ class Args:
     num_observations: int = 3
     """observations in the prompt, with the actions between them (the paper's 3)"""
     save_interval: int = 500
-    """write a checkpoint every this many iterations (of --train-every steps of all envs; and always at the end)"""
+    """write a checkpoint every this many iterations (and always at the end)"""
     resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only --total-timesteps and the evaluation and logging flags may change"""
+    """continue the run saved in this folder (runs/<run>); only --total-timesteps and the evaluation and logging flags
+    may change"""
     eval_episodes: int = 1000
     """evaluation episodes of the final policy, on the levels of seeds 10**9 + k"""
     window_frames: int = 50_000
@@ -95,6 +105,8 @@ class Args:
     """if toggled, cuda will be enabled when available"""
     exp_name: str = "drrn"
     """the name of this experiment"""
+
+    # to be filled in runtime: the number of iterations, --total-timesteps // (num_envs x train_frequency)
     num_iterations: tyro.conf.Suppress[int] = 0
 
 
@@ -139,36 +151,46 @@ class DRRN(nn.Module):
         self.act_scorer = nn.Linear(hidden_dim, 1)
 
     def encode(self, rnn: nn.GRU, tokens: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """[B, hidden]: the GRU's state after each sequence's last token. nn.GRU's equations, run here step by step (torch's
-        CPU GRU is slower, and its backward over packed sequences far slower): the input projection W_i x + b_i once per
-        vocabulary word; the sequences, longest first and left-padded, all end at the last step, and step t runs only
-        the n_t rows that have begun (a row begins with h = 0)."""
+        """[B, hidden]: the GRU's state after each sequence's last token, by nn.GRU's equations (torch's gate order r, z, n):
+
+            r = sigmoid(W_ir x + b_ir + W_hr h + b_hr)
+            z = sigmoid(W_iz x + b_iz + W_hz h + b_hz)
+            n = tanh(W_in x + b_in + r * (W_hn h + b_hn))
+            h' = (1 - z) * n + z * h
+
+        run here step by step (torch's CPU GRU is slower, and its backward over packed sequences far slower): the input
+        projection W_i x + b_i once per vocabulary word; the sequences, longest first and left-padded, all end at the last
+        step, and step t runs only the rows that have begun (a row begins with h = 0). tests/test_drrn.py's
+        test_batched_q_values_equal_one_pass_per_prompt_and_action checks it equals nn.GRU."""
         order, hidden = torch.argsort(lengths, descending=True, stable=True), rnn.hidden_size
-        w_gates, w_new = rnn.weight_hh_l0[: 2 * hidden].t(), rnn.weight_hh_l0[2 * hidden :].t()
+        w_hh_rz, w_hh_n = rnn.weight_hh_l0[: 2 * hidden].t(), rnn.weight_hh_l0[2 * hidden :].t()
         bias = torch.cat([rnn.bias_ih_l0[: 2 * hidden] + rnn.bias_hh_l0[: 2 * hidden], rnn.bias_ih_l0[2 * hidden :]])
         inputs = F.linear(self.embedding.weight, rnn.weight_ih_l0, bias)[tokens[order.to(tokens.device)].T]  # [L, B, 3 hidden]
-        begun = (lengths[order][None] >= torch.arange(tokens.shape[1], 0, -1)[:, None]).sum(1).tolist()  # n_t
+        rows_begun = (lengths[order][None] >= torch.arange(tokens.shape[1], 0, -1)[:, None]).sum(1).tolist()  # per step
         h = inputs.new_zeros(0, hidden)
         # unbind, not inputs[step]: an index's backward writes a gradient of the whole [L, B, 3 hidden] at every step
-        for step_inputs, rows in zip(inputs.unbind(0), begun):
+        for step_inputs, rows in zip(inputs.unbind(0), rows_begun):
             if rows > len(h):
                 h = torch.cat([h, h.new_zeros(rows - len(h), hidden)])
-            reset, update = torch.sigmoid(torch.addmm(step_inputs[:rows, : 2 * hidden], h, w_gates)).chunk(2, 1)
-            candidate = torch.tanh(torch.addcmul(step_inputs[:rows, 2 * hidden :], reset, torch.addmm(rnn.bias_hh_l0[2 * hidden :], h, w_new)))
+            reset, update = torch.sigmoid(torch.addmm(step_inputs[:rows, : 2 * hidden], h, w_hh_rz)).chunk(2, 1)
+            hidden_n = torch.addmm(rnn.bias_hh_l0[2 * hidden :], h, w_hh_n)
+            candidate = torch.tanh(torch.addcmul(step_inputs[:rows, 2 * hidden :], reset, hidden_n))
             h = torch.lerp(candidate, h, update)  # (1 - z) n + z h
         return h[torch.argsort(order).to(h.device)]
 
-    def forward(self, prompts, actions) -> torch.Tensor:
-        """[B, A] Q values of every prompt of `prompts` (tokens, lengths) with each action of `actions` (encoded once)."""
-        states, acts = self.encode(self.obs_encoder, *prompts), self.encode(self.act_encoder, *actions)
+    def forward(self, prompts, action_tokens) -> torch.Tensor:
+        """[B, A] Q values of every prompt of `prompts` (tokens, lengths) with each action of `action_tokens` (encoded
+        once)."""
+        states, acts = self.encode(self.obs_encoder, *prompts), self.encode(self.act_encoder, *action_tokens)
         pairs = torch.cat([states[:, None].expand(-1, len(acts), -1), acts[None].expand(len(states), -1, -1)], dim=-1)
         return self.act_scorer(F.relu(self.hidden(pairs))).squeeze(-1)
 
 
-def act(network: DRRN, prompts, actions) -> torch.Tensor:
-    """A sample from softmax(Q) over the actions, for each prompt (no epsilon, as the authors)."""
+def act(network: DRRN, prompts, action_tokens) -> torch.Tensor:
+    """A sample from softmax(Q) over the actions, for each prompt (no epsilon, as the authors), drawn on the CPU (from
+    torch's CPU generator, which checkpoints save, so that CPU and GPU runs sample alike and resume exactly)."""
     with torch.no_grad():
-        return torch.multinomial(network(prompts, actions).softmax(-1), 1).squeeze(-1).cpu()
+        return torch.multinomial(network(prompts, action_tokens).softmax(-1).cpu(), 1).squeeze(-1)
 
 
 class Replay:
@@ -179,7 +201,8 @@ class Replay:
         self.num_envs, self.slots = num_envs, -(-capacity // num_envs) + 1
         self.tokens, self.lengths = [None] * self.slots, np.zeros((self.slots, num_envs), dtype=np.int32)
         self.actions = np.zeros((self.slots, num_envs), dtype=np.int64)
-        self.rewards, self.dones = np.zeros((self.slots, num_envs), dtype=np.float32), np.zeros((self.slots, num_envs), dtype=bool)
+        self.rewards = np.zeros((self.slots, num_envs), dtype=np.float32)
+        self.dones = np.zeros((self.slots, num_envs), dtype=bool)
         self.position, self.filled, self.rng = 0, 0, np.random.default_rng(seed)
 
     def __len__(self):
@@ -206,31 +229,22 @@ class Replay:
     def sample(self, size: int):
         """(states, actions, rewards, dones, next states) of `size` distinct transitions, uniformly."""
         picks = self.rng.choice(len(self), size, replace=False)
+        # pick p is env p % num_envs's transition in the (p // num_envs + 1)-th newest complete block, the one before
+        # `position` (which holds only the current prompts); its next state is in the block after it
         blocks, rows = (self.position - 1 - picks // self.num_envs) % self.slots, picks % self.num_envs
         states = [self.prompt(block, row) for block, row in zip(blocks, rows)]
         next_states = [self.prompt((block + 1) % self.slots, row) for block, row in zip(blocks, rows)]
         return states, self.actions[blocks, rows], self.rewards[blocks, rows], self.dones[blocks, rows], next_states
 
-    def state_dict(self) -> dict:
-        return {**{name: getattr(self, name) for name in ("tokens", "lengths", "actions", "rewards", "dones", "position", "filled")},
-                "rng": self.rng.bit_generator.state}
 
-    def load_state_dict(self, state: dict):
-        for name, value in state.items():
-            if name == "rng":
-                self.rng.bit_generator.state = value
-            else:
-                setattr(self, name, value)
-
-
-def td_step(args: Args, network: DRRN, optimizer, replay: Replay, actions, device) -> tuple[float, float]:
+def td_step(args: Args, network: DRRN, optimizer, replay: Replay, action_tokens, device) -> tuple[float, float]:
     """One gradient step on a uniform batch: Huber loss to r + gamma max_a' Q(s', a') of the same network, zero after
     an episode's end (its goal, a failure or the time limit); returns (the loss, the mean Q(s, a))."""
     states, taken, rewards, dones, next_states = replay.sample(args.batch_size)
     with torch.no_grad():
-        next_q = network(padded(next_states, device), actions).max(-1).values
+        next_q = network(padded(next_states, device), action_tokens).max(-1).values
     targets = torch.from_numpy(rewards).to(device) + args.gamma * next_q * torch.from_numpy(~dones).to(device)
-    q = network(padded(states, device), actions).gather(1, torch.from_numpy(taken).to(device)[:, None]).squeeze(1)
+    q = network(padded(states, device), action_tokens).gather(1, torch.from_numpy(taken).to(device)[:, None]).squeeze(1)
     loss = F.smooth_l1_loss(q, targets)
     optimizer.zero_grad()
     loss.backward()
@@ -241,7 +255,8 @@ def td_step(args: Args, network: DRRN, optimizer, replay: Replay, actions, devic
 
 def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint after the current iteration, then exit
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    new_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else new_name
     run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
     random.seed(args.seed)
     np.random.seed(args.seed)
@@ -250,116 +265,105 @@ def main(args: Args):
 
     vocabulary = word_vocabulary()
     envs = TextVecEnv(args.env_id, args.num_envs, "canonical", args.reward_scale, num_observations=args.num_observations)
-    actions = padded([tokenize(action, vocabulary) for action in envs.actions], device)
+    action_tokens = padded([tokenize(action, vocabulary) for action in envs.actions], device)
     network = DRRN(len(vocabulary)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
-    replay = Replay(args.replay_size, args.num_envs, args.seed)
-    global_step, done_iterations, train_time, recent_successes = 0, 0, 0.0, deque(maxlen=100)
+    replay = Replay(args.buffer_size, args.num_envs, args.seed)
+    global_step, start_iteration, train_time, recent_successes = 0, 1, 0.0, deque(maxlen=100)
     if args.resume:
-        weights, trainer = load_run(args)
-        network.load_state_dict(weights)
-        optimizer.load_state_dict(trainer["optimizer"])
-        replay.load_state_dict(trainer["replay"])
-        envs = pickle.loads(trainer["envs"])
-        for name, set_state in (("python", random.setstate), ("numpy", np.random.set_state), ("torch", torch.set_rng_state)):
-            set_state(trainer["rng"][name])
-        global_step, done_iterations, train_time = trainer["global_step"], trainer["iteration"], trainer["train_time"]
+        trainer = load_run(args, network, optimizer)
+        envs, replay = pickle.loads(trainer["envs"]), trainer["replay"]
+        global_step, start_iteration, train_time = trainer["global_step"], trainer["iteration"] + 1, trainer["train_time"]
         recent_successes.extend(trainer["recent_successes"])
+        next_obs = replay.current()
     else:
-        replay.put_prompts([tokenize(prompt, vocabulary) for prompt in envs.reset(seed=args.seed)])
-    writer, episodes_file = open_logs(args, run_dir, global_step if args.resume else None)
+        next_obs = [tokenize(prompt, vocabulary) for prompt in envs.reset(seed=args.seed)]
+        replay.put_prompts(next_obs)
+    from torch.utils.tensorboard import SummaryWriter
 
-    def state():  # what a checkpoint holds besides the weights
-        rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-        return dict(optimizer=optimizer.state_dict(), replay=replay.state_dict(), envs=pickle.dumps(envs), rng=rng, global_step=global_step,
-                    iteration=iteration, train_time=train_time + time.time() - start_time, recent_successes=list(recent_successes))
+    writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume else None)
+    if not args.resume:
+        table = "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
+    episodes_file = open_episodes(run_dir, global_step)
+    episodes_csv = csv.writer(episodes_file)
 
-    frames_per_iteration = args.num_envs * args.train_every
-    progress = tqdm(total=args.num_iterations * frames_per_iteration, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
+    def state_after(iterations_done):  # what a checkpoint holds besides the weights and the optimizer
+        return snapshot(envs=pickle.dumps(envs), replay=replay, global_step=global_step, iteration=iterations_done,
+                        train_time=train_time, recent_successes=list(recent_successes))
+
+    frames_per_iteration = args.num_envs * args.train_frequency
+    progress = tqdm(total=args.num_iterations * frames_per_iteration, initial=global_step, unit="frame", dynamic_ncols=True,
+                    smoothing=0)
     start_time, start_step = time.time(), global_step
-    for iteration in range(done_iterations + 1, args.num_iterations + 1):
-        for _ in range(args.train_every):
-            action = act(network, padded(replay.current(), device), actions)
-            next_prompts, reward, done, finished = envs.step(action.tolist())
-            replay.add(action.numpy(), reward, done, [tokenize(prompt, vocabulary) for prompt in next_prompts])
+    for iteration in range(start_iteration, args.num_iterations + 1):
+        iteration_start = time.time()
+        for _ in range(args.train_frequency):
+            action = act(network, padded(next_obs, device), action_tokens)
+            prompts, reward, done, finished = envs.step(action.tolist())
+            next_obs = [tokenize(prompt, vocabulary) for prompt in prompts]
+            # each next state is stored once, as the state of the next step's transitions (the replay's next block)
+            replay.add(action.numpy(), reward, done, next_obs)
             global_step += args.num_envs
             for episode in finished:
                 recent_successes.append(float(episode["success"]))
+                episodes_csv.writerow([global_step, float(episode["return"]), episode["length"], int(episode["success"])])
                 writer.add_scalar("charts/episodic_return", episode["return"], global_step)
                 writer.add_scalar("charts/episodic_length", episode["length"], global_step)
                 writer.add_scalar("charts/success_rate", float(episode["success"]), global_step)
-                episodes_file.write(f"{global_step},{float(episode['return'])},{episode['length']},{int(episode['success'])}\n")
-        if len(replay) >= args.batch_size:
-            td_loss, q_values = td_step(args, network, optimizer, replay, actions, device)
+        if len(replay) >= args.batch_size:  # learning starts at the first iteration, as the authors' (no warm-up)
+            td_loss, q_values = td_step(args, network, optimizer, replay, action_tokens, device)
             writer.add_scalar("losses/td_loss", td_loss, global_step)
             writer.add_scalar("losses/q_values", q_values, global_step)
+        train_time += time.time() - iteration_start
+
         sps = int((global_step - start_step) / (time.time() - start_time))
         writer.add_scalar("charts/SPS", sps, global_step)
         progress.update(frames_per_iteration)
         progress.set_postfix(SPS=sps, success=f"{np.mean(recent_successes):.2f}" if recent_successes else "-")
         if stop.requested or iteration % args.save_interval == 0 or iteration == args.num_iterations:
             episodes_file.flush()
-            save_checkpoint(run_dir, args, network, state(), progress)
+            save_checkpoint(run_dir, args, network, optimizer, state_after(iteration), progress)
         if stop.requested:
-            progress.close()
-            writer.close()
-            episodes_file.close()
-            return print(f"saved {run_dir}/checkpoint at {global_step} frames; continue with: python baselines/drrn.py --resume {run_dir}")
+            return save_on_stop(run_dir, args, network, optimizer, None, progress, writer, episodes_file)
     progress.close()
     writer.close()
     episodes_file.close()
-    train_time += time.time() - start_time
-    successes, returns = evaluate_policy(args, network, vocabulary, actions, device)
-    write_results(args, run_dir, global_step, successes, returns, global_step / train_time)
+    stop.release()
 
+    eval_envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), "canonical", args.reward_scale,
+                           num_observations=args.num_observations)
 
-def evaluate_policy(args: Args, network: DRRN, vocabulary, actions, device) -> tuple[list[bool], list[float]]:
-    """The policy (samples from softmax(Q), torch seeded) on the levels of seeds 10**9 + k, k < --eval-episodes, batched
-    over up to --num-envs envs; each level's success and return, in the order of k."""
-    torch.manual_seed(args.seed)
-    envs = TextVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), "canonical", args.reward_scale, num_observations=args.num_observations)
-    playing, results = list(range(len(envs))), {}  # the level each env plays (None: done, idle)
-    for index, level in enumerate(playing):
-        envs.start_episode(index, EVAL_SEED + level)
-    prompts, next_level = envs.prompts(), len(envs)
-    with tqdm(total=args.eval_episodes, unit="episode", desc="evaluation", dynamic_ncols=True) as progress:
-        while len(results) < args.eval_episodes:
-            action = act(network, padded([tokenize(prompt, vocabulary) for prompt in prompts], device), actions)
-            _, _, done, finished = envs.step(action.tolist())
-            for index, episode in zip(np.flatnonzero(done), finished):
-                if playing[index] is not None:
-                    results[playing[index]] = episode
-                    progress.update(1)
-                playing[index] = next_level if next_level < args.eval_episodes else None
-                if playing[index] is not None:
-                    envs.start_episode(index, EVAL_SEED + next_level)
-                    next_level += 1
-            prompts = envs.prompts()
-    return [bool(results[k]["success"]) for k in range(args.eval_episodes)], [float(results[k]["return"]) for k in range(args.eval_episodes)]
+    def policy(dones):  # the action probabilities for the evaluation envs' prompts
+        prompts = [tokenize(prompt, vocabulary) for prompt in eval_envs.prompts()]
+        return network(padded(prompts, device), action_tokens).softmax(-1)
+
+    write_results(args, run_dir, global_step, global_step / train_time, evaluate_policy(args, eval_envs, policy))
 
 
 # =================================================================================================================
-# APPENDICES: flags, logs, checkpoints, stopping, results, and the BabyAI-Text code copied from glam_ppo.py
+# APPENDICES: flags, logs, checkpoints, stopping, the evaluation and its results, and the code copied from glam_ppo.py
 # =================================================================================================================
 
-EVAL_SEED = 10**9  # evaluation levels: seeds no training env is reset with (training envs: seed + index, then their RNG)
 ARG_RANGES = {
-    "seed": "[0, 4294967295]", "num_envs": "[1, inf)", "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)", "gamma": "[0, 1]",
-    "batch_size": "[1, inf)", "replay_size": "[1, inf)", "train_every": "[1, inf)", "max_grad_norm": "(0, inf)", "reward_scale": "(0, inf)",
-    "num_observations": "[1, inf)", "save_interval": "[1, inf)", "eval_episodes": "[1, inf)", "window_frames": "[1, inf)",
+    "seed": "[0, 100000000]", "num_envs": "[1, inf)", "total_timesteps": "[1, inf)", "learning_rate": "[0, inf)",
+    "gamma": "[0, 1]", "batch_size": "[1, inf)", "buffer_size": "[1, inf)", "train_frequency": "[1, inf)",
+    "max_grad_norm": "(0, inf)", "reward_scale": "(0, inf)", "num_observations": "[1, inf)", "save_interval": "[1, inf)",
+    "eval_episodes": "[1, inf)", "window_frames": "[1, inf)",
 }
-RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "resume", "eval_episodes", "window_frames", "cuda", "num_iterations"}
+RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "resume", "eval_episodes", "window_frames", "num_iterations"}
 
 
 def finish_args(args: Args) -> Args:
     check_ranges(args, ARG_RANGES)
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    args.num_iterations = args.total_timesteps // (args.num_envs * args.train_every)
+    args.num_iterations = args.total_timesteps // (args.num_envs * args.train_frequency)
     if args.num_iterations == 0:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one iteration (--num-envs x --train-every = {args.num_envs * args.train_every} frames)")
-    if args.batch_size > args.replay_size:
-        raise UsageError(f"--batch-size {args.batch_size} must be at most --replay-size {args.replay_size}")
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one iteration (--num-envs x "
+                         f"--train-frequency = {args.num_envs * args.train_frequency} frames)")
+    if args.batch_size > args.buffer_size:
+        raise UsageError(f"--batch-size {args.batch_size} must be at most --buffer-size {args.buffer_size}")
     make_env(args.env_id)  # an unknown env id fails here, before anything is written
     return args
 
@@ -372,8 +376,9 @@ def parse_args(argv=None) -> Args:
         return finish_args(args)
     try:
         saved = Args(**saved_args(args.resume))
-    except TypeError as error:  # another script's run
-        raise UsageError(f"cannot resume {args.resume}: its args.json has flags that drrn.py does not know ({one_line(error)})") from None
+    except TypeError as error:  # another script's run, or another version's
+        unknown = f"its args.json has flags that {os.path.basename(__file__)} does not know ({one_line(error)})"
+        raise UsageError(f"cannot resume {args.resume}: {unknown}") from None
     args = tyro.cli(Args, args=argv, default=saved)
     changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
     if changed:
@@ -382,25 +387,9 @@ def parse_args(argv=None) -> Args:
     return finish_args(args)
 
 
-def open_logs(args: Args, run_dir: str, resumed_at: int | None):
-    """TensorBoard's writer and episodes.csv, opened to append; a resumed run drops what was logged after its checkpoint."""
-    from torch.utils.tensorboard import SummaryWriter
-
-    writer = SummaryWriter(run_dir, purge_step=None if resumed_at is None else resumed_at + 1)
-    path = os.path.join(run_dir, "episodes.csv")
-    if resumed_at is None:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])))
-        rows = []
-    else:
-        with contextlib.suppress(OSError), open(path) as f:
-            rows = [row for row in f.read().splitlines()[1:] if len(row.split(",")) == 4 and int(row.split(",")[0]) <= resumed_at]
-    with open(path, "w") as f:
-        f.write("".join(f"{row}\n" for row in ["frames,return,length,success", *rows]))
-    return writer, open(path, "a")
-
-
-def load_run(args: Args) -> tuple[dict, dict]:
-    """(weights, trainer state) of the run's newest checkpoint that loads; one that does not is named in one line."""
+def load_run(args: Args, network: DRRN, optimizer) -> dict:
+    """The weights, the optimizer and the random streams from --resume's newest checkpoint that loads (one that does
+    not is named in one line, and the run goes on from the one before it); its trainer state (counters, envs, replay)."""
     folders = checkpoint_folders(args.resume)
     for index, folder in enumerate(folders):
         try:
@@ -415,25 +404,68 @@ def load_run(args: Args) -> tuple[dict, dict]:
     if index > 0:  # the next save must keep the good one as checkpoint.previous: the damaged one goes where saves begin
         shutil.rmtree(os.path.join(args.resume, "checkpoint.tmp"), ignore_errors=True)
         os.rename(folders[0], os.path.join(args.resume, "checkpoint.tmp"))
-    if trainer["iteration"] >= args.num_iterations:
-        raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {trainer['global_step']} frames already; give more")
-    return weights, trainer
+    check_frames_left(args, trainer)
+    network.load_state_dict(weights)
+    optimizer.load_state_dict(trainer["optimizer"])
+    restore_rng(trainer["rng"])
+    return trainer
 
 
-def save_checkpoint(run_dir: str, args: Args, network: DRRN, state: dict, progress: tqdm):
-    """runs/<run>/checkpoint: model.pt (the weights), trainer.pt (optimizer, replay, envs, RNG states, counters), args.json."""
+EVAL_SEED = 10**9  # evaluation episode k plays the level of seed EVAL_SEED + k, which no training env is reset with
+
+
+def check_frames_left(args, trainer: dict):
+    """--resume refuses a --total-timesteps below the frames a run has done, or equal to them once it has results.json;
+    a run with all its frames but no results.json (stopped in its last iteration or its evaluation) goes to the evaluation."""
+    finished = os.path.exists(os.path.join(args.resume, "results.json"))
+    if trainer["iteration"] > args.num_iterations or (trainer["iteration"] == args.num_iterations and finished):
+        raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {trainer['global_step']} frames "
+                         f"already{' and has its results.json' if finished else ''}; give more")
+
+
+def snapshot(**state) -> dict:
+    """What a checkpoint holds besides the weights and the optimizer: `state` (envs pickled by the caller, counters) and
+    the RNG states."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"rng": rng, **state}
+
+
+def restore_rng(rng: dict):
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(run_dir: str, args, model: nn.Module, optimizer, state: dict, progress: tqdm | None = None):
+    """Writes runs/<run>/checkpoint: model.pt (the weights), trainer.pt (the optimizer and `state`), args.json."""
 
     def write(folder):
-        torch.save(network.state_dict(), os.path.join(folder, "model.pt"))
-        torch.save(state, os.path.join(folder, "trainer.pt"))
+        torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+        torch.save({"optimizer": optimizer.state_dict(), **state}, os.path.join(folder, "trainer.pt"))
         with open(os.path.join(folder, "args.json"), "w") as f:
             json.dump(asdict(args), f, indent=2)
 
     commit_checkpoint(run_dir, write, progress)
 
 
+def save_on_stop(run_dir: str, args, model: nn.Module, optimizer, state: dict | None, progress: tqdm, writer, episodes_file):
+    """A stop (Ctrl-C, SIGTERM): the checkpoint (state None: just written), the logs out, and the command that continues."""
+    if state is not None:
+        episodes_file.flush()
+        save_checkpoint(run_dir, args, model, optimizer, state, progress)
+    progress.close()
+    writer.close()
+    episodes_file.close()
+    print(f"saved {run_dir}/checkpoint; continue with: python {sys.argv[0]} --resume {run_dir}")
+
+
 class StopRequest:
-    """First Ctrl-C, or SIGTERM: finish the current iteration, save a checkpoint and exit. A second Ctrl-C stops at once."""
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): save a checkpoint and exit (see the module docstring for
+    when). A second Ctrl-C stops at once; a second SIGTERM changes nothing. release() puts the default handlers back."""
 
     def __init__(self):
         self.requested = False
@@ -445,28 +477,80 @@ class StopRequest:
             raise KeyboardInterrupt
         if not self.requested:
             self.requested = True
-            tqdm.write(f"{'Ctrl-C' if signum == signal.SIGINT else 'SIGTERM'}: saving a checkpoint after this iteration (Ctrl-C again to quit)")
+            name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+            tqdm.write(f"{name}: saving a checkpoint (Ctrl-C again to quit without saving)")
+
+    def release(self):  # for the evaluation: a stop just ends the process, and --resume runs the evaluation again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
 
-def write_results(args: Args, run_dir: str, frames: int, successes, returns, fps: float):
-    """results.json: the evaluation, its 99% Wilson interval, and the training success rate in windows of frames."""
+def open_episodes(run_dir: str, resumed_at: int) -> io.TextIOWrapper:
+    """episodes.csv for appending; a resumed run first drops the rows after its checkpoint's frame `resumed_at`."""
+    path = os.path.join(run_dir, "episodes.csv")
+    rows = []
+    if resumed_at and os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= resumed_at]
+    f = open(path, "w", newline="")
+    csv.writer(f).writerows([["frames", "return", "length", "success"], *rows])
+    return f
+
+
+@torch.no_grad()
+def evaluate_policy(args, envs, policy) -> dict:
+    """The policy on --eval-episodes levels (seeds EVAL_SEED + k), batched over the envs of `envs`, its actions sampled
+    on the CPU from a generator seeded with --seed; policy(dones) gives the action probabilities [envs, actions] for the
+    envs' current observations (dones: the envs whose episode just began). Once every level is handed out, an env plays
+    on, uncounted, so that the batch keeps its size."""
+    generator, dones = torch.Generator().manual_seed(args.seed), np.ones(len(envs), bool)
+    playing = list(range(len(envs)))  # the level each env plays; None once all are handed out (its episodes uncounted)
+    for index, level in enumerate(playing):
+        envs.start_episode(index, EVAL_SEED + level)
+    next_level, episodes = len(envs), {}
+    with tqdm(total=args.eval_episodes, unit="episode", desc="evaluation", dynamic_ncols=True) as progress:
+        while len(episodes) < args.eval_episodes:
+            action = torch.multinomial(policy(dones).cpu(), 1, generator=generator)[:, 0]
+            dones, finished = envs.step(action.tolist())[-2:]
+            for index, episode in zip(np.flatnonzero(dones), finished):  # a finished env has started an unseeded episode
+                if playing[index] is not None:
+                    episodes[playing[index]] = episode
+                    progress.update(1)
+                playing[index] = next_level if next_level < args.eval_episodes else None
+                if playing[index] is not None:
+                    envs.start_episode(index, EVAL_SEED + next_level)
+                    next_level += 1
+    episodes = [episodes[k] for k in range(args.eval_episodes)]
+    successes = sum(bool(episode["success"]) for episode in episodes)
+    low, high = success_interval(successes, len(episodes))
+    return dict(episodes=len(episodes), success_rate=successes / len(episodes), ci99_low=low, ci99_high=high,
+                mean_return=float(np.mean([episode["return"] for episode in episodes])),
+                mean_length=float(np.mean([episode["length"] for episode in episodes])))
+
+
+def success_windows(run_dir: str, window_frames: int, frames: int) -> list[dict]:
+    """The training success rate per window of window_frames frames, from episodes.csv (null where none ended)."""
     with open(os.path.join(run_dir, "episodes.csv")) as f:
-        episodes = [(int(row["frames"]), int(row["success"])) for row in csv.DictReader(f)]
+        rows = [(int(row["frames"]), int(row["success"])) for row in csv.DictReader(f)]
     windows = []
-    for end in range(args.window_frames, frames + args.window_frames, args.window_frames):
-        inside = [success for at, success in episodes if end - args.window_frames < at <= min(end, frames)]
-        windows.append({"frames": min(end, frames), "episodes": len(inside), "success_rate": float(np.mean(inside)) if inside else None})
-    low, high = success_interval(sum(successes), len(successes))
-    results = {
-        "env_id": args.env_id, "frames": frames, "episodes": len(successes), "success_rate": float(np.mean(successes)), "ci99_low": low,
-        "ci99_high": high, "mean_return": float(np.mean(returns)), "fps": fps, "command": " ".join(sys.argv), "seed": args.seed, "windows": windows,
-    }
+    for end in range(window_frames, frames + window_frames, window_frames):
+        inside = [success for at, success in rows if end - window_frames < at <= end]
+        rate = np.mean(inside).item() if inside else None
+        windows.append({"frames": min(end, frames), "episodes": len(inside), "success_rate": rate})
+    return windows
+
+
+def write_results(args, run_dir: str, frames: int, fps: float, evaluation: dict):
+    """results.json: the evaluation (evaluate_policy's fields), the training frames per second (checkpoint writes left
+    out), the command, and the training success rate per --window-frames frames."""
+    command = shlex.join(["python", *sys.argv])
+    results = {"env_id": args.env_id, "frames": frames, **evaluation, "fps": fps, "command": command, "seed": args.seed,
+               "windows": success_windows(run_dir, args.window_frames, frames)}
     with open(os.path.join(run_dir, "results.json"), "w") as f:
         json.dump(results, f, indent=2)
-    print(f"done: {frames} frames at {fps:.0f} frames/s; success {results['success_rate']:.3f} [{low:.3f}, {high:.3f}] over "
-          f"{len(successes)} evaluation episodes of {args.env_id}; {run_dir}/results.json")
-
-
+    print(f"done: {frames} frames at {fps:.0f} frames/s; final policy on {results['episodes']} levels: success "
+          f"{results['success_rate']:.3f} [{results['ci99_low']:.3f}, {results['ci99_high']:.3f}] (99%), return "
+          f"{results['mean_return']:.2f}; {run_dir}/results.json")
 
 
 # -----------------------------------------------------------------------------------------------------------------
@@ -821,7 +905,23 @@ vois un une mur pas devant et portes ouverte fermée clef porte balle boîte rou
 0 1 2 3 4 5 6 7 8 9"""
 
 
+def keep_freed_memory():
+    """On glibc, keep freed buffers under 2 GB for reuse (and up to 512 MB free at the top of the heap) rather than hand
+    them back to the kernel and fault them in again at the next allocation, where a CPU run spent up to 45% of its time
+    (benchmark/README.md, malloc settings). CPU runs only; GLIBC_TUNABLES or a MALLOC_ variable set by the user stands."""
+    if torch.cuda.is_available() or any(name == "GLIBC_TUNABLES" or name.startswith("MALLOC_") for name in os.environ):
+        return  # on a GPU the big tensors live there, and the freed CPU copies of the weights would stay in the heap
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc (macOS, musl, Windows): their allocators keep freed memory already or differ
+        return
+    mmap_threshold, trim_threshold = -3, -1  # mallopt's M_MMAP_THRESHOLD and M_TRIM_THRESHOLD
+    libc.mallopt(mmap_threshold, 2_000_000_000)
+    libc.mallopt(trim_threshold, 512 << 20)
+
+
 if __name__ == "__main__":
+    keep_freed_memory()
     try:
         main(parse_args())
     except UsageError as error:

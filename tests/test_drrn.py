@@ -16,7 +16,7 @@ from baselines import drrn
 from script_runs import main_in_process, only_run_dir, run_main_blocks
 
 # 4 envs x 2 steps per iteration: 8 iterations of 8 frames; episodes of GoToLocalS5N2 end within 64 steps
-SMALL = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--train-every", "2", "--batch-size", "8", "--save-interval", "3",
+SMALL = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--train-frequency", "2", "--batch-size", "8", "--save-interval", "3",
          "--eval-episodes", "2", "--window-frames", "24"]
 
 
@@ -51,14 +51,14 @@ def test_short_run_logs_checkpoints_and_writes_results(straight):
     assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "model.pt", "trainer.pt"]
     assert os.path.isdir(os.path.join(straight, "checkpoint.previous"))
     trainer = torch.load(os.path.join(straight, "checkpoint", "trainer.pt"), weights_only=False)
-    assert (trainer["global_step"], trainer["iteration"]) == (64, 8) and trainer["replay"]["filled"] == 16
+    assert (trainer["global_step"], trainer["iteration"]) == (64, 8) and trainer["replay"].filled == 16
     assert episodes(straight)[0] == ["frames", "return", "length", "success"]
     results = json.load(open(os.path.join(straight, "results.json")))
     assert (results["env_id"], results["frames"], results["episodes"], results["seed"]) == ("BabyAI-GoToLocalS5N2-v0", 64, 2, 1)
     assert results["ci99_low"] <= results["success_rate"] <= results["ci99_high"] and results["fps"] > 0
     assert [window["frames"] for window in results["windows"]] == [24, 48, 64]
     assert sum(window["episodes"] for window in results["windows"]) == len(episodes(straight)) - 1
-    assert {"mean_return", "command"} <= set(results)
+    assert {"mean_return", "mean_length", "command"} <= set(results)
 
 
 def test_a_stopped_run_resumes_as_the_straight_run(straight, tmp_path, monkeypatch):
@@ -79,6 +79,29 @@ def test_a_stopped_run_resumes_as_the_straight_run(straight, tmp_path, monkeypat
     expected, resumed = weights(straight), weights(split)
     assert all(torch.equal(resumed[name], weight) for name, weight in expected.items())
     assert episodes(split) == episodes(straight)
+
+
+def test_a_run_stopped_in_its_last_iteration_resumes_into_the_evaluation(straight, tmp_path, monkeypatch):
+    calls, step = [], drrn.TextVecEnv.step
+
+    def step_then_sigterm(self, actions):
+        calls.append(1)
+        if len(calls) == 15:  # in the 8th, last iteration: the stop saves after it, before the evaluation
+            os.kill(os.getpid(), signal.SIGTERM)
+        return step(self, actions)
+
+    monkeypatch.setattr(drrn.TextVecEnv, "step", step_then_sigterm)
+    split = run(tmp_path, monkeypatch, "--total-timesteps", "64")
+    monkeypatch.setattr(drrn.TextVecEnv, "step", step)
+    results = os.path.join(split, "results.json")
+    assert torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)["iteration"] == 8
+    assert not os.path.exists(results)
+    main_in_process(drrn, tmp_path, ["--resume", split], monkeypatch)
+    expected = json.load(open(os.path.join(straight, "results.json")))
+    assert {k: v for k, v in json.load(open(results)).items() if k not in ("fps", "command")} == {
+        k: v for k, v in expected.items() if k not in ("fps", "command")}
+    with pytest.raises(drrn.UsageError, match="has its results.json"):  # a finished run is refused
+        main_in_process(drrn, tmp_path, ["--resume", split], monkeypatch)
 
 
 def test_more_frames_on_resume_give_the_straight_run(straight, tmp_path, monkeypatch):
