@@ -33,6 +33,8 @@ glam_ppo = memory.glam_ppo
 class Args:
     device: Literal["cuda", "cpu"] = "cuda"
     """where to run: cuda, or cpu for a dry run of the same checks"""
+    equivalence_models: tuple[Literal[("tiny-t5", "tiny-causal", *scoring_speed.SHAPES)], ...] = ("tiny-t5", "tiny-causal", "t5-small-shape")
+    """the models whose scores are compared with naive scoring (names of benchmark/scoring_speed.py)"""
     memory_shape: memory.ShapeName = "flan-t5-large"
     """the model shape whose passes are measured (a name of benchmark/memory.py)"""
     num_prompts: int = 32
@@ -52,12 +54,12 @@ class Args:
 
 
 @torch.no_grad()
-def equivalence(device: str) -> list[dict]:
+def equivalence(device: str, models: tuple[str, ...]) -> list[dict]:
     """Largest difference between GlamAgent.score and one full forward pass per pair, fp32 and under bf16 autocast."""
     rows = []
     prompts = scoring_speed.real_prompts(3)
     torch.backends.cuda.matmul.allow_tf32 = False  # the fp32 comparison in full precision
-    for name in ("tiny-t5", "tiny-causal", "t5-small-shape"):
+    for name in models:
         torch.manual_seed(0)
         llm, tokenizer = scoring_speed.build_model(name)
         agent = glam_ppo.GlamAgent(llm.eval(), tokenizer, glam_ppo.action_names("augmented")).to(device).eval()
@@ -161,7 +163,7 @@ def main(args: Args) -> dict:
             report = json.load(f)
     report.update({"device": torch.cuda.get_device_name() if args.device == "cuda" else "cpu", "shape": args.memory_shape})
     if "equivalence" in args.only:
-        report["equivalence"] = equivalence(args.device)
+        report["equivalence"] = equivalence(args.device, args.equivalence_models)
     if "memory" in args.only:
         plan = planned(args)
         report["memory"] = [

@@ -47,7 +47,10 @@ SHAPES = {
     "llama-8b": ("llama", dict(hidden_size=4096, intermediate_size=14336, num_hidden_layers=32, num_attention_heads=32,
                                num_key_value_heads=8, tie_word_embeddings=False, **LLAMA_COMMON)),
 }
-ShapeName = Literal[tuple(SHAPES)]
+# For the tests' dry runs only, not among the default --shapes: T5's layers, flan-t5's vocabulary and its output layer
+# (the rollout pass's logits), at a size whose real-tensor passes take a second on a CPU.
+DRY_RUN_SHAPES = {"t5-mini": ("t5", dict(d_model=128, d_ff=256, num_heads=2, num_layers=1, **T5_COMMON))}
+ShapeName = Literal[tuple(SHAPES) + tuple(DRY_RUN_SHAPES)]
 GPU_SIZES_GB = (24, 40, 80)
 H100_BF16_DENSE_TFLOPS, H100_TF32_DENSE_TFLOPS = 989.0, 494.0  # NVIDIA's H100 SXM datasheet, dense
 
@@ -87,7 +90,7 @@ def build_model(shape: str):
     """A randomly initialised model of the shape (under FakeTensorMode: no memory, no compute) and a tokenizer."""
     from transformers import LlamaConfig, LlamaForCausalLM, T5Config, T5ForConditionalGeneration
 
-    family, sizes = SHAPES[shape]
+    family, sizes = {**SHAPES, **DRY_RUN_SHAPES}[shape]
     _, tokenizer = glam_ppo.build_tiny_model("tiny-t5" if family == "t5" else "tiny-causal")
     ids = dict(pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
     if family == "t5":
@@ -138,7 +141,7 @@ def plan_shape(shape: str, args: Args) -> dict:
     """Every measurement for one shape, in GB (10^9 bytes) and FLOPs."""
     prompts = real_prompts(args.num_envs)
     start = time.time()
-    _, tokenizer = glam_ppo.build_tiny_model("tiny-t5" if SHAPES[shape][0] == "t5" else "tiny-causal")
+    _, tokenizer = glam_ppo.build_tiny_model("tiny-t5" if {**SHAPES, **DRY_RUN_SHAPES}[shape][0] == "t5" else "tiny-causal")
     result = {"shape": shape, "prompt_tokens_mean": sum(len(ids) for ids in tokenizer(prompts).input_ids) / len(prompts)}
     with FakeTensorMode(allow_non_fake_inputs=True):
         llm, tokenizer = build_model(shape)
