@@ -8,30 +8,35 @@ that encoding; an LSTM memory (128) follows; actor and critic MLPs of 64 tanh un
 trained by PPO as BabyAI runs it: 64 envs x 40 frames per update, backpropagation through time over sequences of
 --recurrence 20 frames, the LSTM memory carried along the sequence and zeroed at every episode start.
 
-    python baselines/symbolic_ppo.py                                  # the paper's run: MixedTrainLocal, 1.5M frames (CPU)
+    python baselines/symbolic_ppo.py                                  # MixedTrainLocal, 1.5M frames (CPU)
     python baselines/symbolic_ppo.py --resume runs/<run> --total-timesteps 3000000
 
 Writes runs/<env>__<exp>__<seed>__<time>/: TensorBoard logs, episodes.csv (one row per finished training episode),
 checkpoint/ (every --save-interval updates and at the end) and results.json (the final policy on --eval-episodes
-levels of seeds 10**9 + k, with a 99% Wilson interval, and the training success rate per --window-frames frames).
+levels of seeds 10**9 + k, with a 99% Wilson interval, and the training success rate per --window-frames frames). The
+authors' launcher runs --frames 400000; the default 1.5M is what the paper plots.
 
 Differs from the original (knowingly):
-- Vocabulary: a fixed one, the words ([a-z]+) of glam_ppo.py's VOCABULARY_TEXT (every word of BabyAI-Text's missions),
-  ids from 2 in sorted order, 0 padding, 1 for any other word; BabyAI's InstructionsPreprocessor grows one on the fly
-  (ids in order of first appearance, at most 100 words, an embedding of 100 rows). Ours has len(VOCAB) + 2 rows.
+- Vocabulary: a fixed one, the words ([a-z]+) of glam_ppo.py's VOCABULARY_TEXT (every word of BabyAI-Text's missions,
+  and its prompts' and French words), ids from 2 in sorted order, 0 padding, 1 for any other word; BabyAI's
+  InstructionsPreprocessor grows one on the fly (ids in order of first appearance, at most 100 words, an embedding of
+  100 rows). Ours has len(VOCAB) + 2 rows.
 - Batch normalisation: the original's model stays in train mode throughout (`acmodel.train()`), so every forward call,
-  rollout steps included, normalises by the statistics of its own batch (the 64 envs of a step; in the update the
-  sequences of a minibatch at one step of the recurrence). Ours computes exactly those statistics (per step, over the
-  batch of that step; `StepBatchNorm`) so that the update's one pass over a sequence is the rollout's steps; it keeps no
-  running statistics, which the original updates but never uses in training. The final evaluation normalises over its
-  batch of envs the same way (envs go on playing uncounted episodes once all --eval-episodes are given out, so that the
-  batch keeps its size).
-- --batch-size (BabyAI's name: frames per minibatch, 1280 = 64 sequences of 20) must divide the rollout; the original
-  lets the last minibatch of an epoch be smaller. Its write-back of recomputed memories within a sequence
-  (`exps.memory[inds + i + 1] = memory`) is dropped: sequences start at multiples of --recurrence, so it is never read.
+  rollout steps included, normalises by the statistics of its own batch (the 64 envs of a step). Ours computes those
+  statistics per step, over the batch of that step (`StepBatchNorm`), so that one call over --recurrence steps equals
+  BabyAI's loop of one call per step; in the update the statistics at offset i come from the minibatch's sequences
+  (mixing rollout steps), so, as in BabyAI, the first epoch's ratios are not exactly 1. It keeps no running statistics,
+  which the original updates but never uses in training. The final evaluation normalises over its batch of envs the same
+  way (envs go on playing uncounted episodes once all --eval-episodes are given out, so that the batch keeps its size).
+- Minibatches: --num-minibatches (CleanRL's name; 2: 2,560 frames per rollout / 1,280 frames per minibatch, BabyAI's
+  --batch-size 1280) must cut the rollout into whole sequences of --recurrence; the original lets the last minibatch of
+  an epoch be smaller. Its write-back of recomputed memories within a sequence (`exps.memory[inds + i + 1] = memory`) is
+  dropped: sequences start at multiples of --recurrence, so it is never read.
+- Levels: a Mixed level draws its task kind at every reset (the authors' envs drew it once per env, before seeding).
 - Seeds: env i's first level is seed + i (the original: 100 x seed + i), so --seed is at most 10**8, below the
   evaluation levels. Ctrl-C/SIGTERM during a rollout saves the run as it stood before that rollout; during an update,
-  after that update (a second Ctrl-C quits without saving).
+  after that update (a second Ctrl-C quits without saving); during the evaluation it just ends the process, and --resume
+  of a run that has all its frames but no results.json runs the evaluation.
 - Logging follows CleanRL: losses/value_loss is BabyAI's value loss (the clipped squared error, with no 1/2; the loss
   weighs it by --vf-coef), charts/success_rate is each training episode's success (0 or 1), as glam_ppo.py logs it.
 """
@@ -62,7 +67,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 import tyro
 from minigrid.envs.babyai.core.roomgrid_level import RejectSampling, RoomGridLevel
-from minigrid.envs.babyai.core.verifier import AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr, PutNextInstr
+from minigrid.envs.babyai.core.verifier import (AfterInstr, BeforeInstr, GoToInstr, ObjDesc, OpenInstr, PickupInstr,
+                                                PutNextInstr)
 from minigrid.envs.babyai.goto import GoToLocal
 from torch.distributions.categorical import Categorical
 from tqdm import tqdm
@@ -92,8 +98,9 @@ class Args:
     """frames per sequence through which gradients flow back in the memory (must divide --num-steps)"""
     update_epochs: int = 4
     """the K epochs to update the policy"""
-    batch_size: int = 1280
-    """frames per minibatch, as BabyAI names it (CleanRL's minibatch size): --batch-size / --recurrence sequences"""
+    num_minibatches: int = 2
+    """the number of mini-batches (2: 2,560 frames per rollout / 1,280 frames per minibatch, BabyAI's --batch-size
+    1280); each must be whole sequences of --recurrence frames"""
     clip_coef: float = 0.2
     """the surrogate clipping coefficient (policy and value)"""
     ent_coef: float = 0.01
@@ -107,7 +114,8 @@ class Args:
     save_interval: int = 50
     """write a checkpoint every this many updates (and always at the end)"""
     resume: str | None = None
-    """continue the run saved in this folder (runs/<run>); only --total-timesteps, --save-interval, --eval-episodes, --window-frames and --cuda may change"""
+    """continue the run saved in this folder (runs/<run>); only --total-timesteps, --save-interval, --eval-episodes and
+    --window-frames may change"""
     eval_episodes: int = 1000
     """evaluation episodes of the final policy (levels of seeds 10**9 + k), in results.json"""
     window_frames: int = 50_000
@@ -117,8 +125,9 @@ class Args:
     exp_name: str = "symbolic_ppo"
     """the name of this experiment"""
 
-    # to be filled in runtime: frames per rollout and the number of updates
-    rollout_size: tyro.conf.Suppress[int] = 0
+    # to be filled in runtime: frames per rollout (the batch), per minibatch, and the number of updates
+    batch_size: tyro.conf.Suppress[int] = 0
+    minibatch_size: tyro.conf.Suppress[int] = 0
     num_iterations: tyro.conf.Suppress[int] = 0
 
 
@@ -137,18 +146,17 @@ take, release, switch, go to the a put next then after you in front of behind on
 Actions possibles pour l'agent: But de l'agent tourner à gauche, droite, aller tout droit, attraper, lâcher, basculer, Tu
 vois un une mur pas devant et portes ouverte fermée clef porte balle boîte rouge verte bleue violette jaune grise la
 0 1 2 3 4 5 6 7 8 9"""
-# The words of every BabyAI-Text mission (and more): id 0 pads, 1 is any other word.
+# The words of every BabyAI-Text mission (and of its prompts, and the French probe's): id 0 pads, 1 is any other word.
 VOCAB = {word: index for index, word in enumerate(sorted(set(re.findall("[a-z]+", VOCABULARY_TEXT.lower()))), start=2)}
 MAX_WORDS = 64  # instruction tensors are this wide; the model reads up to the longest mission of a batch
 NUM_ACTIONS = 6  # left, right, forward, pickup, drop, toggle (minigrid's `done` is left out, as in the paper)
-EVAL_SEED = 10**9  # evaluation episode k plays the level of seed EVAL_SEED + k
 
 
-def tokenize(mission: str) -> np.ndarray:
+def instruction_ids(mission: str) -> np.ndarray:
     """BabyAI's instruction preprocessing (lower case, the runs of a-z), as ids in the fixed vocabulary, padded with 0."""
     ids = [VOCAB.get(word, 1) for word in re.findall("([a-z]+)", mission.lower())]
-    if len(ids) > MAX_WORDS:
-        raise UsageError(f"a mission has {len(ids)} words, more than {MAX_WORDS}: {mission!r}")
+    if len(ids) > MAX_WORDS:  # an internal limit (far above BabyAI-Text's longest missions), not a user's error
+        raise ValueError(f"a mission has {len(ids)} words, more than MAX_WORDS = {MAX_WORDS}: {mission!r}")
     return np.pad(np.array(ids, dtype=np.int64), (0, MAX_WORDS - len(ids)))
 
 
@@ -166,15 +174,18 @@ class SymbolicVecEnv:
         # minigrid prints every rejected level sample ("Sampling rejected: unreachable object"); keep it quiet.
         with contextlib.redirect_stdout(io.StringIO()):
             obs, _ = self.envs[index].reset(seed=seed)
-        self.images[index], self.instrs[index] = obs["image"], tokenize(obs["mission"])
+        self.images[index], self.instrs[index] = obs["image"], instruction_ids(obs["mission"])
         self.episode_returns[index], self.episode_lengths[index] = 0.0, 0
+
+    def __len__(self):
+        return len(self.envs)
 
     def reset(self, seed: int):
         for index in range(len(self.envs)):
             self.start_episode(index, seed + index)
 
-    def step(self, actions, next_seeds=None):
-        """(rewards, dones, finished episodes); a finished env starts its next episode (on next_seeds(index) if given)."""
+    def step(self, actions):
+        """(rewards, dones, finished episodes, in the order of the envs); a finished env starts its next episode."""
         rewards, dones, finished = np.zeros(len(self.envs), np.float32), np.zeros(len(self.envs), bool), []
         for index, (env, action) in enumerate(zip(self.envs, actions)):
             obs, reward, terminated, truncated, _ = env.step(int(action))
@@ -183,9 +194,9 @@ class SymbolicVecEnv:
             self.episode_lengths[index] += 1
             if terminated or truncated:
                 dones[index] = True
-                finished.append({"index": index, "return": float(self.episode_returns[index]),
-                                 "length": int(self.episode_lengths[index]), "success": bool(reward > 0)})
-                self.start_episode(index, next_seeds(index) if next_seeds else None)
+                finished.append({"return": float(self.episode_returns[index]), "length": int(self.episode_lengths[index]),
+                                 "success": bool(reward > 0)})
+                self.start_episode(index)
             else:
                 self.images[index] = obs["image"]
         return rewards, dones, finished
@@ -312,7 +323,8 @@ def compute_gae(rewards, values, dones, next_value, next_done, gamma: float, gae
 
 def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint (see the module docstring), then exit
-    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    new_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
+    run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else new_name
     run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
 
     # TRY NOT TO MODIFY: seeding
@@ -329,7 +341,8 @@ def main(args: Args):
     next_done = torch.zeros(args.num_envs, device=device)
     global_step, start_iteration, train_time, recent_successes = 0, 1, 0.0, deque(maxlen=100)
     if args.resume:
-        trainer, envs = load_run(args, agent, optimizer)
+        trainer = load_run(args, agent, optimizer)
+        envs = pickle.loads(trainer["envs"])
         global_step, start_iteration, train_time = trainer["global_step"], trainer["iteration"] + 1, trainer["train_time"]
         memory, next_done = trainer["memory"].to(device), trainer["next_done"].to(device)
         recent_successes.extend(trainer["recent_successes"])
@@ -337,7 +350,8 @@ def main(args: Args):
 
     writer = SummaryWriter(run_dir, purge_step=global_step + 1 if args.resume else None)
     if not args.resume:
-        writer.add_text("hyperparameters", "|param|value|\n|-|-|\n%s" % ("\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])))
+        table = "\n".join([f"|{key}|{value}|" for key, value in vars(args).items()])
+        writer.add_text("hyperparameters", f"|param|value|\n|-|-|\n{table}")
     episodes_file = open_episodes(run_dir, global_step)
     episodes_csv = csv.writer(episodes_file)
 
@@ -348,15 +362,17 @@ def main(args: Args):
     memories = torch.zeros(*shape, agent.memory_size, device=device)
     actions = torch.zeros(shape, dtype=torch.long, device=device)
     logprobs, rewards, dones, values = (torch.zeros(shape, device=device) for _ in range(4))
-    sequence_starts = np.arange(0, args.num_steps, args.recurrence)  # each env's sequences start at these steps
-    sequences_per_minibatch = args.batch_size // args.recurrence
+    # the update's sequences (start step, env): each env's sequences start at multiples of --recurrence, BabyAI's
+    sequences = np.array([(start, env) for start in range(0, args.num_steps, args.recurrence) for env in range(args.num_envs)])
+    sequences_per_minibatch = args.minibatch_size // args.recurrence
+    offsets = torch.arange(args.recurrence, device=device)[:, None]
 
     def state_after(iterations_done):  # what a checkpoint holds besides the weights and the optimizer
-        counters = dict(global_step=global_step, iteration=iterations_done, train_time=train_time, memory=memory.cpu(),
-                        next_done=next_done.cpu(), recent_successes=list(recent_successes))
-        return snapshot(envs, **counters)
+        return snapshot(envs=pickle.dumps(envs), global_step=global_step, iteration=iterations_done, train_time=train_time,
+                        memory=memory.cpu(), next_done=next_done.cpu(), recent_successes=list(recent_successes))
 
-    progress = tqdm(total=args.num_iterations * args.rollout_size, initial=global_step, unit="frame", dynamic_ncols=True, smoothing=0)
+    progress = tqdm(total=args.num_iterations * args.batch_size, initial=global_step, unit="frame", dynamic_ncols=True,
+                    smoothing=0)
     start_time, start_step = time.time(), global_step
     for iteration in range(start_iteration, args.num_iterations + 1):
         resume_point, iteration_start = state_after(iteration - 1), time.time()  # a stop during the rollout saves this
@@ -389,21 +405,21 @@ def main(args: Args):
 
         # bootstrap value if not done
         with torch.no_grad():
-            next_value = agent.get_value(torch.as_tensor(envs.images, device=device)[None], torch.as_tensor(envs.instrs, device=device)[None],
-                                         memory, 1 - next_done[None])[0]
+            next_images, next_instrs = (torch.as_tensor(array, device=device)[None] for array in (envs.images, envs.instrs))
+            next_value = agent.get_value(next_images, next_instrs, memory, 1 - next_done[None])[0]
         advantages, returns = compute_gae(rewards, values, dones, next_value, next_done, args.gamma, args.gae_lambda)
 
-        # Optimizing the policy and value network on minibatches of sequences (start step, env), BabyAI's recurrence
-        sequences = np.array([(start, env) for start in sequence_starts for env in range(args.num_envs)])
-        clipfracs, offsets = [], torch.arange(args.recurrence, device=device)[:, None]
+        # Optimizing the policy and value network on minibatches of sequences, BabyAI's recurrence
+        clipfracs = []
         for epoch in range(args.update_epochs):
             order = np.random.permutation(len(sequences))
             for first in range(0, len(sequences), sequences_per_minibatch):
                 chosen = torch.as_tensor(sequences[order[first : first + sequences_per_minibatch]], device=device)
                 t, e = chosen[:, 0] + offsets, chosen[:, 1].expand(args.recurrence, -1)  # [recurrence, sequences]
-                logits, newvalue, _ = agent(images[t, e], instrs[t, e], memories[chosen[:, 0], chosen[:, 1]], 1 - dones[t, e])
-                probs = Categorical(logits=logits)
-                newlogprob, entropy = probs.log_prob(actions[t, e]), probs.entropy()
+                # the mask at a sequence's first step zeroes its stored memory when an episode starts there
+                _, newlogprob, entropy, newvalue, _ = agent.get_action_and_value(
+                    images[t, e], instrs[t, e], memories[chosen[:, 0], chosen[:, 1]], 1 - dones[t, e], actions[t, e]
+                )
                 logratio = newlogprob - logprobs[t, e]
                 ratio = logratio.exp()
                 with torch.no_grad():
@@ -412,7 +428,9 @@ def main(args: Args):
 
                 # Policy loss (no advantage normalisation, as in BabyAI)
                 mb_advantages = advantages[t, e]
-                pg_loss = torch.max(-mb_advantages * ratio, -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)).mean()
+                pg_loss1 = -mb_advantages * ratio
+                pg_loss2 = -mb_advantages * torch.clamp(ratio, 1 - args.clip_coef, 1 + args.clip_coef)
+                pg_loss = torch.max(pg_loss1, pg_loss2).mean()
                 # Value loss, clipped, BabyAI's: no factor 1/2
                 v_clipped = values[t, e] + torch.clamp(newvalue - values[t, e], -args.clip_coef, args.clip_coef)
                 v_loss = torch.max((newvalue - returns[t, e]) ** 2, (v_clipped - returns[t, e]) ** 2).mean()
@@ -428,8 +446,9 @@ def main(args: Args):
         # TRY NOT TO MODIFY: record rewards for plotting purposes
         sps = int((global_step - start_step) / (time.time() - start_time))
         scalars = {
-            "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(), "losses/policy_loss": pg_loss.item(),
-            "losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item(), "losses/clipfrac": np.mean(clipfracs), "charts/SPS": sps,
+            "charts/learning_rate": optimizer.param_groups[0]["lr"], "losses/value_loss": v_loss.item(),
+            "losses/policy_loss": pg_loss.item(), "losses/entropy": entropy_loss.item(), "losses/approx_kl": approx_kl.item(),
+            "losses/clipfrac": np.mean(clipfracs), "charts/SPS": sps,
         }
         for name, value in scalars.items():
             writer.add_scalar(name, value, global_step)
@@ -438,52 +457,25 @@ def main(args: Args):
         if iteration % args.save_interval == 0 or iteration == args.num_iterations or stop.requested:
             episodes_file.flush()
             save_checkpoint(run_dir, args, agent, optimizer, state_after(iteration), progress)
-        if stop.requested and iteration < args.num_iterations:  # (after the last update, the evaluation goes on)
+        if stop.requested:
             return save_on_stop(run_dir, args, agent, optimizer, None, progress, writer, episodes_file)
     progress.close()
     writer.close()
     episodes_file.close()
-    results = evaluate_policy(args, agent, device)
-    results.update(env_id=args.env_id, frames=global_step, fps=global_step / train_time, command=shlex.join(["python", *sys.argv]),
-                   seed=args.seed, windows=success_windows(run_dir, args.window_frames, global_step))
-    with open(os.path.join(run_dir, "results.json"), "w") as f:
-        json.dump(results, f, indent=2)
-    print(
-        f"done: {global_step} frames at {results['fps']:.0f} frames/s; final policy on {results['episodes']} levels: success "
-        f"{results['success_rate']:.3f} [{results['ci99_low']:.3f}, {results['ci99_high']:.3f}] (99%), return {results['mean_return']:.2f}; "
-        f"{run_dir}/results.json"
-    )
+    stop.release()
+    eval_envs = SymbolicVecEnv(args.env_id, min(args.num_envs, args.eval_episodes), args.reward_scale)
+    eval_memory = torch.zeros(len(eval_envs), agent.memory_size, device=device)
+
+    def policy(dones):  # the action probabilities for the evaluation envs' observations; the memory zeroed at episode starts
+        nonlocal eval_memory
+        images, instrs = (torch.as_tensor(array, device=device)[None] for array in (eval_envs.images, eval_envs.instrs))
+        masks = torch.as_tensor(~dones, dtype=torch.float32, device=device)[None]
+        logits, _, eval_memory = agent(images, instrs, eval_memory, masks)
+        return logits[0].softmax(-1)
+
+    write_results(args, run_dir, global_step, global_step / train_time, evaluate_policy(args, eval_envs, policy))
 
 
-@torch.no_grad()
-def evaluate_policy(args: Args, agent: Agent, device: torch.device) -> dict:
-    """The policy on --eval-episodes levels (seeds EVAL_SEED + k), actions sampled from a generator seeded with --seed,
-    batched over min(--num-envs, --eval-episodes) envs; the memory starts at zero in every episode."""
-    num_envs = min(args.num_envs, args.eval_episodes)
-    envs, generator, handed_out, episodes = SymbolicVecEnv(args.env_id, num_envs, args.reward_scale), torch.Generator().manual_seed(args.seed), num_envs, []
-    for index in range(num_envs):
-        envs.start_episode(index, EVAL_SEED + index)
-    counted = np.ones(num_envs, bool)  # whether the env's current episode is one of the --eval-episodes
-
-    def next_seed(index):  # the next level to hand out; once all are, the env plays on (uncounted) to keep the batch
-        nonlocal handed_out
-        counted[index] = handed_out < args.eval_episodes
-        handed_out += 1
-        return EVAL_SEED + handed_out - 1 if counted[index] else None
-
-    memory, done = torch.zeros(num_envs, agent.memory_size, device=device), torch.zeros(num_envs, device=device)
-    while len(episodes) < args.eval_episodes:
-        images, instrs = (torch.as_tensor(array, device=device)[None] for array in (envs.images, envs.instrs))
-        logits, _, memory = agent(images, instrs, memory, 1 - done[None])
-        action = torch.multinomial(logits[0].softmax(-1).cpu(), 1, generator=generator)[:, 0]
-        was_counted = counted.copy()
-        _, dones, finished = envs.step(action.numpy(), next_seed)
-        episodes += [episode for episode in finished if was_counted[episode["index"]]]
-        done = torch.as_tensor(dones, dtype=torch.float32, device=device)
-    successes = sum(episode["success"] for episode in episodes)
-    low, high = success_interval(successes, len(episodes))
-    return dict(episodes=len(episodes), success_rate=successes / len(episodes), ci99_low=low, ci99_high=high,
-                mean_return=float(np.mean([e["return"] for e in episodes])), mean_length=float(np.mean([e["length"] for e in episodes])))
 
 
 def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
@@ -495,15 +487,6 @@ def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[f
     return (0.0 if successes == 0 else centre - half_width), (1.0 if successes == episodes else centre + half_width)
 
 
-def success_windows(run_dir: str, window_frames: int, frames: int) -> list[dict]:
-    """The training success rate per window of window_frames frames, from episodes.csv (null where none ended)."""
-    with open(os.path.join(run_dir, "episodes.csv")) as f:
-        rows = [(int(row["frames"]), int(row["success"])) for row in csv.DictReader(f)]
-    windows = []
-    for end in range(window_frames, frames + window_frames, window_frames):
-        inside = [success for at, success in rows if end - window_frames < at <= end]
-        windows.append({"frames": min(end, frames), "episodes": len(inside), "success_rate": np.mean(inside).item() if inside else None})
-    return windows
 
 
 # =================================================================================================================
@@ -614,13 +597,14 @@ def babyai_env_ids() -> list[str]:
 
 # The range of every numeric flag, checked right after parsing.
 ARG_RANGES = {
-    "num_envs": "[1, 100000]", "num_steps": "[1, inf)", "total_timesteps": "[1, inf)", "seed": "[0, 100000000]", "learning_rate": "[0, inf)",
-    "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]", "recurrence": "[1, inf)", "update_epochs": "[1, inf)",
-    "batch_size": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)", "vf_coef": "[0, inf)", "max_grad_norm": "(0, inf)",
-    "reward_scale": "(0, inf)", "save_interval": "[1, inf)", "eval_episodes": "[1, inf)", "window_frames": "[1, inf)",
+    "num_envs": "[1, 100000]", "num_steps": "[1, inf)", "total_timesteps": "[1, inf)", "seed": "[0, 100000000]",
+    "learning_rate": "[0, inf)", "adam_eps": "(0, inf)", "gamma": "(0, 1]", "gae_lambda": "[0, 1]", "recurrence": "[1, inf)",
+    "update_epochs": "[1, inf)", "num_minibatches": "[1, inf)", "clip_coef": "(0, inf)", "ent_coef": "[0, inf)",
+    "vf_coef": "[0, inf)", "max_grad_norm": "(0, inf)", "reward_scale": "(0, inf)", "save_interval": "[1, inf)",
+    "eval_episodes": "[1, inf)", "window_frames": "[1, inf)",
 }
 # Flags that may differ between a run and its resumption; any other difference makes the checkpoint incompatible.
-RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "resume", "eval_episodes", "window_frames", "cuda", "num_iterations"}
+RESUMABLE_CHANGES = {"total_timesteps", "save_interval", "resume", "eval_episodes", "window_frames", "num_iterations"}
 
 
 def check_ranges(args, ranges: dict[str, str]):
@@ -640,19 +624,21 @@ def check_ranges(args, ranges: dict[str, str]):
 def finish_args(args: Args) -> Args:
     """Derived fields, and one clear error for every flag out of range and every inconsistent combination of flags."""
     check_ranges(args, ARG_RANGES)
-    args.rollout_size = args.num_envs * args.num_steps
+    args.batch_size = args.num_envs * args.num_steps
+    args.minibatch_size = args.batch_size // args.num_minibatches
     if args.num_steps % args.recurrence:
-        raise UsageError(f"--recurrence {args.recurrence} must divide --num-steps {args.num_steps}: a sequence lies within one rollout")
-    if args.batch_size % args.recurrence or args.rollout_size % args.batch_size:
+        raise UsageError(f"--recurrence {args.recurrence} must divide --num-steps {args.num_steps}: a sequence lies within "
+                         "one rollout")
+    if args.batch_size % args.num_minibatches or args.minibatch_size % args.recurrence:
         raise UsageError(
-            f"--batch-size {args.batch_size} must be a multiple of --recurrence {args.recurrence} and divide the rollout of "
-            f"--num-envs x --num-steps = {args.rollout_size} frames"
+            f"--num-minibatches {args.num_minibatches} must cut the rollout of --num-envs x --num-steps = {args.batch_size} "
+            f"frames into minibatches of whole sequences of --recurrence {args.recurrence} frames"
         )
     if not args.exp_name or os.sep in args.exp_name or "/" in args.exp_name:
         raise UsageError(f"--exp-name {args.exp_name!r} names a run folder: give a name without '/'")
-    if args.total_timesteps < args.rollout_size:
-        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout ({args.rollout_size} frames)")
-    args.num_iterations = args.total_timesteps // args.rollout_size
+    if args.total_timesteps < args.batch_size:
+        raise UsageError(f"--total-timesteps {args.total_timesteps} is less than one rollout ({args.batch_size} frames)")
+    args.num_iterations = args.total_timesteps // args.batch_size
     if args.env_id not in gym.registry or not args.env_id.startswith("BabyAI-"):
         raise UsageError(f"unknown env id {args.env_id!r}; valid ids: {', '.join(babyai_env_ids())}")
     return args
@@ -667,7 +653,8 @@ def parse_args(argv=None) -> Args:
     try:
         saved = Args(**saved_args(args.resume))
     except TypeError as error:  # another script's run, or another version's
-        raise UsageError(f"cannot resume {args.resume}: its args.json has flags that symbolic_ppo.py does not know ({one_line(error)})") from None
+        unknown = f"its args.json has flags that {os.path.basename(__file__)} does not know ({one_line(error)})"
+        raise UsageError(f"cannot resume {args.resume}: {unknown}") from None
     args = tyro.cli(Args, args=argv, default=saved)
     changed = [k for k, v in asdict(args).items() if v != getattr(saved, k) and k not in RESUMABLE_CHANGES]
     if changed:
@@ -694,16 +681,6 @@ def make_folder(folder: str, what: str) -> str:
     return folder
 
 
-def open_episodes(run_dir: str, resumed_at: int) -> io.TextIOWrapper:
-    """episodes.csv for appending; a resumed run first drops the rows after its checkpoint's frame `resumed_at`."""
-    path = os.path.join(run_dir, "episodes.csv")
-    rows = []
-    if resumed_at and os.path.exists(path):
-        with open(path, newline="") as f:
-            rows = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= resumed_at]
-    f = open(path, "w", newline="")
-    csv.writer(f).writerows([["frames", "return", "length", "success"], *rows])
-    return f
 
 
 def checkpoint_folders(run_dir: str, required: bool = True) -> list[str]:
@@ -723,18 +700,16 @@ def saved_args(run_dir: str) -> dict:
     raise UsageError(f"cannot resume {run_dir}: no checkpoint there has a readable args.json")
 
 
-def load_run(args: Args, agent: Agent, optimizer) -> tuple[dict, SymbolicVecEnv]:
+def load_run(args: Args, agent: Agent, optimizer) -> dict:
     """The weights, the optimizer and the random streams from --resume's newest checkpoint that loads (one that does
-    not is named in one line, and the run goes on from the one before it); its counters and its envs."""
+    not is named in one line, and the run goes on from the one before it); its trainer state (counters, envs, memory)."""
     folders = checkpoint_folders(args.resume)
     for index, folder in enumerate(folders):
         try:
-            model = torch.load(os.path.join(folder, "model.pt"), map_location="cpu")
+            weights = torch.load(os.path.join(folder, "model.pt"), map_location="cpu")
             trainer = torch.load(os.path.join(folder, "trainer.pt"), map_location="cpu", weights_only=False)
-            with open(os.path.join(folder, "envs.pkl"), "rb") as f:
-                envs = pickle.load(f)
             break
-        except Exception as error:  # whatever a damaged file raises (torch.load, pickle)
+        except Exception as error:  # whatever a damaged file raises
             reason = f"{type(error).__name__}: {one_line(error)}"
             if index + 1 == len(folders):
                 raise UsageError(f"cannot resume {args.resume}: {folder} does not load ({reason})") from None
@@ -742,39 +717,15 @@ def load_run(args: Args, agent: Agent, optimizer) -> tuple[dict, SymbolicVecEnv]
     if index > 0:  # the next save must keep the good one as checkpoint.previous: the damaged one goes where saves begin
         shutil.rmtree(os.path.join(args.resume, "checkpoint.tmp"), ignore_errors=True)
         os.rename(folders[0], os.path.join(args.resume, "checkpoint.tmp"))
-    if trainer["iteration"] >= args.num_iterations:
-        raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {trainer['global_step']} frames already; give more")
-    agent.load_state_dict(model)
+    check_frames_left(args, trainer)
+    agent.load_state_dict(weights)
     optimizer.load_state_dict(trainer["optimizer"])
-    random.setstate(trainer["rng"]["python"])
-    np.random.set_state(trainer["rng"]["numpy"])
-    torch.set_rng_state(trainer["rng"]["torch"])
-    if "cuda" in trainer["rng"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(trainer["rng"]["cuda"])
-    return trainer, envs
+    restore_rng(trainer["rng"])
+    return trainer
 
 
-def snapshot(envs: SymbolicVecEnv, **counters) -> dict:
-    """What a checkpoint holds besides the weights and the optimizer: the envs (pickled now), the RNG states, the counters."""
-    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
-    if torch.cuda.is_available():
-        rng["cuda"] = torch.cuda.get_rng_state_all()
-    return {"envs": pickle.dumps(envs), "rng": rng, **counters}
 
 
-def save_checkpoint(run_dir: str, args: Args, agent: Agent, optimizer, state: dict, progress: tqdm | None = None):
-    """Writes runs/<run>/checkpoint: model.pt, trainer.pt (optimizer, RNG states, counters, memories), envs.pkl, args.json."""
-
-    def write(folder):
-        torch.save(agent.state_dict(), os.path.join(folder, "model.pt"))
-        trainer = {name: value for name, value in state.items() if name != "envs"}
-        torch.save({"optimizer": optimizer.state_dict(), **trainer}, os.path.join(folder, "trainer.pt"))
-        with open(os.path.join(folder, "envs.pkl"), "wb") as f:
-            f.write(state["envs"])
-        with open(os.path.join(folder, "args.json"), "w") as f:
-            json.dump(asdict(args), f, indent=2)
-
-    commit_checkpoint(run_dir, write, progress)
 
 
 def commit_checkpoint(run_dir: str, write, progress: tqdm | None = None):
@@ -802,20 +753,65 @@ def last_good(run_dir: str) -> str:
     return f"the last good checkpoint is {folders[0]}" if folders else "no checkpoint was written"
 
 
-def save_on_stop(run_dir: str, args: Args, agent: Agent, optimizer, state: dict | None, progress: tqdm, writer, episodes_file):
+
+
+
+
+EVAL_SEED = 10**9  # evaluation episode k plays the level of seed EVAL_SEED + k, which no training env is reset with
+
+
+def check_frames_left(args, trainer: dict):
+    """--resume refuses a --total-timesteps below the frames a run has done, or equal to them once it has results.json;
+    a run with all its frames but no results.json (stopped in its last iteration or its evaluation) goes to the evaluation."""
+    finished = os.path.exists(os.path.join(args.resume, "results.json"))
+    if trainer["iteration"] > args.num_iterations or (trainer["iteration"] == args.num_iterations and finished):
+        raise UsageError(f"--total-timesteps {args.total_timesteps}: {args.resume} has run {trainer['global_step']} frames "
+                         f"already{' and has its results.json' if finished else ''}; give more")
+
+
+def snapshot(**state) -> dict:
+    """What a checkpoint holds besides the weights and the optimizer: `state` (envs pickled by the caller, counters) and
+    the RNG states."""
+    rng = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available():
+        rng["cuda"] = torch.cuda.get_rng_state_all()
+    return {"rng": rng, **state}
+
+
+def restore_rng(rng: dict):
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.set_rng_state(rng["torch"])
+    if "cuda" in rng and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(rng["cuda"])
+
+
+def save_checkpoint(run_dir: str, args, model: nn.Module, optimizer, state: dict, progress: tqdm | None = None):
+    """Writes runs/<run>/checkpoint: model.pt (the weights), trainer.pt (the optimizer and `state`), args.json."""
+
+    def write(folder):
+        torch.save(model.state_dict(), os.path.join(folder, "model.pt"))
+        torch.save({"optimizer": optimizer.state_dict(), **state}, os.path.join(folder, "trainer.pt"))
+        with open(os.path.join(folder, "args.json"), "w") as f:
+            json.dump(asdict(args), f, indent=2)
+
+    commit_checkpoint(run_dir, write, progress)
+
+
+def save_on_stop(run_dir: str, args, model: nn.Module, optimizer, state: dict | None, progress: tqdm, writer, episodes_file):
     """A stop (Ctrl-C, SIGTERM): the checkpoint (state None: just written), the logs out, and the command that continues."""
     if state is not None:
         episodes_file.flush()
-        save_checkpoint(run_dir, args, agent, optimizer, state, progress)
+        save_checkpoint(run_dir, args, model, optimizer, state, progress)
     progress.close()
     writer.close()
     episodes_file.close()
-    print(f"saved {run_dir}/checkpoint; continue with: python baselines/symbolic_ppo.py --resume {run_dir}")
+    print(f"saved {run_dir}/checkpoint; continue with: python {sys.argv[0]} --resume {run_dir}")
 
 
 class StopRequest:
-    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): save a checkpoint and exit (during a rollout: the run as
-    it stood before it; during an update: after it). A second Ctrl-C stops at once; a second SIGTERM changes nothing."""
+    """First Ctrl-C, or SIGTERM (SLURM pre-emption, `timeout`): save a checkpoint and exit (see the module docstring for
+    when). A second Ctrl-C stops at once; a second SIGTERM changes nothing. release() puts the default handlers back."""
 
     def __init__(self):
         self.requested = False
@@ -829,6 +825,78 @@ class StopRequest:
             self.requested = True
             name = "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
             tqdm.write(f"{name}: saving a checkpoint (Ctrl-C again to quit without saving)")
+
+    def release(self):  # for the evaluation: a stop just ends the process, and --resume runs the evaluation again
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def open_episodes(run_dir: str, resumed_at: int) -> io.TextIOWrapper:
+    """episodes.csv for appending; a resumed run first drops the rows after its checkpoint's frame `resumed_at`."""
+    path = os.path.join(run_dir, "episodes.csv")
+    rows = []
+    if resumed_at and os.path.exists(path):
+        with open(path, newline="") as f:
+            rows = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= resumed_at]
+    f = open(path, "w", newline="")
+    csv.writer(f).writerows([["frames", "return", "length", "success"], *rows])
+    return f
+
+
+@torch.no_grad()
+def evaluate_policy(args, envs, policy) -> dict:
+    """The policy on --eval-episodes levels (seeds EVAL_SEED + k), batched over the envs of `envs`, its actions sampled
+    on the CPU from a generator seeded with --seed; policy(dones) gives the action probabilities [envs, actions] for the
+    envs' current observations (dones: the envs whose episode just began). Once every level is handed out, an env plays
+    on, uncounted, so that the batch keeps its size."""
+    generator, dones = torch.Generator().manual_seed(args.seed), np.ones(len(envs), bool)
+    playing = list(range(len(envs)))  # the level each env plays; None once all are handed out (its episodes uncounted)
+    for index, level in enumerate(playing):
+        envs.start_episode(index, EVAL_SEED + level)
+    next_level, episodes = len(envs), {}
+    with tqdm(total=args.eval_episodes, unit="episode", desc="evaluation", dynamic_ncols=True) as progress:
+        while len(episodes) < args.eval_episodes:
+            action = torch.multinomial(policy(dones).cpu(), 1, generator=generator)[:, 0]
+            dones, finished = envs.step(action.tolist())[-2:]
+            for index, episode in zip(np.flatnonzero(dones), finished):  # a finished env has started an unseeded episode
+                if playing[index] is not None:
+                    episodes[playing[index]] = episode
+                    progress.update(1)
+                playing[index] = next_level if next_level < args.eval_episodes else None
+                if playing[index] is not None:
+                    envs.start_episode(index, EVAL_SEED + next_level)
+                    next_level += 1
+    episodes = [episodes[k] for k in range(args.eval_episodes)]
+    successes = sum(bool(episode["success"]) for episode in episodes)
+    low, high = success_interval(successes, len(episodes))
+    return dict(episodes=len(episodes), success_rate=successes / len(episodes), ci99_low=low, ci99_high=high,
+                mean_return=float(np.mean([episode["return"] for episode in episodes])),
+                mean_length=float(np.mean([episode["length"] for episode in episodes])))
+
+
+def success_windows(run_dir: str, window_frames: int, frames: int) -> list[dict]:
+    """The training success rate per window of window_frames frames, from episodes.csv (null where none ended)."""
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        rows = [(int(row["frames"]), int(row["success"])) for row in csv.DictReader(f)]
+    windows = []
+    for end in range(window_frames, frames + window_frames, window_frames):
+        inside = [success for at, success in rows if end - window_frames < at <= end]
+        rate = np.mean(inside).item() if inside else None
+        windows.append({"frames": min(end, frames), "episodes": len(inside), "success_rate": rate})
+    return windows
+
+
+def write_results(args, run_dir: str, frames: int, fps: float, evaluation: dict):
+    """results.json: the evaluation (evaluate_policy's fields), the training frames per second (checkpoint writes left
+    out), the command, and the training success rate per --window-frames frames."""
+    command = shlex.join(["python", *sys.argv])
+    results = {"env_id": args.env_id, "frames": frames, **evaluation, "fps": fps, "command": command, "seed": args.seed,
+               "windows": success_windows(run_dir, args.window_frames, frames)}
+    with open(os.path.join(run_dir, "results.json"), "w") as f:
+        json.dump(results, f, indent=2)
+    print(f"done: {frames} frames at {fps:.0f} frames/s; final policy on {results['episodes']} levels: success "
+          f"{results['success_rate']:.3f} [{results['ci99_low']:.3f}, {results['ci99_high']:.3f}] (99%), return "
+          f"{results['mean_return']:.2f}; {run_dir}/results.json")
 
 
 def keep_freed_memory():

@@ -16,7 +16,7 @@ from script_runs import only_run_dir, run_in_process, run_main_blocks
 SCRIPT = os.path.join("baselines", "symbolic_ppo.py")
 # 4 envs x 8 steps = 32 frames per update; sequences of 4 frames, 4 of them per minibatch: 2 minibatches per epoch
 SMALL = [
-    "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8", "--recurrence", "4", "--batch-size", "16",
+    "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8", "--recurrence", "4", "--num-minibatches", "2",
     "--update-epochs", "2", "--eval-episodes", "6", "--window-frames", "40", "--save-interval", "1",
 ]
 
@@ -45,11 +45,11 @@ def test_short_run_logs_checkpoints_and_evaluates(straight, capfd):
         assert tag in tags, tag
     assert len(events.Scalars("losses/approx_kl")) == 3
     assert {event.value for event in events.Scalars("charts/success_rate")} <= {0.0, 1.0}  # each episode, as glam_ppo.py logs it
-    assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "envs.pkl", "model.pt", "trainer.pt"]
+    assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "model.pt", "trainer.pt"]
     trainer = torch.load(os.path.join(straight, "checkpoint", "trainer.pt"), weights_only=False)
     assert trainer["global_step"] == 96 and trainer["iteration"] == 3 and trainer["memory"].shape == (4, 256)
     results = json.load(open(os.path.join(straight, "results.json")))
-    for field in ["env_id", "frames", "episodes", "success_rate", "ci99_low", "ci99_high", "mean_return", "fps", "command", "seed", "windows"]:
+    for field in ["env_id", "frames", "episodes", "success_rate", "ci99_low", "ci99_high", "mean_return", "mean_length", "fps", "command", "seed", "windows"]:
         assert field in results, field
     assert results["frames"] == 96 and results["episodes"] == 6 and results["ci99_low"] <= results["success_rate"] <= results["ci99_high"]
     rows = episodes(straight)
@@ -67,6 +67,15 @@ def test_resumed_runs_equal_the_straight_run(straight, tmp_path, monkeypatch):
     assert any(not torch.equal(first[k], resumed[k]) for k in resumed)  # the resumed updates did train
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
     assert episodes(split) == episodes(straight)
+
+    # a finished run whose results.json is gone: --resume runs the evaluation again; with results.json it is refused
+    expected = json.load(open(os.path.join(split, "results.json")))
+    os.remove(os.path.join(split, "results.json"))
+    run_in_process(sp, tmp_path / "split", ["--resume", split], monkeypatch)
+    rerun = json.load(open(os.path.join(split, "results.json")))
+    assert {k: v for k, v in rerun.items() if k != "command"} == {k: v for k, v in expected.items() if k != "command"}
+    with pytest.raises(sp.UsageError, match="has its results.json"):
+        run_in_process(sp, tmp_path / "split", ["--resume", split], monkeypatch)
 
     # SIGTERM in the second rollout: the checkpoint is the run before that rollout, and the resume replays it
     step, calls = sp.SymbolicVecEnv.step, []
@@ -91,8 +100,8 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     cases = [
         (["--num-envs", "0"], "--num-envs 0"),
         (["--num-steps", "40", "--recurrence", "7"], "--recurrence 7 must divide --num-steps 40"),
-        (["--batch-size", "1290"], "--batch-size 1290 must be a multiple of --recurrence 20"),
-        (["--batch-size", "1200"], "--batch-size 1200 must be a multiple of --recurrence 20 and divide"),
+        (["--num-minibatches", "3"], "--num-minibatches 3 must cut the rollout of --num-envs x --num-steps = 2560 frames"),
+        (["--num-minibatches", "256"], "into minibatches of whole sequences of --recurrence 20 frames"),
         (["--env-id", "BabyAI-Nope-v0"], "unknown env id 'BabyAI-Nope-v0'"),
         (["--resume", "runs/nothing"], "no checkpoint in 'runs/nothing'"),
     ]
@@ -107,7 +116,7 @@ def test_one_pass_over_a_sequence_equals_acting_step_by_step():
     agent, steps, batch = sp.Agent(), 6, 3
     images = torch.stack([torch.randint(0, 11, (steps, batch, 7, 7)), torch.randint(0, 6, (steps, batch, 7, 7)),
                           torch.randint(0, 3, (steps, batch, 7, 7))], -1).to(torch.uint8)
-    instrs = torch.stack([torch.as_tensor(sp.tokenize(m)) for m in ["go to the red ball", "pick up a key", "open the door"]])
+    instrs = torch.stack([torch.as_tensor(sp.instruction_ids(m)) for m in ["go to the red ball", "pick up a key", "open the door"]])
     instrs = instrs.expand(steps, -1, -1).clone()
     memory = torch.randn(batch, agent.memory_size)
     masks = torch.ones(steps, batch)
