@@ -20,7 +20,7 @@ but no results.json runs the evaluation.
 
 Differs from the original:
 - Tokens: the authors tokenised with their trained SentencePiece model, unigram_8k.model, which is not installable here
-  (their .vocab lists the pieces); the issue chose a word-level tokenizer, the words and marks of BabyAI-Text
+  (their .vocab lists the pieces); this file uses a word-level tokenizer, the words and marks of BabyAI-Text
   (glam_ppo.py's VOCABULARY_TEXT).
 - The prompt: after an episode ends, their history is cleared and the new episode's first observation is never added,
   so every episode's first prompt has no observation; here it has it (glam_ppo.py's TextVecEnv, as for GLAM).
