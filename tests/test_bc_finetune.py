@@ -167,7 +167,7 @@ def straight_run(tmp_path_factory):
 
 
 @pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
-def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path, stop_signal, straight_run):
+def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path, stop_signal, straight_run, monkeypatch):
     flags, split = INTERRUPTED, tmp_path / "split"
     split.mkdir()
     process = subprocess.Popen(
@@ -182,7 +182,7 @@ def test_ctrl_c_saves_and_resume_ends_where_the_straight_run_ends(repo, tmp_path
     run_dir = only_run_dir(split)
     stopped_at = torch.load(os.path.join(run_dir, "checkpoint", "trainer.pt"), weights_only=False)["step"]
     assert f"checkpoint at step {stopped_at}; continue with" in stdout and 3 <= stopped_at < 15
-    run(split, "--resume", run_dir)
+    main_in_process(bc, split, ["--resume", run_dir], monkeypatch)  # the stop is the subprocess's; the resume, in this one
     expected, resumed = checkpoint_weights(straight_run), checkpoint_weights(run_dir)
     for name in expected:
         torch.testing.assert_close(resumed[name], expected[name], rtol=0, atol=1e-6)

@@ -71,9 +71,12 @@ def test_short_run_writes_tensorboard_scalars_and_a_checkpoint(tmp_path):
 
 
 def test_resume_continues_exactly(runs, tmp_path):
-    straight, split = runs(*SMALL, "--total-timesteps", "64"), tmp_path / "split"
-    run(split, *SMALL, "--total-timesteps", "32")
-    split_dir = only_run_dir(split)
+    """The first half run in this process (a copy of the shared run), the resume in a fresh one: only what the
+    checkpoint holds carries over."""
+    straight, first = runs(*SMALL, "--total-timesteps", "64"), runs(*SMALL, "--total-timesteps", "32")
+    split = tmp_path / "split"
+    split_dir = str(split / "runs" / os.path.basename(first))
+    shutil.copytree(first, split_dir)
     first_half = checkpoint_weights(split_dir)
     result = run(split, "--resume", split_dir, "--total-timesteps", "64")
     assert "done: 64 frames" in result.stdout
