@@ -743,7 +743,7 @@ def main(args: Args):
         global_step, start_iteration, pending_update = trainer["global_step"], trainer["iteration"] + 1, trainer.get("update")
         next_done, probe_prompts, next_prompts = trainer["next_done"].to(device), trainer["probe_prompts"], envs.prompts()
     writer = open_logs(args, run_name, run_dir, probe_prompts, resumed_at=global_step if "trainer" in saved else None)
-    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, True, args.num_observations) if args.capture_video else None
+    video_env = TextVecEnv(args.env_id, 1, args.action_space, args.reward_scale, final_frames=True, num_observations=args.num_observations) if args.capture_video else None
     autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=args.bf16)
     # Dropout stays off while acting and learning alike (paper: eval mode), so the first epoch's ratios start at 1.
     agent.eval()
