@@ -925,5 +925,4 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except UsageError as error:
-        print(f"drrn.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(f"drrn.py: error: {error}")

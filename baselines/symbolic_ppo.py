@@ -919,5 +919,4 @@ if __name__ == "__main__":
     try:
         main(parse_args())
     except UsageError as error:
-        print(f"symbolic_ppo.py: error: {error}", file=sys.stderr)
-        sys.exit(2)
+        sys.exit(f"symbolic_ppo.py: error: {error}")

