@@ -184,3 +184,19 @@ def test_every_command_of_paper_sh_parses(tmp_path, monkeypatch):
     for words in commands:
         script = {"glam_ppo.py": glam_ppo, "bc_finetune.py": bc_finetune}[words[1]]
         script.parse_args(words[2:])
+
+
+def test_the_baselines_table_shows_finished_runs_and_the_windows_of_runs_under_way(tmp_path, capsys):
+    import baselines_table
+
+    finished, running = tmp_path / "E__baseline_drrn__1__100", tmp_path / "E__baseline_symbolic_ppo__2__100"
+    for folder, rows in ((finished, [(10, 1), (49_999, 0), (50_001, 1)]), (running, [(120_000, 1)])):
+        folder.mkdir()
+        (folder / "episodes.csv").write_text("frames,return,length,success\n" + "".join(f"{f},1.0,5,{s}\n" for f, s in rows))
+    (finished / "results.json").write_text(json.dumps(
+        {"frames": 60_000, "fps": 51.4, "episodes": 1000, "success_rate": 0.125, "ci99_low": 0.1, "ci99_high": 0.15, "mean_return": 2.0}))
+    baselines_table.main([str(finished), str(running)])
+    printed = capsys.readouterr().out
+    assert "| drrn | 1 | 60,000 | 51 | 1,000 | 0.125 [0.100, 0.150] | 2.00 |" in printed
+    assert "| symbolic_ppo | 2 | 150,000+ (under way) |" in printed
+    assert "| 0-50,000 | 0.500 (2) |  |" in printed and "| 100,000-150,000 |  | 1.000 (1) |" in printed
