@@ -198,5 +198,5 @@ def test_the_baselines_table_shows_finished_runs_and_the_windows_of_runs_under_w
     baselines_table.main([str(finished), str(running)])
     printed = capsys.readouterr().out
     assert "| drrn | 1 | 60,000 | 51 | 1,000 | 0.125 [0.100, 0.150] | 2.00 |" in printed
-    assert "| symbolic_ppo | 2 | 150,000+ (under way) |" in printed
+    assert "| symbolic_ppo | 2 | 120,000 (under way: last episode logged) |" in printed
     assert "| 0-50,000 | 0.500 (2) |  |" in printed and "| 100,000-150,000 |  | 1.000 (1) |" in printed
