@@ -1,5 +1,6 @@
 """Running the top-level scripts as users do, and reading what their runs wrote (shared by the script tests)."""
 
+import csv
 import glob
 import json
 import os
@@ -115,3 +116,14 @@ def steps_write_infinity(monkeypatch, optimizer_class):
         return result
 
     monkeypatch.setattr(optimizer_class, "step", step_to_infinity)
+
+
+def baseline_weights(run_dir):
+    """A baselines/ run's network weights, from runs/<run>/checkpoint/model.pt."""
+    return torch.load(os.path.join(run_dir, "checkpoint", "model.pt"))
+
+
+def episode_rows(run_dir):
+    """A baselines/ run's episodes.csv, header first."""
+    with open(os.path.join(run_dir, "episodes.csv")) as f:
+        return list(csv.reader(f))

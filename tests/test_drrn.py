@@ -1,7 +1,6 @@
 """baselines/drrn.py, the paper's DRRN baseline: a short run, exact resume after a stop or with more frames, bad flags,
 the batched Q values, and the prompt it reads."""
 
-import csv
 import json
 import os
 import signal
@@ -13,7 +12,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 import glam_ppo
 from baselines import drrn
-from script_runs import main_in_process, only_run_dir, run_main_blocks
+from script_runs import baseline_weights, episode_rows, main_in_process, only_run_dir, run_main_blocks
 
 # 4 envs x 2 steps per iteration: 8 iterations of 8 frames; episodes of GoToLocalS5N2 end within 64 steps
 SMALL = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--train-frequency", "2", "--batch-size", "8", "--save-interval", "3",
@@ -23,15 +22,6 @@ SMALL = ["--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--train-freq
 def run(cwd, monkeypatch, *flags):
     main_in_process(drrn, cwd, [*SMALL, *flags], monkeypatch)
     return only_run_dir(cwd)
-
-
-def weights(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoint", "model.pt"))
-
-
-def episodes(run_dir):
-    with open(os.path.join(run_dir, "episodes.csv")) as f:
-        return list(csv.reader(f))
 
 
 @pytest.fixture(scope="module")
@@ -46,18 +36,18 @@ def test_short_run_logs_checkpoints_and_writes_results(straight):
     tags = set(events.Tags()["scalars"])
     assert {"charts/episodic_return", "charts/episodic_length", "charts/success_rate", "charts/SPS", "losses/td_loss", "losses/q_values"} <= tags
     rates = [event.value for event in events.Scalars("charts/success_rate")]
-    assert set(rates) <= {0.0, 1.0} and len(rates) == len(episodes(straight)) - 1 > 0
+    assert set(rates) <= {0.0, 1.0} and len(rates) == len(episode_rows(straight)) - 1 > 0
     assert len(events.Scalars("losses/td_loss")) == 8  # one gradient step per iteration, from the first (8 transitions)
     assert sorted(os.listdir(os.path.join(straight, "checkpoint"))) == ["args.json", "model.pt", "trainer.pt"]
     assert os.path.isdir(os.path.join(straight, "checkpoint.previous"))
     trainer = torch.load(os.path.join(straight, "checkpoint", "trainer.pt"), weights_only=False)
     assert (trainer["global_step"], trainer["iteration"]) == (64, 8) and trainer["replay"].filled == 16
-    assert episodes(straight)[0] == ["frames", "return", "length", "success"]
+    assert episode_rows(straight)[0] == ["frames", "return", "length", "success"]
     results = json.load(open(os.path.join(straight, "results.json")))
     assert (results["env_id"], results["frames"], results["episodes"], results["seed"]) == ("BabyAI-GoToLocalS5N2-v0", 64, 2, 1)
     assert results["ci99_low"] <= results["success_rate"] <= results["ci99_high"] and results["fps"] > 0
     assert [window["frames"] for window in results["windows"]] == [24, 48, 64]
-    assert sum(window["episodes"] for window in results["windows"]) == len(episodes(straight)) - 1
+    assert sum(window["episodes"] for window in results["windows"]) == len(episode_rows(straight)) - 1
     assert {"mean_return", "mean_length", "command"} <= set(results)
 
 
@@ -76,9 +66,9 @@ def test_a_stopped_run_resumes_as_the_straight_run(straight, tmp_path, monkeypat
     trainer = torch.load(os.path.join(split, "checkpoint", "trainer.pt"), weights_only=False)
     assert (trainer["iteration"], trainer["global_step"]) == (5, 40) and not os.path.exists(os.path.join(split, "results.json"))
     main_in_process(drrn, tmp_path, ["--resume", split], monkeypatch)
-    expected, resumed = weights(straight), weights(split)
+    expected, resumed = baseline_weights(straight), baseline_weights(split)
     assert all(torch.equal(resumed[name], weight) for name, weight in expected.items())
-    assert episodes(split) == episodes(straight)
+    assert episode_rows(split) == episode_rows(straight)
 
 
 def test_a_run_stopped_in_its_last_iteration_resumes_into_the_evaluation(straight, tmp_path, monkeypatch):
@@ -106,12 +96,12 @@ def test_a_run_stopped_in_its_last_iteration_resumes_into_the_evaluation(straigh
 
 def test_more_frames_on_resume_give_the_straight_run(straight, tmp_path, monkeypatch):
     split = run(tmp_path, monkeypatch, "--total-timesteps", "32")
-    half = weights(split)
+    half = baseline_weights(split)
     main_in_process(drrn, tmp_path, ["--resume", split, "--total-timesteps", "64"], monkeypatch)
-    expected, resumed = weights(straight), weights(split)
+    expected, resumed = baseline_weights(straight), baseline_weights(split)
     assert any(not torch.equal(half[name], resumed[name]) for name in half)
     assert all(torch.equal(resumed[name], weight) for name, weight in expected.items())
-    assert episodes(split) == episodes(straight)
+    assert episode_rows(split) == episode_rows(straight)
 
 
 def test_bad_flags_are_refused_in_one_line(tmp_path):

@@ -1,7 +1,6 @@
 """baselines/symbolic_ppo.py: a short run, exact resume (after an extension and after SIGTERM), bad flags, and the
 recurrence (one pass over a sequence = step-by-step acting)."""
 
-import csv
 import json
 import os
 import signal
@@ -11,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from baselines import symbolic_ppo as sp
-from script_runs import only_run_dir, run_in_process, run_main_blocks
+from script_runs import baseline_weights, episode_rows, only_run_dir, run_in_process, run_main_blocks
 
 SCRIPT = os.path.join("baselines", "symbolic_ppo.py")
 # 4 envs x 8 steps = 32 frames per update; sequences of 4 frames, 4 of them per minibatch: 2 minibatches per epoch
@@ -19,15 +18,6 @@ SMALL = [
     "--env-id", "BabyAI-GoToLocalS5N2-v0", "--num-envs", "4", "--num-steps", "8", "--recurrence", "4", "--num-minibatches", "2",
     "--update-epochs", "2", "--eval-episodes", "6", "--window-frames", "40", "--save-interval", "1",
 ]
-
-
-def weights(run_dir):
-    return torch.load(os.path.join(run_dir, "checkpoint", "model.pt"))
-
-
-def episodes(run_dir):
-    with open(os.path.join(run_dir, "episodes.csv")) as f:
-        return list(csv.reader(f))
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +42,7 @@ def test_short_run_logs_checkpoints_and_evaluates(straight, capfd):
     for field in ["env_id", "frames", "episodes", "success_rate", "ci99_low", "ci99_high", "mean_return", "mean_length", "fps", "command", "seed", "windows"]:
         assert field in results, field
     assert results["frames"] == 96 and results["episodes"] == 6 and results["ci99_low"] <= results["success_rate"] <= results["ci99_high"]
-    rows = episodes(straight)
+    rows = episode_rows(straight)
     assert rows[0] == ["frames", "return", "length", "success"] and len(rows) > 1
     assert [w["frames"] for w in results["windows"]] == [40, 80, 96]
     assert sum(w["episodes"] for w in results["windows"]) == len(rows) - 1
@@ -61,12 +51,12 @@ def test_short_run_logs_checkpoints_and_evaluates(straight, capfd):
 
 def test_resumed_runs_equal_the_straight_run(straight, tmp_path, monkeypatch):
     split = run_in_process(sp, tmp_path / "split", [*SMALL, "--total-timesteps", "32"], monkeypatch)
-    first = weights(split)
+    first = baseline_weights(split)
     run_in_process(sp, tmp_path / "split", ["--resume", split, "--total-timesteps", "96"], monkeypatch)
-    resumed, reference = weights(split), weights(straight)
+    resumed, reference = baseline_weights(split), baseline_weights(straight)
     assert any(not torch.equal(first[k], resumed[k]) for k in resumed)  # the resumed updates did train
     assert all(torch.equal(resumed[k], reference[k]) for k in reference)
-    assert episodes(split) == episodes(straight)
+    assert episode_rows(split) == episode_rows(straight)
 
     # a finished run whose results.json is gone: --resume runs the evaluation again; with results.json it is refused
     expected = json.load(open(os.path.join(split, "results.json")))
@@ -92,8 +82,8 @@ def test_resumed_runs_equal_the_straight_run(straight, tmp_path, monkeypatch):
     assert not os.path.exists(os.path.join(stopped, "results.json"))
     monkeypatch.setattr(sp.SymbolicVecEnv, "step", step)
     run_in_process(sp, tmp_path / "stopped", ["--resume", stopped], monkeypatch)
-    assert all(torch.equal(weights(stopped)[k], reference[k]) for k in reference)
-    assert episodes(stopped) == episodes(straight)
+    assert all(torch.equal(baseline_weights(stopped)[k], reference[k]) for k in reference)
+    assert episode_rows(stopped) == episode_rows(straight)
 
 
 def test_bad_flags_are_one_line_and_exit_2(tmp_path):
