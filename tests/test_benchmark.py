@@ -200,3 +200,21 @@ def test_the_baselines_table_shows_finished_runs_and_the_windows_of_runs_under_w
     assert "| drrn | 1 | 60,000 | 51 | 1,000 | 0.125 [0.100, 0.150] | 2.00 |" in printed
     assert "| symbolic_ppo | 2 | 120,000 (under way: last episode logged) |" in printed
     assert "| 0-50,000 | 0.500 (2) |  |" in printed and "| 100,000-150,000 |  | 1.000 (1) |" in printed
+
+
+def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_replies(tmp_path, capsys):
+    import zero_shot_table
+
+    row = {"probe": "no-change", "episodes": 50, "success_rate": 0.14, "ci99_low": 0.05, "ci99_high": 0.3, "mean_return": 1.43,
+           "mean_length": 59.92, "lm_seconds_per_step": 1.25}
+    for name, policy, fmt, extra in (("gen", "generate", "chat", {"invalid_rate": 0.25, "mean_new_tokens": 3.5}),
+                                     ("score", "llm", "raw", {}), ("random", "random", None, {})):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "results.json").write_text(json.dumps({"policy": policy, "prompt_format": fmt, "rows": [{**row, **extra}]}))
+    episodes = [{"seed": seed, "replies": ["go forward", "I think"], "actions": ["go forward", None]} for seed in (1, 2, 3)]
+    (tmp_path / "gen" / "trajectories.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
+    zero_shot_table.main([str(tmp_path / name) for name in ("gen", "score", "random")], replies=2)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2] == "| random | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 |  |  | 1.2 |"
+    assert lines[3].startswith("| scoring, raw |") and lines[4] == "| generation, chat | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 | 0.250 | 3.50 | 1.2 |"
+    assert lines[-2:] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
