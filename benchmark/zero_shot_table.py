@@ -11,16 +11,17 @@ import json
 import os
 
 
+LABELS = {"random": "random", "bot": "BabyAIBot", "llm": "scoring", "generate": "generation"}
+
+
 def row_label(results: dict) -> str:
-    if results["policy"] in ("random", "bot"):
-        return {"random": "random", "bot": "BabyAIBot"}[results["policy"]]
-    return f"{'scoring' if results['policy'] == 'llm' else 'generation'}, {results['prompt_format']}"
+    label = LABELS[results["policy"]]
+    return f"{label}, {results['prompt_format']}" if results["prompt_format"] else label
 
 
 def main(folders: list[str], replies: int):
     runs = [(folder, json.load(open(os.path.join(folder, "results.json")))) for folder in folders]
-    order = {"random": 0, "bot": 1, "llm": 2, "generate": 3}
-    runs.sort(key=lambda run: (order[run[1]["policy"]], run[1]["prompt_format"] == "chat"))
+    runs.sort(key=lambda run: (list(LABELS).index(run[1]["policy"]), run[1]["prompt_format"] == "chat"))
     print("| policy | episodes | success (99% interval) | mean return (20x) | mean length | invalid | new tokens | policy s/step |")
     print("|---|---:|---|---:|---:|---:|---:|---:|")
     for _, results in runs:
