@@ -205,12 +205,12 @@ def test_the_baselines_table_shows_finished_runs_and_the_windows_of_runs_under_w
 def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_replies(tmp_path, capsys):
     import zero_shot_table
 
-    row = {"probe": "no-change", "episodes": 50, "success_rate": 0.14, "ci99_low": 0.05, "ci99_high": 0.3, "mean_return": 1.43,
+    row = {"probe": "no-change", "env_id": "BabyAI-GoToLocal-v0", "episodes": 50, "success_rate": 0.14, "ci99_low": 0.05, "ci99_high": 0.3, "mean_return": 1.43,
            "mean_length": 59.92, "lm_seconds_per_step": 1.25}
     for name, policy, fmt, extra in (("gen", "generate", "chat", {"invalid_rate": 0.25, "mean_new_tokens": 3.5}),
                                      ("score", "llm", "raw", {}), ("random", "random", None, {})):
         (tmp_path / name).mkdir()
-        (tmp_path / name / "results.json").write_text(json.dumps({"policy": policy, "prompt_format": fmt, "rows": [{**row, **extra}]}))
+        (tmp_path / name / "results.json").write_text(json.dumps({"policy": policy, "prompt_format": fmt, "seed": 1, "rows": [{**row, **extra}]}))
     episodes = [{"seed": seed, "replies": ["go forward", "I think"], "actions": ["go forward", None]} for seed in (1, 2, 3)]
     (tmp_path / "gen" / "trajectories.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     zero_shot_table.main([str(tmp_path / name) for name in ("gen", "score", "random")], replies=2)
@@ -218,3 +218,26 @@ def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_repl
     assert lines[2] == "| random | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 |  |  | 1.2 |"
     assert lines[3].startswith("| scoring, raw |") and lines[4] == "| generation, chat | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 | 0.250 | 3.50 | 1.2 |"
     assert lines[-2:] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
+
+
+def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_levels(tmp_path, capsys):
+    """Levels 1-32 and 33-50 of one policy are one row of 50 levels: successes and steps add up; a gap is refused."""
+    import zero_shot_table
+    from zero_shot_eval import success_interval
+
+    def part(name, seed, episodes, successes, length, seconds):
+        row = {"probe": "no-change", "env_id": "BabyAI-GoToLocal-v0", "episodes": episodes, "success_rate": successes / episodes,
+               "ci99_low": 0, "ci99_high": 1, "mean_return": 2.0 * successes / episodes, "mean_length": length, "lm_seconds_per_step": seconds,
+               "invalid_rate": 0.5, "mean_new_tokens": 7.0}
+        path = tmp_path / f"{name}.json"
+        path.write_text(json.dumps({"model": "m", "policy": "generate", "prompt_format": "raw", "seed": seed, "rows": [row]}))
+        return str(path)
+
+    zero_shot_table.main([part("late", 33, 18, 9, 40.0, 2.0), part("early", 1, 32, 3, 60.0, 1.0)], replies=0)
+    low, high = success_interval(12, 50)
+    steps = 32 * 60 + 18 * 40
+    assert capsys.readouterr().out.splitlines()[2] == (
+        f"| generation, raw | 50 | 0.240 [{low:.3f}, {high:.3f}] | 0.48 | {steps / 50:.1f} | 0.500 | 7.00 | "
+        f"{(32 * 60 * 1.0 + 18 * 40 * 2.0) / steps:.2g} |")
+    with pytest.raises(SystemExit, match="do not follow each other: levels from 1 \\(32 of them\\), then from 34"):
+        zero_shot_table.main([part("early", 1, 32, 3, 60.0, 1.0), part("gap", 34, 17, 1, 50.0, 1.0)], replies=0)
