@@ -2,7 +2,8 @@
 results.json copied to benchmark/results/): per row, success with its 99% interval, mean return, mean length, the
 generation rows' invalid rate and new tokens per step, and the policy's seconds per step; then, with --replies N, the
 first N steps' replies of each generation row's first episodes (from trajectories.jsonl, --save-trajectories), quoted,
-with the action each mapped to.
+with the action each mapped to, the share of valid steps in that file, and up to N distinct replies that only start with
+the action they were mapped to (the prefix rule's leniency).
 
 A row may come in parts: runs of the same policy and settings on consecutive level ranges (`--seed first --episodes n`
 plays levels first .. first + n - 1) are joined into one row over all their levels, so that a row too long for one
@@ -77,10 +78,16 @@ def main(paths: list[str], replies: int):
         if replies and results["policy"] == "generate" and os.path.exists(path):
             print(f"\n{row_label(results)}: the first {replies} steps of the first episodes, reply -> action (none: invalid)")
             with open(path) as f:
-                for line, _ in zip(f, range(2)):
-                    episode = json.loads(line)
-                    steps = zip(episode["replies"][:replies], episode["actions"][:replies])
-                    print(f"- level {episode['seed']}: " + "; ".join(f"{json.dumps(reply)} -> {action or 'none'}" for reply, action in steps))
+                episodes = [json.loads(line) for line in f]
+            for episode in episodes[:2]:
+                steps = zip(episode["replies"][:replies], episode["actions"][:replies])
+                print(f"- level {episode['seed']}: " + "; ".join(f"{json.dumps(reply)} -> {action or 'none'}" for reply, action in steps))
+            steps = [(reply, action) for episode in episodes for reply, action in zip(episode["replies"], episode["actions"])]
+            valid = [(reply, action) for reply, action in steps if action]
+            prefixed = {reply: action for reply, action in valid if reply.strip().lower() != action.lower()}  # distinct
+            exact = sum(reply.strip().lower() == action.lower() for reply, action in valid)
+            print(f"valid in these {len(episodes)} episodes: {len(valid)} of {len(steps)} steps, {exact} of them exactly their action; "
+                  "replies that only start with it" + "".join(f"; {json.dumps(reply)} -> {action}" for reply, action in list(prefixed.items())[:replies]))
 
 
 if __name__ == "__main__":

@@ -211,13 +211,16 @@ def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_repl
                                      ("score", "llm", "raw", {}), ("random", "random", None, {})):
         (tmp_path / name).mkdir()
         (tmp_path / name / "results.json").write_text(json.dumps({"policy": policy, "prompt_format": fmt, "seed": 1, "rows": [{**row, **extra}]}))
-    episodes = [{"seed": seed, "replies": ["go forward", "I think"], "actions": ["go forward", None]} for seed in (1, 2, 3)]
+    episodes = [{"seed": seed, "replies": ["go forward", "I think", f" Drop {seed} keys"], "actions": ["go forward", None, "drop"]}
+                for seed in (1, 2, 3)]
     (tmp_path / "gen" / "trajectories.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     zero_shot_table.main([str(tmp_path / name) for name in ("gen", "score", "random")], replies=2)
     lines = capsys.readouterr().out.splitlines()
     assert lines[2] == "| random | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 |  |  | 1.2 |"
     assert lines[3].startswith("| scoring, raw |") and lines[4] == "| generation, chat | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 | 0.250 | 3.50 | 1.2 |"
-    assert lines[-2:] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
+    assert lines[-3:-1] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
+    assert lines[-1] == ('valid in these 3 episodes: 6 of 9 steps, 3 of them exactly their action; replies that only start with it; '
+                         '" Drop 1 keys" -> drop; " Drop 2 keys" -> drop')
 
 
 def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_levels(tmp_path, capsys):
