@@ -28,7 +28,7 @@ import tyro
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ZERO_SHOT = 0.14  # SmolLM2-135M-Instruct's zero-shot success on GoToLocal, raw prompt, 50 levels (benchmark/README.md)
+ZERO_SHOT = 0.14  # SmolLM2-135M-Instruct's zero-shot success on GoToLocal, raw prompt, --bf16, 50 levels (benchmark/README.md)
 
 
 @dataclass
