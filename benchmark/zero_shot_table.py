@@ -72,7 +72,7 @@ def main(paths: list[str], replies: int):
         generation = f"{row['invalid_rate']:.3f} | {row['mean_new_tokens']:.2f}" if "invalid_rate" in row else " | "
         print(f"| {row_label(results)} | {row['episodes']} | {row['success_rate']:.3f} [{row['ci99_low']:.3f}, "
               f"{row['ci99_high']:.3f}] | {row['mean_return']:.2f} | {row['mean_length']:.1f} | {generation} | "
-              f"{row['lm_seconds_per_step']:.2g} |")
+              f"{row['lm_seconds_per_step']:.3g} |")
     for first_part, results in runs:
         path = os.path.join(first_part, "trajectories.jsonl")
         if replies and results["policy"] == "generate" and os.path.exists(path):

@@ -216,8 +216,8 @@ def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_repl
     (tmp_path / "gen" / "trajectories.jsonl").write_text("".join(json.dumps(e) + "\n" for e in episodes))
     zero_shot_table.main([str(tmp_path / name) for name in ("gen", "score", "random")], replies=2)
     lines = capsys.readouterr().out.splitlines()
-    assert lines[2] == "| random | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 |  |  | 1.2 |"
-    assert lines[3].startswith("| scoring, raw |") and lines[4] == "| generation, chat | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 | 0.250 | 3.50 | 1.2 |"
+    assert lines[2] == "| random | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 |  |  | 1.25 |"
+    assert lines[3].startswith("| scoring, raw |") and lines[4] == "| generation, chat | 50 | 0.140 [0.050, 0.300] | 1.43 | 59.9 | 0.250 | 3.50 | 1.25 |"
     assert lines[-3:-1] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
     assert lines[-1] == ('valid in these 3 episodes: 6 of 9 steps, 3 of them exactly their action; replies that only start with it; '
                          '" Drop 1 keys" -> drop; " Drop 2 keys" -> drop')
@@ -241,6 +241,6 @@ def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_leve
     steps = 32 * 60 + 18 * 40
     assert capsys.readouterr().out.splitlines()[2] == (
         f"| generation, raw | 50 | 0.240 [{low:.3f}, {high:.3f}] | 0.48 | {steps / 50:.1f} | 0.500 | 7.00 | "
-        f"{(32 * 60 * 1.0 + 18 * 40 * 2.0) / steps:.2g} |")
+        f"{(32 * 60 * 1.0 + 18 * 40 * 2.0) / steps:.3g} |")
     with pytest.raises(SystemExit, match="do not follow each other: levels from 1 \\(32 of them\\), then from 34"):
         zero_shot_table.main([part("early", 1, 32, 3, 60.0, 1.0), part("gap", 34, 17, 1, 50.0, 1.0)], replies=0)
