@@ -38,6 +38,10 @@ row() {  # name policy format: the row's missing parts, one after another
       --seed "$first" --episodes $((last - first + 1)) --num-envs 16 --save-trajectories --output-dir "$out" > "$out.log" 2>&1
     python -c "import json, sys; sys.exit(not json.load(open(sys.argv[1]))['complete'])" "$out/results.json"  # stopped: no part
     cp "$out/results.json" "benchmark/results/zero_shot_gotolocal_${name}_levels$first-$last.json"
+    if [ "$policy" = generate ]; then  # its replies without the prompts (a few kB), for zero_shot_table.py --replies
+      python -c "import json, sys; [print(json.dumps({key: episode[key] for key in ('seed', 'replies', 'actions')})) for episode in map(json.loads, open(sys.argv[1]))]" \
+        "$out/trajectories.jsonl" > "benchmark/results/zero_shot_gotolocal_${name}_levels$first-${last}_replies.jsonl"
+    fi
     first=$((last + 1))
   done
 }
@@ -45,11 +49,7 @@ row() {  # name policy format: the row's missing parts, one after another
 { row smollm2_generate_raw generate raw; row smollm2_chat llm chat; } &
 { row smollm2_raw llm raw; row smollm2_generate_chat generate chat; } &
 wait
-parts=()
-for part in benchmark/results/zero_shot_gotolocal_smollm2_*_levels*.json; do  # the folder where it has the replies
-  folder=benchmark/out/$(basename "$part" .json)
-  if [ -d "$folder" ]; then parts+=("$folder"); else parts+=("$part"); fi
-done
-python benchmark/zero_shot_table.py benchmark/out/zero_shot_gotolocal_{random,bot} "${parts[@]}" --replies 6
+python benchmark/zero_shot_table.py benchmark/results/zero_shot_gotolocal_{random,bot}.json \
+  benchmark/results/zero_shot_gotolocal_smollm2_*_levels*.json --replies 6
 OMP_NUM_THREADS=1 python benchmark/first_step_distribution.py --model "$GGUF" --prompt-format chat --env-id BabyAI-GoToLocal-v0 --levels 3 \
   --out benchmark/results/first_step_smollm2_chat.json

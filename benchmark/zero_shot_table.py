@@ -1,9 +1,10 @@
 """The zero-shot rows' table for benchmark/README.md, from zero_shot_eval.py's results (output folders, or their
 results.json copied to benchmark/results/): per row, success with its 99% interval, mean return, mean length, the
 generation rows' invalid rate and new tokens per step, and the policy's seconds per step; then, with --replies N, the
-first N steps' replies of each generation row's first episodes (from trajectories.jsonl, --save-trajectories), quoted,
-with the action each mapped to, the share of valid steps in that file, and up to N distinct replies that only start with
-the action they were mapped to (the prefix rule's leniency).
+first N steps' replies of each generation row's first episodes (from trajectories.jsonl, --save-trajectories, or from
+the <part>_replies.jsonl that scoring_vs_generation.sh keeps beside a part's results file), quoted, with the action
+each mapped to, the share of valid steps in that file, and up to N distinct replies that only start with the action
+they were mapped to (the prefix rule's leniency).
 
 A row may come in parts: runs of the same policy and settings on consecutive level ranges (`--seed first --episodes n`
 plays levels first .. first + n - 1) are joined into one row over all their levels, so that a row too long for one
@@ -74,7 +75,10 @@ def main(paths: list[str], replies: int):
               f"{row['ci99_high']:.3f}] | {row['mean_return']:.2f} | {row['mean_length']:.1f} | {generation} | "
               f"{row['lm_seconds_per_step']:.3g} |")
     for first_part, results in runs:
+        # An output folder's trajectories, or the replies that scoring_vs_generation.sh keeps beside a part's results
         path = os.path.join(first_part, "trajectories.jsonl")
+        if not os.path.isdir(first_part):
+            path = first_part.removesuffix(".json") + "_replies.jsonl"
         if replies and results["policy"] == "generate" and os.path.exists(path):
             print(f"\n{row_label(results)}: the first {replies} steps of the first episodes, reply -> action (none: invalid)")
             with open(path) as f:

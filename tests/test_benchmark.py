@@ -221,6 +221,11 @@ def test_the_zero_shot_table_shows_every_row_and_quotes_the_generation_rows_repl
     assert lines[-3:-1] == [f'- level {seed}: "go forward" -> go forward; "I think" -> none' for seed in (1, 2)]
     assert lines[-1] == ('valid in these 3 episodes: 6 of 9 steps, 3 of them exactly their action; replies that only start with it; '
                          '" Drop 1 keys" -> drop; " Drop 2 keys" -> drop')
+    # A part's results file in benchmark/results/, with the replies scoring_vs_generation.sh keeps beside it
+    (tmp_path / "gen.json").write_text((tmp_path / "gen" / "results.json").read_text())
+    (tmp_path / "gen_replies.jsonl").write_text((tmp_path / "gen" / "trajectories.jsonl").read_text())
+    zero_shot_table.main([str(tmp_path / "gen.json")], replies=2)
+    assert capsys.readouterr().out.splitlines()[-3:] == lines[-3:]
 
 
 def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_levels(tmp_path, capsys):
