@@ -88,10 +88,10 @@ def main(paths: list[str], replies: int):
                 print(f"- level {episode['seed']}: " + "; ".join(f"{json.dumps(reply)} -> {action or 'none'}" for reply, action in steps))
             steps = [(reply, action) for episode in episodes for reply, action in zip(episode["replies"], episode["actions"])]
             valid = [(reply, action) for reply, action in steps if action]
-            prefixed = {reply: action for reply, action in valid if reply.strip().lower() != action.lower()}  # distinct
-            exact = sum(reply.strip().lower() == action.lower() for reply, action in valid)
-            print(f"valid in these {len(episodes)} episodes: {len(valid)} of {len(steps)} steps, {exact} of them exactly their action; "
-                  "replies that only start with it" + "".join(f"; {json.dumps(reply)} -> {action}" for reply, action in list(prefixed.items())[:replies]))
+            prefixed = [(reply, action) for reply, action in valid if reply.strip().lower() != action.lower()]
+            print(f"valid in these {len(episodes)} episodes: {len(valid)} of {len(steps)} steps, {len(valid) - len(prefixed)} of them "
+                  "exactly their action; replies that only start with it"
+                  + "".join(f"; {json.dumps(reply)} -> {action}" for reply, action in list(dict(prefixed).items())[:replies]))
 
 
 if __name__ == "__main__":
