@@ -52,7 +52,7 @@ from minigrid.utils.baby_ai_bot import BabyAIBot
 from PIL import Image, ImageDraw, ImageFont
 from torch.distributions.categorical import Categorical
 from tqdm import tqdm
-from transformers import BatchEncoding
+from transformers import BatchEncoding, GenerationConfig
 
 
 @dataclass
@@ -298,11 +298,16 @@ class Policy:
 
 def generation_settings(agent: "GlamAgent", max_new_tokens: int, greedy: bool) -> dict:
     """generate()'s settings for --policy generate: greedy, or sampled from the model's whole distribution at
-    temperature 1 (top-k and top-p off, whatever its generation_config says) as the paper samples its policy; a reply
-    ends at EOS, at the chat template's end of turn, or at a token that holds a newline."""
-    tokenizer = agent.tokenizer
+    temperature 1 (top-k and top-p off) as the paper samples its policy; a reply ends at an EOS (the tokenizer's or
+    the checkpoint's), at the chat template's end of turn, or at a token that holds a newline. Of the checkpoint's own
+    generation_config only its start tokens are kept: generate() would fill every setting not given here from it
+    (repetition_penalty, no_repeat_ngram_size, min_p, top_k, ...), and those change the distribution."""
+    tokenizer, llm = agent.tokenizer, agent.llm.get_base_model() if hasattr(agent.llm, "get_base_model") else agent.llm  # (LoRA)
+    own = llm.generation_config
+    llm.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, decoder_start_token_id=own.decoder_start_token_id)
     stops = {k for k, text in enumerate(tokenizer.batch_decode([[k] for k in range(len(tokenizer))])) if "\n" in text}
     stops |= {tokenizer.eos_token_id, *tokenizer(agent.end_of_turn or "", add_special_tokens=False).input_ids[:1]}
+    stops |= set(own.eos_token_id if isinstance(own.eos_token_id, list) else [own.eos_token_id])
     sampling = {} if greedy else {"temperature": 1.0, "top_k": 0, "top_p": 1.0}
     return dict(max_new_tokens=max_new_tokens, do_sample=not greedy, **sampling, eos_token_id=sorted(stops - {None}),
                 pad_token_id=tokenizer.pad_token_id)
@@ -311,12 +316,17 @@ def generation_settings(agent: "GlamAgent", max_new_tokens: int, greedy: bool) -
 def generate_replies(agent: "GlamAgent", prompts, settings: dict) -> tuple[list[str], list[list[int]]]:
     """The model's replies to the prompts, from one generate() call over all of them (KV cache; decoder-only prompts
     left-padded), each written after `model_text(prompt)`, the text the scorer reads (raw: after `Action k:`; chat: as
-    the assistant's reply) and cut at its first newline; and the tokens each wrote, through its stop token."""
+    the assistant's reply) and cut at its first newline; and the tokens each wrote, through its stop token. A raw
+    decoder-only reply begins with the space that model_text took from the end of the prompt: it is dropped, so that
+    the reply follows the prompt's `Action k: ` as the model wrote it."""
     tokens, _ = agent.tokenize_prompts(prompts)
     written = agent.llm.generate(**tokens, **settings)[:, 1 if agent.is_encoder_decoder else tokens.input_ids.shape[1] :].tolist()
     stops = set(settings["eos_token_id"])
     written = [ids[: next((k + 1 for k, token in enumerate(ids) if token in stops), len(ids))] for ids in written]
-    return [agent.tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0] for ids in written], written
+    replies = [agent.tokenizer.decode(ids, skip_special_tokens=True).split("\n")[0] for ids in written]
+    if agent.prompt_format == "raw" and not agent.is_encoder_decoder:
+        replies = [reply.removeprefix(" ") for reply in replies]
+    return replies, written
 
 
 def reply_action(reply: str, actions) -> int:

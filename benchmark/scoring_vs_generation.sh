@@ -47,8 +47,11 @@ row() {  # name policy format: the row's missing parts, one after another
 }
 # Two lanes of about the same length (generation writes 8 tokens a step, about 1.25x scoring's time).
 { row smollm2_generate_raw generate raw; row smollm2_chat llm chat; } &
+lane1=$!
 { row smollm2_raw llm raw; row smollm2_generate_chat generate chat; } &
-wait
+lane2=$!
+wait "$lane1"  # each lane on its own: a bare wait returns 0 whatever the lanes did
+wait "$lane2"
 python benchmark/zero_shot_table.py benchmark/results/zero_shot_gotolocal_{random,bot}.json \
   benchmark/results/zero_shot_gotolocal_smollm2_*_levels*.json --replies 6
 OMP_NUM_THREADS=1 python benchmark/first_step_distribution.py --model "$GGUF" --prompt-format chat --env-id BabyAI-GoToLocal-v0 --levels 3 \

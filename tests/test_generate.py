@@ -7,6 +7,7 @@ import json
 import numpy as np
 import pytest
 import torch
+import transformers
 
 import glam_ppo
 import zero_shot_eval as z
@@ -35,7 +36,8 @@ def evaluate(tmp_path, name, *flags):
 
 @pytest.mark.parametrize("model", ["tiny-t5", "tiny-causal"])
 def test_replies_become_their_actions_and_an_invalid_one_the_no_op(tmp_path, monkeypatch, model):
-    """The model's generate() writes, in turn, an action, an action and more, and no action, each ended by </s>."""
+    """The model's generate() writes, in turn, an action, an action and more, and no action, each ended by </s>; a
+    decoder-only one writes each after a space, since its prompt ends with `Action k:`."""
     replies = ["go forward", "turn right , then", "red ball"]
     load_agent, taken, calls = z.load_agent, [], [0]
 
@@ -43,7 +45,8 @@ def test_replies_become_their_actions_and_an_invalid_one_the_no_op(tmp_path, mon
         def generate(input_ids, attention_mask, **settings):
             assert settings["max_new_tokens"] == 5 and not settings["do_sample"]
             calls[0] += 1
-            ids = agent.tokenizer(replies[calls[0] % 3] + " </s>", add_special_tokens=False).input_ids
+            space = "" if agent.is_encoder_decoder else " "
+            ids = agent.tokenizer(space + replies[calls[0] % 3] + " </s>", add_special_tokens=False).input_ids
             start = input_ids.new_zeros(len(input_ids), 1) if agent.is_encoder_decoder else input_ids
             return torch.cat([start, torch.tensor([ids] * len(input_ids))], 1)
 
@@ -91,7 +94,7 @@ def test_batched_generation_writes_what_each_prompt_alone_does(model):
     prompts = envs.prompts()[:1] + envs.step([0, 2, 1])[0][1:]  # one, two observations: lengths differ, padding counts
     settings = z.generation_settings(agent, 6, greedy=True)
     replies, written = z.generate_replies(agent, prompts, settings)
-    assert replies == [tokenizer.decode(ids, skip_special_tokens=True) for ids in written]
+    assert replies == [tokenizer.decode(ids, skip_special_tokens=True).removeprefix("" if agent.is_encoder_decoder else " ") for ids in written]
     for prompt, ids in zip(prompts, written):
         tokens, _ = agent.tokenize_prompts([prompt])
         alone = llm.generate(**tokens, **settings)[0, 1 if agent.is_encoder_decoder else tokens.input_ids.shape[1] :].tolist()
@@ -99,11 +102,13 @@ def test_batched_generation_writes_what_each_prompt_alone_does(model):
     sampled = z.generation_settings(agent, 6, greedy=False)
     assert (sampled["temperature"], sampled["top_k"], sampled["top_p"], sampled["do_sample"]) == (1.0, 0, 1.0, True)
     outputs = []
-    for top_k in (None, 1):  # a generation_config's top-k does not narrow the distribution sampled from
-        llm.generation_config.top_k = top_k
-        torch.manual_seed(5)
-        outputs.append(z.generate_replies(agent, prompts, sampled))
-    assert outputs[0] == outputs[1]
+    # A checkpoint's generation_config, with settings that would narrow or reshape the distribution, changes nothing.
+    for own in ({}, {"top_k": 1, "repetition_penalty": 50.0, "no_repeat_ngram_size": 1, "min_p": 0.5}):
+        llm.generation_config = transformers.GenerationConfig(**vars(llm.generation_config) | own)
+        for greedy in (True, False):
+            torch.manual_seed(5)
+            outputs.append(z.generate_replies(agent, prompts, z.generation_settings(agent, 6, greedy)))
+    assert outputs[:2] == outputs[2:] and outputs[0][0] == replies
 
 
 def test_generation_plays_the_scoring_rows_levels_and_both_report_their_cost(tmp_path):
