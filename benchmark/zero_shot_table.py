@@ -31,8 +31,23 @@ def row_label(results: dict) -> str:
     return f"{label}, {results['prompt_format']}" if results["prompt_format"] else label
 
 
+ROW = ("env_id", "episodes", "success_rate", "ci99_low", "ci99_high", "mean_return", "mean_length", "lm_seconds_per_step")
+
+
 def read(path: str) -> dict:
-    return json.load(open(os.path.join(path, "results.json") if os.path.isdir(path) else path))
+    """A results.json of one probe (or one line that says why the path is not one)."""
+    file = os.path.join(path, "results.json") if os.path.isdir(path) else path
+    try:
+        with open(file) as f:
+            results = json.load(f)
+        if not isinstance(results, dict) or len(results.get("rows") or []) != 1:
+            raise ValueError("it holds no row, or the rows of more than one probe")
+        missing = [key for key in ("policy", "prompt_format", "seed") if key not in results] + [key for key in ROW if key not in results["rows"][0]]
+        if missing:
+            raise ValueError("it has no " + ", ".join(missing) + ": written by an older zero_shot_eval.py?")
+    except (OSError, ValueError) as error:  # (json's errors are ValueErrors)
+        sys.exit(f"zero_shot_table: error: {file} is not the results.json of one zero_shot_eval.py probe: {error}")
+    return results
 
 
 def join(parts: list[dict]) -> dict:

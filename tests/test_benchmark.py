@@ -249,3 +249,11 @@ def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_leve
         f"{(32 * 60 * 1.0 + 18 * 40 * 2.0) / steps:.3g} |")
     with pytest.raises(SystemExit, match="do not follow each other: levels from 1 \\(32 of them\\), then from 34"):
         zero_shot_table.main([part("early", 1, 32, 3, 60.0, 1.0), part("gap", 34, 17, 1, 50.0, 1.0)], replies=0)
+    # What is not a part's results is refused in one line: no file, another file, an older results file, no row
+    (tmp_path / "replies.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n')
+    (tmp_path / "old.json").write_text(json.dumps({"policy": "llm", "prompt_format": "raw", "seed": 1, "rows": [{"episodes": 50}]}))
+    (tmp_path / "stopped.json").write_text(json.dumps({"policy": "llm", "prompt_format": "raw", "seed": 1, "rows": []}))
+    for name, reason in (("missing.json", "No such file"), ("replies.jsonl", "Extra data"), ("old.json", "it has no env_id, success_rate"),
+                         ("stopped.json", "it holds no row")):
+        with pytest.raises(SystemExit, match=f"^zero_shot_table: error: {tmp_path / name} is not the results.json of one zero_shot_eval.py probe: .*{reason}"):
+            zero_shot_table.main([str(tmp_path / name)], replies=0)
