@@ -255,6 +255,10 @@ def td_step(args: Args, network: DRRN, optimizer, replay: Replay, action_tokens,
 
 def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint after the current iteration, then exit
+    try:  # first, so that a replay too large is refused before anything is written
+        replay = Replay(args.buffer_size, args.num_envs, args.seed)
+    except MemoryError:  # its arrays are allocated whole (17 bytes a transition, before the tokens it will hold)
+        raise UsageError(f"--buffer-size {args.buffer_size}: the replay's arrays do not fit in this machine's memory; lower it") from None
     new_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else new_name
     run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
@@ -268,7 +272,6 @@ def main(args: Args):
     action_tokens = padded([tokenize(action, vocabulary) for action in envs.actions], device)
     network = DRRN(len(vocabulary)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
-    replay = Replay(args.buffer_size, args.num_envs, args.seed)
     global_step, start_iteration, train_time, recent_successes = 0, 1, 0.0, deque(maxlen=100)
     if args.resume:
         trainer = load_run(args, network, optimizer)
@@ -491,7 +494,8 @@ def open_episodes(run_dir: str, resumed_at: int) -> io.TextIOWrapper:
     rows = []
     if resumed_at and os.path.exists(path):
         with open(path, newline="") as f:
-            rows = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= resumed_at]
+            # (a hard kill can leave a last row cut short, even inside its frame count)
+            rows = [row for row in list(csv.reader(f))[1:] if len(row) == 4 and all(row) and int(row[0]) <= resumed_at]
     f = open(path, "w", newline="")
     csv.writer(f).writerows([["frames", "return", "length", "success"], *rows])
     return f
@@ -631,7 +635,8 @@ def last_good(run_dir: str) -> str:
 
 
 def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
-    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
+    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117]).
+    Differs from the original: the paper's interval is the normal one, mean +- 2.576 std / sqrt(n), of zero width there."""
     rate, spread = successes / episodes, z * z / episodes
     centre = (rate + spread / 2) / (1 + spread)
     half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))

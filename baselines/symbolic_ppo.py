@@ -479,7 +479,8 @@ def main(args: Args):
 
 
 def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
-    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
+    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117]).
+    Differs from the original: the paper's interval is the normal one, mean +- 2.576 std / sqrt(n), of zero width there."""
     rate, spread = successes / episodes, z * z / episodes
     centre = (rate + spread / 2) / (1 + spread)
     half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))
@@ -837,7 +838,8 @@ def open_episodes(run_dir: str, resumed_at: int) -> io.TextIOWrapper:
     rows = []
     if resumed_at and os.path.exists(path):
         with open(path, newline="") as f:
-            rows = [row for row in list(csv.reader(f))[1:] if int(row[0]) <= resumed_at]
+            # (a hard kill can leave a last row cut short, even inside its frame count)
+            rows = [row for row in list(csv.reader(f))[1:] if len(row) == 4 and all(row) and int(row[0]) <= resumed_at]
     f = open(path, "w", newline="")
     csv.writer(f).writerows([["frames", "return", "length", "success"], *rows])
     return f
