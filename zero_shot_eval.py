@@ -1458,6 +1458,8 @@ def parse_args(argv=None) -> Args:
     check_ranges(args, ARG_RANGES)
     if not probe_names:
         raise UsageError("--probes names no probe: give some (or a --suite)")
+    if args.prompt_format and args.policy in ("random", "bot"):
+        raise UsageError(f"--prompt-format is how a model reads the prompt, and --policy {args.policy} reads none: drop one of the two")
     if args.capture_video and args.video_format == "mp4" and importlib.util.find_spec("imageio_ffmpeg") is None:
         raise UsageError("--video-format mp4 needs imageio-ffmpeg (pip install imageio-ffmpeg); or give --video-format gif")
     for name in probe_names:

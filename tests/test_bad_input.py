@@ -127,6 +127,7 @@ def table(script: str) -> list[tuple[list[str], str]]:
         cases += [
             (["--probes"], "--probes names no probe"),
             (["--probes", "nope"], "unknown probe nope"),
+            (["--policy", "bot", "--prompt-format", "chat"], "--prompt-format is how a model reads the prompt, and --policy bot reads none"),
             (["--output-dir", "a_file/results"], "cannot make --output-dir a_file/results: Not a directory"),
             # /proc exists and is writable by root, yet no folder can be made in it: found before any model is loaded
             (["--output-dir", "/proc/nope/out"], "cannot make --output-dir /proc/nope/out: No such file or directory"),
