@@ -776,7 +776,8 @@ EVAL_SEED_OFFSET = 10_000_000  # evaluation levels start here, far past any demo
 
 
 def success_interval(successes: int, episodes: int, z: float = 2.576) -> tuple[float, float]:
-    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117])."""
+    """The 99% Wilson score interval of a success rate: inside [0, 1], and never of zero width (0/50 gives [0, 0.117]).
+    Differs from the original: the paper's interval is the normal one, mean +- 2.576 std / sqrt(n), of zero width there."""
     rate, spread = successes / episodes, z * z / episodes
     centre = (rate + spread / 2) / (1 + spread)
     half_width = z / (1 + spread) * math.sqrt(rate * (1 - rate) / episodes + spread / (4 * episodes))
