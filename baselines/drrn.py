@@ -255,10 +255,6 @@ def td_step(args: Args, network: DRRN, optimizer, replay: Replay, action_tokens,
 
 def main(args: Args):
     stop = StopRequest()  # Ctrl-C or SIGTERM: save a checkpoint after the current iteration, then exit
-    try:  # first, so that a replay too large is refused before anything is written
-        replay = Replay(args.buffer_size, args.num_envs, args.seed)
-    except MemoryError:  # its arrays are allocated whole (17 bytes a transition, before the tokens it will hold)
-        raise UsageError(f"--buffer-size {args.buffer_size}: the replay's arrays do not fit in this machine's memory; lower it") from None
     new_name = f"{args.env_id}__{args.exp_name}__{args.seed}__{int(time.time())}"
     run_name = os.path.basename(os.path.normpath(args.resume)) if args.resume else new_name
     run_dir = args.resume or make_folder(os.path.join("runs", run_name), "the run folder")
@@ -272,6 +268,7 @@ def main(args: Args):
     action_tokens = padded([tokenize(action, vocabulary) for action in envs.actions], device)
     network = DRRN(len(vocabulary)).to(device)
     optimizer = torch.optim.Adam(network.parameters(), lr=args.learning_rate)
+    replay = Replay(args.buffer_size, args.num_envs, args.seed)
     global_step, start_iteration, train_time, recent_successes = 0, 1, 0.0, deque(maxlen=100)
     if args.resume:
         trainer = load_run(args, network, optimizer)
@@ -367,6 +364,10 @@ def finish_args(args: Args) -> Args:
                          f"--train-frequency = {args.num_envs * args.train_frequency} frames)")
     if args.batch_size > args.buffer_size:
         raise UsageError(f"--batch-size {args.batch_size} must be at most --buffer-size {args.buffer_size}")
+    memory = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    if 17 * args.buffer_size > memory:  # the replay's arrays are allocated whole: 17 bytes a transition, before its tokens
+        raise UsageError(f"--buffer-size {args.buffer_size}: the replay's arrays alone ({17 * args.buffer_size / 2**30:.0f} GiB) "
+                         f"exceed this machine's memory ({memory / 2**30:.0f} GiB); lower it")
     make_env(args.env_id)  # an unknown env id fails here, before anything is written
     return args
 

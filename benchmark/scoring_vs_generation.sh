@@ -50,8 +50,10 @@ row() {  # name policy format: the row's missing parts, one after another
 lane1=$!
 { row smollm2_raw llm raw; row smollm2_generate_chat generate chat; } &
 lane2=$!
-wait "$lane1"  # each lane on its own: a bare wait returns 0 whatever the lanes did
-wait "$lane2"
+status=0  # each lane waited for: a bare wait returns 0 whatever the lanes did
+wait "$lane1" || status=$?
+wait "$lane2" || status=$?
+[ "$status" = 0 ] || exit "$status"
 python benchmark/zero_shot_table.py benchmark/results/zero_shot_gotolocal_{random,bot}.json \
   benchmark/results/zero_shot_gotolocal_smollm2_*_levels*.json --replies 6
 OMP_NUM_THREADS=1 python benchmark/first_step_distribution.py --model "$GGUF" --prompt-format chat --env-id BabyAI-GoToLocal-v0 --levels 3 \

@@ -40,9 +40,10 @@ def read(path: str) -> dict:
     try:
         with open(file) as f:
             results = json.load(f)
-        if not isinstance(results, dict) or len(results.get("rows") or []) != 1:
+        if not isinstance(results, dict) or len(results.get("rows") or []) != 1 or not isinstance(results["rows"][0], dict):
             raise ValueError("it holds no row, or the rows of more than one probe")
-        missing = [key for key in ("policy", "prompt_format", "seed") if key not in results] + [key for key in ROW if key not in results["rows"][0]]
+        row = ROW + (("invalid_rate", "mean_new_tokens") if results.get("policy") == "generate" else ())
+        missing = [key for key in ("policy", "prompt_format", "seed") if key not in results] + [key for key in row if key not in results["rows"][0]]
         if missing:
             raise ValueError("it has no " + ", ".join(missing) + ": written by an older zero_shot_eval.py?")
     except (OSError, ValueError) as error:  # (json's errors are ValueErrors)

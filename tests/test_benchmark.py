@@ -253,7 +253,9 @@ def test_the_zero_shot_table_joins_the_parts_of_a_row_played_on_consecutive_leve
     (tmp_path / "replies.jsonl").write_text('{"seed": 1}\n{"seed": 2}\n')
     (tmp_path / "old.json").write_text(json.dumps({"policy": "llm", "prompt_format": "raw", "seed": 1, "rows": [{"episodes": 50}]}))
     (tmp_path / "stopped.json").write_text(json.dumps({"policy": "llm", "prompt_format": "raw", "seed": 1, "rows": []}))
+    scoring = json.loads(open(part("scoring", 1, 32, 3, 60.0, 1.0)).read())
+    (tmp_path / "scored.json").write_text(json.dumps({**scoring, "policy": "generate", "rows": [{k: v for k, v in scoring["rows"][0].items() if k != "invalid_rate"}]}))
     for name, reason in (("missing.json", "No such file"), ("replies.jsonl", "Extra data"), ("old.json", "it has no env_id, success_rate"),
-                         ("stopped.json", "it holds no row")):
+                         ("stopped.json", "it holds no row"), ("scored.json", "it has no invalid_rate")):
         with pytest.raises(SystemExit, match=f"^zero_shot_table: error: {tmp_path / name} is not the results.json of one zero_shot_eval.py probe: .*{reason}"):
             zero_shot_table.main([str(tmp_path / name)], replies=0)

@@ -109,6 +109,11 @@ def test_batched_generation_writes_what_each_prompt_alone_does(model):
             torch.manual_seed(5)
             outputs.append(z.generate_replies(agent, prompts, z.generation_settings(agent, 6, greedy)))
     assert outputs[:2] == outputs[2:] and outputs[0][0] == replies
+    # The checkpoint's own EOS ids stop a reply, for every probe's policy (each asks for the settings again)
+    llm, _ = glam_ppo.build_tiny_model(model)
+    llm.generation_config.eos_token_id = [tokenizer.eos_token_id, 7]
+    agent = glam_ppo.GlamAgent(llm.eval(), tokenizer, ACTIONS).eval()
+    assert all(7 in z.generation_settings(agent, 6, greedy=True)["eos_token_id"] for _ in range(2))
 
 
 def test_generation_plays_the_scoring_rows_levels_and_both_report_their_cost(tmp_path):
