@@ -303,7 +303,9 @@ def generation_settings(agent: "GlamAgent", max_new_tokens: int, greedy: bool) -
     generation_config only its start tokens are kept: generate() would fill every setting not given here from it
     (repetition_penalty, no_repeat_ngram_size, min_p, top_k, ...), and those change the distribution."""
     tokenizer, llm = agent.tokenizer, agent.llm.get_base_model() if hasattr(agent.llm, "get_base_model") else agent.llm  # (LoRA)
-    own = llm.checkpoint_generation_config = getattr(llm, "checkpoint_generation_config", llm.generation_config)  # (kept for the next probe)
+    if not hasattr(llm, "checkpoint_generation_config"):  # the checkpoint's own, kept for the next probe's policy
+        llm.checkpoint_generation_config = llm.generation_config
+    own = llm.checkpoint_generation_config
     llm.generation_config = GenerationConfig(bos_token_id=own.bos_token_id, decoder_start_token_id=own.decoder_start_token_id)
     stops = {k for k, text in enumerate(tokenizer.batch_decode([[k] for k in range(len(tokenizer))])) if "\n" in text}
     stops |= {tokenizer.eos_token_id, *tokenizer(agent.end_of_turn or "", add_special_tokens=False).input_ids[:1]}
